@@ -1,0 +1,136 @@
+"""Exact saved-activation bytes, counted through saved-tensor hooks.
+
+`SavedTensorAccountant` is a context manager around a forward pass. Every tensor that autograd
+keeps for backward is recorded once per storage (views and tensors saved by several ops count
+once), attributed to the site that owns it where DRAT's mechanism knows the owner. Parameters
+are never counted. The numbers are what is held between forward and backward: read them before
+calling `backward()`.
+
+`analytic_site_bytes` is the closed-form count of the same quantities, which the tests compare
+against the measurement (Korthikanti et al. 2022 give ~34·h bytes per token per block in bf16).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .model import GPTConfig
+from .recompute import _ACCOUNTANT, is_parameter
+
+
+class SavedTensorAccountant:
+    def __init__(self):
+        self._seen: dict[int, list] = {}  # storage data_ptr -> [nbytes, owner site or None, storage]
+        self._extra: dict[int, int] = defaultdict(int)
+        self._sac_storages: list = []
+        self._token = None
+        self._hooks = None
+
+    # --- context ------------------------------------------------------------------------
+    def __enter__(self):
+        self._token = _ACCOUNTANT.set(self)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        _ACCOUNTANT.reset(self._token)
+        return False
+
+    def _pack(self, t):
+        self.record(t, None)
+        return t
+
+    # --- recording ----------------------------------------------------------------------
+    def record(self, t: torch.Tensor, site: int | None) -> None:
+        if is_parameter(t):  # parameters are model state, not activations
+            return
+        st = t.untyped_storage()
+        ent = self._seen.get(st.data_ptr())
+        if ent is None:
+            # keep the storage alive so its address cannot be reused while we count
+            self._seen[st.data_ptr()] = [st.nbytes(), site, st]
+        elif ent[1] is None and site is not None:
+            ent[1] = site
+
+    def record_extra(self, site: int, nbytes: int) -> None:
+        """Bytes a recipe keeps besides tensors (the RNG state of a dropout site)."""
+        self._extra[site] += nbytes
+
+    def add_sac_storage(self, storage) -> None:
+        self._sac_storages.append(storage)
+
+    def _flush_sac(self) -> None:
+        def walk(obj):
+            if isinstance(obj, torch.Tensor):
+                self.record(obj, None)
+            elif hasattr(obj, "val") and isinstance(obj.val, torch.Tensor):
+                self.record(obj.val, None)
+            elif isinstance(obj, (list, tuple)):
+                for o in obj:
+                    walk(o)
+            elif isinstance(obj, dict):
+                for o in obj.values():
+                    walk(o)
+
+        for storage in self._sac_storages:
+            walk(storage)
+        self._sac_storages.clear()
+
+    # --- results ------------------------------------------------------------------------
+    @property
+    def total_bytes(self) -> int:
+        self._flush_sac()
+        return sum(e[0] for e in self._seen.values()) + sum(self._extra.values())
+
+    def by_site(self) -> dict[int, int]:
+        """Bytes per owner site index (unowned bytes are under key -1)."""
+        self._flush_sac()
+        out: dict[int, int] = defaultdict(int)
+        for nbytes, site, _ in self._seen.values():
+            out[-1 if site is None else site] += nbytes
+        for site, nbytes in self._extra.items():
+            out[site] += nbytes
+        return dict(out)
+
+
+def saved_activation_bytes(model, idx: torch.Tensor, targets: torch.Tensor) -> tuple[int, dict[int, int]]:
+    """Bytes held for backward by one training forward of `model` under its strategy.
+
+    Returns (total bytes, bytes per site index with -1 for unattributed). Runs no backward."""
+    with SavedTensorAccountant() as acct:
+        loss = model(idx, targets)
+    total, per_site = acct.total_bytes, acct.by_site()
+    del loss
+    return total, per_site
+
+
+def analytic_site_bytes(cfg: GPTConfig, batch: int, seq: int, act_bytes: int = 4,
+                        residual_bytes: int = 4, mask_bytes: int = 4,
+                        training: bool = True) -> dict[str, int]:
+    """Closed-form bytes each site owns when stored (per instance; block sites per layer).
+
+    `act_bytes` is the element size of matmul-side activations (4 in fp32, 2 under bf16
+    autocast), `residual_bytes` that of the residual stream (fp32 in both cases), `mask_bytes`
+    that of a dropout mask (CPU dropout keeps a float mask, the fused CUDA kernel a bool one)."""
+    n = batch * seq
+    h, f, nh, v = cfg.n_embd, cfg.mlp_hidden, cfg.n_head, cfg.vocab_size
+    mask = mask_bytes * n * h if (cfg.dropout > 0 and training) else 0
+    stats = 2 * 4 * n  # LayerNorm keeps fp32 mean and rstd per token
+    swiglu = cfg.mlp == "swiglu"
+    return {
+        "embed": residual_bytes * n * h + mask + 8 * seq,  # + int64 positions
+        "attn_norm": act_bytes * n * h + stats,
+        "qkv": act_bytes * n * 3 * h,
+        "attn_core": act_bytes * n * h + 4 * n * nh,  # output + fp32 log-sum-exp
+        "attn_out": residual_bytes * n * h + mask,
+        "mlp_norm": act_bytes * n * h + stats,
+        "mlp_up": act_bytes * n * (2 * f if swiglu else f),
+        "mlp_act": act_bytes * n * f * (2 if swiglu else 1),  # SwiGLU also keeps silu(a)
+        "mlp_down": residual_bytes * n * h + mask,
+        "final_norm": act_bytes * n * h + stats,
+        "lm_head_loss": 4 * n * v + 4 * cfg.loss_chunks,  # fp32 log-probs + per-chunk weight sums
+    }

@@ -1,0 +1,266 @@
+"""The store/recompute mechanism: saved-tensor hooks with recompute recipes.
+
+Autograd calls a *pack* hook for every tensor a backward formula saves, and an *unpack* hook when
+the backward needs it again. `SiteRuntime` owns both hooks for one forward pass:
+
+* Every saved tensor is attributed to an owner site: the site whose *output* it is (matched by
+  storage, so views such as q/k/v of the fused qkv output resolve too), else the site whose
+  forward is running (an *internal*: LayerNorm stats, attention log-sum-exp, dropout masks,
+  autocast weight copies). Parameters and registered model inputs are never activations.
+* A stored owner: the tensor is kept as is.
+* A recomputed owner: pack returns a small reference instead, and the tensor is freed when the
+  forward no longer needs it. On unpack the site is re-run (same inputs, same kernels, same RNG
+  state, same autocast state) and the matching tensor is returned. That makes recomputation
+  bitwise exact by construction.
+
+Rebuild semantics (the cost model in `costs.py` mirrors them exactly):
+* The first unpack that needs a recomputed site rebuilds it with its internals captured; the
+  result is cached until every saved slot that refers to the site has been unpacked.
+* If an input of that site is itself recomputed, the input is rebuilt *transiently* for this one
+  rebuild and dropped at once, so memory stays minimal and the parent is paid again. This is why
+  the expected recompute cost is multilinear in the gates rather than a sum.
+
+The hooks run once per *saved tensor*, never per op (DESIGN §3): there is no dispatch mode. A model
+whose sites are all stored runs without the hooks at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+# The accountant of an enclosing `SavedTensorAccountant`, if any (see accounting.py).
+_ACCOUNTANT: contextvars.ContextVar[Any] = contextvars.ContextVar("drat_accountant", default=None)
+
+
+def active_accountant():
+    return _ACCOUNTANT.get()
+
+
+def is_parameter(t: torch.Tensor) -> bool:
+    """A parameter or a view of one (linear saves `weight.t()`): model state, not activation."""
+    base = t._base if t._base is not None else t
+    return base.requires_grad and base.is_leaf
+
+
+class _Instance:
+    """One executed site (a chunk of the LM head counts as its own instance)."""
+
+    __slots__ = (
+        "site", "fn", "inputs", "input_grad", "autocast", "rng", "slots", "n_packs", "cache", "needs_rng",
+    )
+
+    def __init__(self, site: int, fn: Callable, needs_rng: bool):
+        self.site = site
+        self.fn = fn
+        self.inputs: list[Any] = []  # tensors (kept) or _OutRef (recomputed parents)
+        self.input_grad: list[bool] = []
+        self.autocast: tuple | None = None
+        self.rng: tuple | None = None
+        self.slots = 0  # saved slots still waiting for their unpack
+        self.n_packs = 0  # pack calls seen while this site's forward ran
+        self.cache: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
+        self.needs_rng = needs_rng
+
+
+class _OutRef:
+    """A saved view of a recomputed site's output: geometry relative to that output."""
+
+    __slots__ = ("inst", "size", "stride", "offset", "same")
+
+    def __init__(self, inst: _Instance, t: torch.Tensor, base_offset: int, same: bool):
+        self.inst = inst
+        self.size = t.size()
+        self.stride = t.stride()
+        self.offset = t.storage_offset() - base_offset
+        self.same = same
+
+    def view_of(self, y: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            return y
+        return y.as_strided(self.size, self.stride, y.storage_offset() + self.offset)
+
+
+class _IntRef:
+    """A saved internal tensor of a recomputed site: the k-th pack during its forward."""
+
+    __slots__ = ("inst", "k")
+
+    def __init__(self, inst: _Instance, k: int):
+        self.inst = inst
+        self.k = k
+
+
+def _autocast_state(device_type: str) -> tuple:
+    return (
+        device_type,
+        torch.is_autocast_enabled(device_type),
+        torch.get_autocast_dtype(device_type),
+    )
+
+
+class SiteRuntime:
+    """Per-forward state of the gated mechanism. Create one per forward pass.
+
+    `stored[i]` says whether site i (a `SiteGraph` index) keeps its activations.
+    `site_has_dropout[i]` marks sites whose forward draws random numbers.
+    """
+
+    def __init__(self, stored: Sequence[bool], site_has_dropout: Sequence[bool], device: torch.device):
+        self.stored = list(stored)
+        self.has_dropout = list(site_has_dropout)
+        self.device = device
+        self.accountant = active_accountant()
+        # storage data_ptr -> (instance, weakref to the output, storage offset of the output)
+        self._owner: dict[int, tuple[_Instance, weakref.ref, int]] = {}
+        self._current: _Instance | None = None
+        self._inputs: set[int] = set()  # storages of model inputs (token ids, targets)
+        self.rebuilds = [0] * len(self.stored)  # rebuild count per site, for tests and cost checks
+        self.live_rebuilt_bytes = 0
+        self.peak_rebuilt_bytes = 0
+
+    # ----------------------------------------------------------------- forward side
+    def register_inputs(self, *tensors: torch.Tensor) -> None:
+        for t in tensors:
+            if t is not None:
+                self._inputs.add(t.untyped_storage().data_ptr())
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def run(self, site: int, fn: Callable, *inputs: torch.Tensor) -> torch.Tensor:
+        """Run site `site` as `fn(*inputs)` and register its output."""
+        stored = self.stored[site]
+        inst = _Instance(site, fn, needs_rng=(not stored) and self.has_dropout[site])
+        if not stored:
+            for x in inputs:
+                inst.inputs.append(self._ref_for_input(x))
+                inst.input_grad.append(x.requires_grad)
+            inst.autocast = _autocast_state(self.device.type)
+            if inst.needs_rng:
+                inst.rng = _get_rng(self.device)
+        prev, self._current = self._current, inst
+        try:
+            y = fn(*inputs)
+        finally:
+            self._current = prev
+        st = y.untyped_storage()
+        self._owner[st.data_ptr()] = (inst, weakref.ref(y), y.storage_offset())
+        if self.accountant is not None and not stored and inst.rng is not None:
+            self.accountant.record_extra(site, sum(s.numel() * s.element_size() for s in inst.rng))
+        return y
+
+    def _ref_for_input(self, x: torch.Tensor):
+        """Recipes hold stored inputs strongly and recomputed ones by reference."""
+        ent = self._lookup(x)
+        if ent is not None and not self.stored[ent[0].site]:
+            inst, _, base_offset = ent
+            return _OutRef(inst, x, base_offset, same=False)
+        if self.accountant is not None:
+            self.accountant.record(x, None if ent is None else ent[0].site)
+        return x
+
+    def _lookup(self, t: torch.Tensor):
+        ent = self._owner.get(t.untyped_storage().data_ptr())
+        if ent is None or ent[1]() is None:  # unknown, or a freed output whose memory was reused
+            return None
+        return ent
+
+    def _pack(self, t: torch.Tensor):
+        cur = self._current
+        if cur is not None:
+            cur.n_packs += 1
+        if is_parameter(t):  # never an activation
+            return t
+        ent = self._lookup(t)
+        if ent is not None:
+            inst, yref, base_offset = ent
+            if self.stored[inst.site]:
+                if self.accountant is not None:
+                    self.accountant.record(t, inst.site)
+                return t
+            inst.slots += 1
+            y = yref()
+            same = t.size() == y.size() and t.stride() == y.stride() and t.storage_offset() == base_offset
+            return _OutRef(inst, t, base_offset, same)
+        if cur is None or t.untyped_storage().data_ptr() in self._inputs:
+            if self.accountant is not None:
+                self.accountant.record(t, None)
+            return t
+        if self.stored[cur.site]:
+            if self.accountant is not None:
+                self.accountant.record(t, cur.site)
+            return t
+        cur.slots += 1
+        return _IntRef(cur, cur.n_packs - 1)
+
+    # ----------------------------------------------------------------- backward side
+    def _unpack(self, ref):
+        if isinstance(ref, torch.Tensor):
+            return ref
+        inst = ref.inst
+        if inst.cache is None:
+            inst.cache = self._rebuild(inst, capture=True)
+            self._track(inst.cache, +1)
+        y, internals = inst.cache
+        out = ref.view_of(y) if isinstance(ref, _OutRef) else internals[ref.k]
+        inst.slots -= 1
+        if inst.slots <= 0:  # every saved slot of this site is consumed: free the rebuild
+            self._track(inst.cache, -1)
+            inst.cache = None
+        return out
+
+    def _track(self, cache, sign: int) -> None:
+        y, internals = cache
+        nbytes = y.untyped_storage().nbytes() + sum(t.untyped_storage().nbytes() for t in internals.values())
+        self.live_rebuilt_bytes += sign * nbytes
+        self.peak_rebuilt_bytes = max(self.peak_rebuilt_bytes, self.live_rebuilt_bytes)
+
+    def _rebuild(self, inst: _Instance, capture: bool):
+        """Re-run a site's forward. With `capture`, also return its saved internals by index."""
+        self.rebuilds[inst.site] += 1
+        args = []
+        for x, needs_grad in zip(inst.inputs, inst.input_grad):
+            if isinstance(x, _OutRef):  # recomputed parent: rebuild it transiently
+                x = x.view_of(self._rebuild(x.inst, capture=False)[0])
+            args.append(x.detach().requires_grad_(needs_grad))
+        captured: dict[int, torch.Tensor] = {}
+        counter = [0]
+
+        def pack(t):
+            k = counter[0]
+            counter[0] += 1
+            if capture:
+                captured[k] = t
+            return t
+
+        device_type, ac_enabled, ac_dtype = inst.autocast
+        rng_ctx = _rng_restored(self.device, inst.rng) if inst.rng is not None else contextlib.nullcontext()
+        with rng_ctx, torch.enable_grad(), torch.autocast(device_type, ac_dtype, enabled=ac_enabled):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                y = inst.fn(*args)
+        assert counter[0] == inst.n_packs, "recomputation saved a different set of tensors"
+        return y.detach(), {k: v.detach() for k, v in captured.items()}
+
+
+# ----------------------------------------------------------------------------- RNG
+def _get_rng(device: torch.device) -> tuple[torch.Tensor, ...]:
+    if device.type == "cuda":
+        return (torch.get_rng_state(), torch.cuda.get_rng_state(device))
+    return (torch.get_rng_state(),)
+
+
+@contextlib.contextmanager
+def _rng_restored(device: torch.device, state: tuple[torch.Tensor, ...]):
+    """Replay the RNG of the original forward without disturbing the current stream."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.set_rng_state(state[0])
+        if devices:
+            torch.cuda.set_rng_state(state[1], device)
+        yield

@@ -1,0 +1,169 @@
+"""Activation strategies: one interface, one small class hierarchy (torchtitan-style).
+
+Every strategy runs the same `GPT.forward_sites`; they differ only in what autograd keeps.
+
+    NoneAC       store everything (the baseline)
+    FullAC       torch.utils.checkpoint around every block, non-reentrant
+    SelectiveAC  Megatron-style: checkpoint only the attention core
+    SAC          torchtitan-style op-level policy: save matmul and attention outputs
+    PlanAC       explicit per-site decisions through DRAT's recompute hooks   ("fixed")
+    DRATGates    PlanAC whose decisions come from learned gates               ("drat")
+
+Use: `model.set_strategy(FullAC())`, then train as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from .recompute import SiteRuntime, active_accountant
+
+STRATEGY_NAMES = ("none", "full", "selective", "sac", "fixed", "drat")
+
+
+class ActivationStrategy:
+    name = "base"
+
+    def attach(self, model) -> None:
+        """Called by `GPT.set_strategy`; strategies that need the site graph validate here."""
+
+    def forward(self, model, idx, targets):
+        return model.forward_sites(idx, targets)
+
+    def decisions(self, model) -> list[bool] | None:
+        """Per-site store flags when the strategy is expressed in sites, else None."""
+        return None
+
+    def describe(self) -> dict:
+        return {"strategy": self.name}
+
+
+class NoneAC(ActivationStrategy):
+    name = "none"
+
+
+class FullAC(ActivationStrategy):
+    name = "full"
+
+    def forward(self, model, idx, targets):
+        def block_fn(block, x, run):
+            return checkpoint(block, x, use_reentrant=False)
+
+        return model.forward_sites(idx, targets, block_fn=block_fn)
+
+
+class SelectiveAC(ActivationStrategy):
+    name = "selective"
+
+    def forward(self, model, idx, targets):
+        return model.forward_sites(idx, targets, block_fn=lambda b, x, run: b(x, run, checkpoint_core=True))
+
+
+_aten = torch.ops.aten
+_SAC_SAVE_OPS = {
+    _aten.mm.default,
+    _aten.addmm.default,
+    _aten.bmm.default,
+    _aten._scaled_dot_product_flash_attention.default,
+    _aten._scaled_dot_product_efficient_attention.default,
+    _aten._scaled_dot_product_cudnn_attention.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
+
+
+def _sac_policy(ctx, op, *args, **kwargs):
+    return CheckpointPolicy.MUST_SAVE if op in _SAC_SAVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+class SAC(ActivationStrategy):
+    """Op-level selective checkpointing per block: keep matmul and attention outputs."""
+
+    name = "sac"
+
+    def _context(self):
+        fwd_mode, recompute_mode = create_selective_checkpoint_contexts(_sac_policy)
+        acct = active_accountant()
+        if acct is not None:  # the SAC cache bypasses saved-tensor hooks: count it directly
+            acct.add_sac_storage(fwd_mode.storage)
+        return fwd_mode, recompute_mode
+
+    def forward(self, model, idx, targets):
+        def block_fn(block, x, run):
+            return checkpoint(block, x, use_reentrant=False, context_fn=self._context)
+
+        return model.forward_sites(idx, targets, block_fn=block_fn)
+
+
+class PlanAC(ActivationStrategy):
+    """Explicit per-site decisions: `stored[i]` for every site of `model.graph` ("fixed")."""
+
+    name = "fixed"
+
+    def __init__(self, stored: Sequence[bool] | None = None, recompute: Sequence[str] = ()):
+        self._stored = None if stored is None else [bool(s) for s in stored]
+        self._recompute = frozenset(recompute)
+        self.last_runtime: SiteRuntime | None = None
+
+    def attach(self, model) -> None:
+        if self._stored is not None and len(self._stored) != len(model.graph):
+            raise ValueError(f"plan has {len(self._stored)} decisions, model has {len(model.graph)} sites")
+        model.graph.decisions_from_names(self._recompute)  # validates names
+
+    def decisions(self, model) -> list[bool]:
+        if self._stored is not None:
+            return list(self._stored)
+        return model.graph.decisions_from_names(self._recompute)
+
+    def forward(self, model, idx, targets):
+        stored = self.decisions(model)
+        if all(stored) and active_accountant() is None:
+            return model.forward_sites(idx, targets)  # nothing to recompute: no hooks at all
+        rt = SiteRuntime(stored, model.site_has_dropout, idx.device)
+        rt.register_inputs(idx, targets)
+        self.last_runtime = rt
+        with rt.hooks():
+            return model.forward_sites(idx, targets, run=rt.run)
+
+    def describe(self) -> dict:
+        return {"strategy": self.name, "recompute": sorted(self._recompute)}
+
+
+class DRATGates(PlanAC):
+    """Learned gates decide per site. In training the decision is a straight-through sample of
+    the gate (`GateBank.sample`), drawn from the gates' own generator so the model's RNG stream,
+    and with it every dropout mask, is the same as under `none`."""
+
+    name = "drat"
+
+    def __init__(self, gates, sample: bool = False):
+        super().__init__()
+        self.gates = gates
+        self.sample = sample
+        self._hard: torch.Tensor | None = None
+
+    def attach(self, model) -> None:
+        if self.gates.n_sites != len(model.graph):
+            raise ValueError(f"gate bank has {self.gates.n_sites} gates, model has {len(model.graph)} sites")
+
+    def decisions(self, model) -> list[bool]:
+        with torch.no_grad():
+            hard = self.gates.sample_hard() if self.sample else self.gates.hard()
+        self._hard = hard
+        return [bool(v) for v in hard.tolist()]
+
+    def describe(self) -> dict:
+        return {"strategy": self.name, "temperature": float(self.gates.tau)}
+
+
+def make_strategy(name: str, **kw) -> ActivationStrategy:
+    """Build a baseline by name; `fixed` takes `recompute=[site names]` or `stored=[bools]`."""
+    table = {"none": NoneAC, "full": FullAC, "selective": SelectiveAC, "sac": SAC, "fixed": PlanAC}
+    if name == "drat":
+        raise ValueError("build DRATGates(GateBank(...)) directly; it needs trained gates")
+    if name not in table:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+    return partial(table[name], **kw)() if kw else table[name]()
