@@ -53,6 +53,7 @@ class _Instance:
 
     __slots__ = (
         "site", "fn", "inputs", "input_grad", "autocast", "rng", "slots", "n_packs", "cache", "needs_rng",
+        "internal_ks",
     )
 
     def __init__(self, site: int, fn: Callable, needs_rng: bool):
@@ -66,6 +67,7 @@ class _Instance:
         self.n_packs = 0  # pack calls seen while this site's forward ran
         self.cache: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
         self.needs_rng = needs_rng
+        self.internal_ks: set[int] = set()  # pack indices that are this site's own internals
 
 
 class _OutRef:
@@ -197,6 +199,7 @@ class SiteRuntime:
                 self.accountant.record(t, cur.site)
             return t
         cur.slots += 1
+        cur.internal_ks.add(cur.n_packs - 1)
         return _IntRef(cur, cur.n_packs - 1)
 
     # ----------------------------------------------------------------- backward side
@@ -217,7 +220,9 @@ class SiteRuntime:
 
     def _track(self, cache, sign: int) -> None:
         y, internals = cache
-        nbytes = y.untyped_storage().nbytes() + sum(t.untyped_storage().nbytes() for t in internals.values())
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in (y, *internals.values())}
+        nbytes = sum(storages.values())
         self.live_rebuilt_bytes += sign * nbytes
         self.peak_rebuilt_bytes = max(self.peak_rebuilt_bytes, self.live_rebuilt_bytes)
 
@@ -235,7 +240,7 @@ class SiteRuntime:
         def pack(t):
             k = counter[0]
             counter[0] += 1
-            if capture:
+            if capture and k in inst.internal_ks:
                 captured[k] = t
             return t
 

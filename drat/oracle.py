@@ -1,0 +1,156 @@
+"""The exact optimum over the same sites and costs: a mixed-integer program (scipy `milp`/HiGHS).
+
+Variables: s_i ∈ {0,1} (site i stored) and R_j ≥ 0 (rebuild count, see `costs.py`). Because the
+objective weights every R_j positively, the recursion R_j = (1 − s_j)(n_j + Σ_c R_c) can be
+written as the linear lower bounds
+
+    R_j ≥ n_j + Σ_{c ∈ children(j)} R_c − U_j·s_j
+
+which are tight at the optimum. U_j must exceed n_j + Σ_c R_c at any plan that could be optimal;
+a child whose rebuild cost alone exceeds a known feasible plan's cost cannot be part of an
+optimum, so R_c ≤ C_ref·n_c/T_c bounds it and keeps U finite even where the all-recompute plan's
+rebuild counts explode exponentially.
+
+    minimise  λ·Σ M_i s_i + Σ_j T_j R_j / n_j      subject to  Σ bytes_i s_i ≤ budget
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from .costs import SiteCosts, plan_cost, rebuild_counts
+
+
+@dataclass
+class OraclePlan:
+    stored: list[bool]
+    objective: float
+    mem_bytes: float
+    time_frac: float
+    method: str
+
+
+def greedy_repair(stored: list[bool], costs: SiteCosts, budget_act_bytes: float) -> list[bool]:
+    """Recompute sites, best bytes-freed per time-added first, until the plan fits the budget."""
+    stored = list(stored)
+    while sum(m for m, s in zip(costs.mem_bytes, stored) if s) > budget_act_bytes + 1e-9:
+        base = plan_cost(stored, costs, 0.0)[0]
+        best, best_ratio = None, -1.0
+        for i, s in enumerate(stored):
+            if not s or costs.mem_bytes[i] <= 0:
+                continue
+            trial = stored.copy()
+            trial[i] = False
+            dt = plan_cost(trial, costs, 0.0)[0] - base
+            ratio = costs.mem_bytes[i] / max(dt, 1e-12)
+            if ratio > best_ratio:
+                best, best_ratio = i, ratio
+        if best is None:
+            raise ValueError("no plan fits the budget")
+        stored[best] = False
+    return stored
+
+
+def _fast_cost(stored, mem_n, time_n, inst, children, lam):
+    R = [0.0] * len(stored)
+    t = 0.0
+    for j in range(len(stored) - 1, -1, -1):
+        if not stored[j]:
+            R[j] = inst[j] + sum(R[c] for c in children[j])
+            t += R[j] * time_n[j] / inst[j]
+    return lam * sum(m for m, s in zip(mem_n, stored) if s) + t
+
+
+def local_search(stored: list[bool], costs: SiteCosts, lam: float = 0.0,
+                 budget_act_bytes: float | None = None, max_rounds: int = 50) -> list[bool]:
+    """Best-improvement single flips and store/recompute swaps that keep the budget."""
+    M, T = (x.tolist() for x in costs.normalized())
+    inst, children, raw = costs.instances, costs.children, costs.mem_bytes
+    cap = float("inf") if budget_act_bytes is None else budget_act_bytes + 1e-9
+    stored = list(stored)
+    cur = _fast_cost(stored, M, T, inst, children, lam)
+    used = sum(b for b, s in zip(raw, stored) if s)
+    for _ in range(max_rounds):
+        best = None
+        ons = [i for i, s in enumerate(stored) if s]
+        offs = [i for i, s in enumerate(stored) if not s]
+        moves = [(i,) for i in range(len(stored))] + [(i, j) for i in offs for j in ons]
+        for mv in moves:
+            delta = sum(-raw[k] if stored[k] else raw[k] for k in mv)
+            if used + delta > cap:
+                continue
+            for k in mv:
+                stored[k] = not stored[k]
+            c = _fast_cost(stored, M, T, inst, children, lam)
+            for k in mv:
+                stored[k] = not stored[k]
+            if c < cur - 1e-12 and (best is None or c < best[0]):
+                best = (c, mv, delta)
+        if best is None:
+            break
+        cur, mv, delta = best
+        for k in mv:
+            stored[k] = not stored[k]
+        used += delta
+    return stored
+
+
+def solve_oracle(costs: SiteCosts, lam: float = 0.0, budget_act_bytes: float | None = None,
+                 time_limit_s: float = 60.0) -> OraclePlan:
+    n = len(costs)
+    M, T = (x.numpy() for x in costs.normalized())
+    T = np.maximum(T, 1e-12)
+    inst = np.array(costs.instances, dtype=float)
+    children = costs.children
+
+    # a feasible reference plan bounds every rebuild count that an optimum can have
+    ref = [True] * n if budget_act_bytes is None else greedy_repair([True] * n, costs, budget_act_bytes)
+    c_ref = plan_cost(ref, costs, lam)[0]
+    r_all = rebuild_counts([False] * n, costs)  # exact maximum of every R_j
+    r_max = np.minimum(np.array(r_all), (c_ref + 1e-9) * inst / T * (1 + 1e-6))
+    U = np.array([inst[j] + sum(r_max[c] for c in children[j]) for j in range(n)])
+
+    # x = [s_0..s_{n-1}, R_0..R_{n-1}]
+    c = np.concatenate([lam * M, T / inst])
+    A = np.zeros((n, 2 * n))
+    for j in range(n):
+        A[j, n + j] = 1.0
+        A[j, j] = U[j]
+        for ch in children[j]:
+            A[j, n + ch] -= 1.0
+    constraints = [LinearConstraint(A, lb=inst, ub=np.inf)]
+    if budget_act_bytes is not None:
+        row = np.concatenate([np.array(costs.mem_bytes), np.zeros(n)])
+        constraints.append(LinearConstraint(row[None, :], lb=-np.inf, ub=budget_act_bytes))
+    integrality = np.concatenate([np.ones(n), np.zeros(n)])
+    bounds = Bounds(np.zeros(2 * n), np.concatenate([np.ones(n), np.full(n, np.inf)]))
+    res = milp(c, constraints=constraints, integrality=integrality, bounds=bounds,
+               options={"time_limit": time_limit_s, "mip_rel_gap": 1e-9})
+    if res.x is None:
+        raise ValueError(f"oracle found no plan: {res.message}")
+    stored = [bool(v > 0.5) for v in res.x[:n]]
+    obj, mem, t = plan_cost(stored, costs, lam)
+    return OraclePlan(stored, obj, sum(m for m, s in zip(costs.mem_bytes, stored) if s), t, "milp")
+
+
+def brute_force(costs: SiteCosts, lam: float = 0.0, budget_act_bytes: float | None = None) -> OraclePlan:
+    """Enumerate every plan (tests only: 2^n)."""
+    n = len(costs)
+    if n > 20:
+        raise ValueError("brute force is for small instances (n <= 20)")
+    best = None
+    for bits in itertools.product((False, True), repeat=n):
+        stored = list(bits)
+        mem = sum(m for m, s in zip(costs.mem_bytes, stored) if s)
+        if budget_act_bytes is not None and mem > budget_act_bytes + 1e-9:
+            continue
+        obj = plan_cost(stored, costs, lam)[0]
+        if best is None or obj < best.objective - 1e-15:
+            best = OraclePlan(stored, obj, mem, plan_cost(stored, costs, 0.0)[2], "brute_force")
+    if best is None:
+        raise ValueError("no plan fits the budget")
+    return best
