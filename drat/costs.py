@@ -165,7 +165,8 @@ def estimate_site_time_ms(model: GPT, batch: int, seq: int, act_bytes: int = 4,
             for fl, by in _site_flops_bytes(model, batch, seq, act_bytes)]
 
 
-def measure_site_time_ms(model: GPT, idx, targets, reps: int = 5, autocast_dtype=torch.bfloat16) -> list[float]:
+def measure_site_time_ms(model: GPT, idx, targets, reps: int = 5,
+                         autocast_dtype=torch.bfloat16) -> list[float]:
     """T_i on CUDA: each site's forward timed with CUDA events, median over `reps` forwards."""
     graph = model.graph
     samples: list[list[float]] = [[] for _ in graph.keys]

@@ -127,7 +127,7 @@ def _sync_logits(gates: GateBank, stored: list[bool]) -> GateBank:
 
 def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: float | None = None,
               steps: int = 400, lr: float = 0.1, tau_start: float = 1.0, tau_end: float = 0.05,
-              seed: int = 0, gates: GateBank | None = None) -> GateFit:
+              seed: int = 0, gates: GateBank | None = None, polish_top: int = 8) -> GateFit:
     """Train gates on the resource objective alone (no model needed: L_task is gate-free).
 
     Exactly one of `lam` (λ mode) and `budget_act_bytes` (budget mode, bytes of activations
@@ -140,7 +140,7 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
     opt = torch.optim.Adam(gates.parameters(), lr=lr)
     total = max(costs.total_bytes, 1.0)
     dual = DualAscent(budget_act_bytes / total, lam0=0.0) if budget_act_bytes is not None else None
-    best: tuple[float, list[bool]] | None = None
+    candidates: dict[tuple[bool, ...], float] = {}  # distinct hard plans the trajectory visited
     history = []
     for step in range(steps):
         gates.set_temperature(anneal_tau(step, steps, tau_start, tau_end))
@@ -153,8 +153,7 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
         obj, mem_h, t_h = plan_cost(stored, costs, cur_lam)
         if dual is not None:
             dual.update(mem_h)
-            if mem_h * total <= budget_act_bytes + 1e-9 and (best is None or t_h < best[0]):
-                best = (t_h, stored)
+            candidates[tuple(stored)] = t_h
         history.append({"step": step, "lam": cur_lam, "tau": float(gates.tau), "mem_frac": mem_h,
                         "time_frac": t_h, "n_stored": sum(stored)})
     if dual is None:
@@ -165,11 +164,17 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
         return GateFit(stored, lam, obj, mem_h * total, t_h, history, _sync_logits(gates, stored))
     from .oracle import greedy_repair, local_search
 
-    if best is None:  # dual ascent never got under: repair the last plan
-        best = (None, greedy_repair([bool(v) for v in gates.hard().tolist()], costs, budget_act_bytes))
-    # Rounding: the Lagrangian plan of a knapsack-like problem can sit well inside the budget
-    # (a duality gap). Polish it with feasible single flips and swaps.
-    stored = local_search(best[1], costs, 0.0, budget_act_bytes)
+    # Rounding. Dual ascent oscillates around the budget and a Lagrangian plan of this
+    # knapsack-like problem can sit well inside it (a duality gap), so the plans the trajectory
+    # visited are made feasible (greedy) and polished with feasible flips and swaps.
+    ranked = sorted(candidates, key=lambda p: candidates[p])[:polish_top]
+    best = None
+    for plan in ranked:
+        cand = local_search(greedy_repair(list(plan), costs, budget_act_bytes), costs, 0.0, budget_act_bytes)
+        c = plan_cost(cand, costs, 0.0)[0]
+        if best is None or c < best[0]:
+            best = (c, cand)
+    stored = best[1]
     _, mem_h, t_h = plan_cost(stored, costs, 0.0)
     return GateFit(stored, dual.lam, t_h, mem_h * total, t_h, history, _sync_logits(gates, stored))
 

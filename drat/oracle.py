@@ -36,17 +36,19 @@ class OraclePlan:
 
 def greedy_repair(stored: list[bool], costs: SiteCosts, budget_act_bytes: float) -> list[bool]:
     """Recompute sites, best bytes-freed per time-added first, until the plan fits the budget."""
+    M, T = (x.tolist() for x in costs.normalized())
+    inst, children, raw = costs.instances, costs.children, costs.mem_bytes
     stored = list(stored)
-    while sum(m for m, s in zip(costs.mem_bytes, stored) if s) > budget_act_bytes + 1e-9:
-        base = plan_cost(stored, costs, 0.0)[0]
+    while sum(m for m, s in zip(raw, stored) if s) > budget_act_bytes + 1e-9:
+        base = _fast_cost(stored, M, T, inst, children, 0.0)
         best, best_ratio = None, -1.0
         for i, s in enumerate(stored):
-            if not s or costs.mem_bytes[i] <= 0:
+            if not s or raw[i] <= 0:
                 continue
-            trial = stored.copy()
-            trial[i] = False
-            dt = plan_cost(trial, costs, 0.0)[0] - base
-            ratio = costs.mem_bytes[i] / max(dt, 1e-12)
+            stored[i] = False
+            dt = _fast_cost(stored, M, T, inst, children, 0.0) - base
+            stored[i] = True
+            ratio = raw[i] / max(dt, 1e-12)
             if ratio > best_ratio:
                 best, best_ratio = i, ratio
         if best is None:
@@ -66,8 +68,9 @@ def _fast_cost(stored, mem_n, time_n, inst, children, lam):
 
 
 def local_search(stored: list[bool], costs: SiteCosts, lam: float = 0.0,
-                 budget_act_bytes: float | None = None, max_rounds: int = 50) -> list[bool]:
-    """Best-improvement single flips and store/recompute swaps that keep the budget."""
+                 budget_act_bytes: float | None = None, max_rounds: int = 50,
+                 trade_width: int = 10) -> list[bool]:
+    """Best-improvement flips, swaps and 2-site trades that keep the budget."""
     M, T = (x.tolist() for x in costs.normalized())
     inst, children, raw = costs.instances, costs.children, costs.mem_bytes
     cap = float("inf") if budget_act_bytes is None else budget_act_bytes + 1e-9
@@ -79,6 +82,22 @@ def local_search(stored: list[bool], costs: SiteCosts, lam: float = 0.0,
         ons = [i for i, s in enumerate(stored) if s]
         offs = [i for i, s in enumerate(stored) if not s]
         moves = [(i,) for i in range(len(stored))] + [(i, j) for i in offs for j in ons]
+        if budget_act_bytes is not None:
+            # multi-site trades reach plans off the Lagrangian hull; they are limited to the
+            # sites with the best marginal value per byte on either side
+            def price(i, cur=cur):
+                stored[i] = not stored[i]
+                c = _fast_cost(stored, M, T, inst, children, lam)
+                stored[i] = not stored[i]
+                return (c - cur) / max(raw[i], 1e-12)
+
+            on_c = sorted(ons, key=price)[:trade_width]  # cheapest to recompute
+            off_c = sorted(offs, key=price)[:trade_width]  # most time saved by storing
+            on_pairs = [(i, j) for a, i in enumerate(on_c) for j in on_c[a + 1:]]
+            off_pairs = [(i, j) for a, i in enumerate(off_c) for j in off_c[a + 1:]]
+            moves += [(k, *p) for k in off_c for p in on_pairs]
+            moves += [(*q, i) for q in off_pairs for i in on_c]
+            moves += [(*q, *p) for q in off_pairs for p in on_pairs]
         for mv in moves:
             delta = sum(-raw[k] if stored[k] else raw[k] for k in mv)
             if used + delta > cap:

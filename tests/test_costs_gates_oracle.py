@@ -1,0 +1,141 @@
+"""Cost model, resource loss, gate training, budget mode and the ILP oracle."""
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from drat.costs import COST_MODELS, SiteCosts, build_costs, expected_recompute, plan_cost
+from drat.gates import BudgetInfeasibleError, GateBank, budget_to_activation_bytes, fit_gates, resource_loss
+from drat.oracle import brute_force, solve_oracle
+from drat.sites import SiteGraph
+
+from .conftest import make_batch, make_model
+
+
+def tiny_costs(n_layer=1, chunks=4, seed=0, kind="activation_size"):
+    # activation_size: measured-equivalent bytes with a fixed roofline, so tests are deterministic
+    model = make_model(n_layer=n_layer, loss_chunks=chunks, vocab_size=211, n_embd=64)
+    idx, tgt = make_batch(vocab=211, batch=4, seq=32, seed=seed)
+    return build_costs(model, idx, tgt, kind=kind)
+
+
+def synthetic_costs(seed, n_layer=1, chunks=3):
+    """Random positive costs on the real site graph: the oracle must be right for any costs."""
+    rng = random.Random(seed)
+    g = SiteGraph(n_layer, chunks)
+    return SiteCosts.build(g, [rng.uniform(1, 100) for _ in g.keys], [rng.uniform(0.01, 1) for _ in g.keys],
+                           step_ms=10.0, kind="synthetic")
+
+
+@pytest.mark.parametrize("kind", COST_MODELS)
+def test_cost_models_are_positive_and_complete(kind):
+    c = tiny_costs(kind=kind)
+    assert len(c) == len(c.labels) == 11 and c.kind == kind
+    M, T = c.normalized()
+    assert (M > 0).all() and (T > 0).all()
+    assert abs(float(M.sum()) - 1.0) < 1e-9
+
+
+def test_unknown_cost_model_is_rejected():
+    model = make_model()
+    idx, tgt = make_batch()
+    with pytest.raises(ValueError, match="unknown cost model"):
+        build_costs(model, idx, tgt, kind="magic")
+
+
+def test_expected_cost_is_the_exact_expectation_under_independent_gates():
+    """The recursion is multilinear: at probabilities g it equals E_s[cost(s)] by enumeration."""
+    c = synthetic_costs(0, chunks=2)
+    _, T = c.normalized()
+    g = torch.tensor([random.Random(1).uniform(0.05, 0.95) for _ in range(len(c))], dtype=torch.float64)
+    want = 0.0
+    for bits in itertools.product((0, 1), repeat=len(c)):
+        s = torch.tensor(bits, dtype=torch.float64)
+        p = float(torch.prod(torch.where(s > 0, g, 1 - g)))
+        want += p * float(expected_recompute(s, T, c))
+    assert abs(float(expected_recompute(g, T, c)) - want) < 1e-10
+
+
+def test_recompute_cost_is_dependency_aware():
+    """Recomputing a child whose parent is also recomputed costs more than the two alone."""
+    c = synthetic_costs(2)
+    i_up, i_act = c.labels.index("L0.mlp_up"), c.labels.index("L0.mlp_act")
+    n = len(c)
+    only = lambda *ks: [i not in ks for i in range(n)]  # noqa: E731
+    both = plan_cost(only(i_up, i_act), c, 0)[2]
+    separate = plan_cost(only(i_up), c, 0)[2] + plan_cost(only(i_act), c, 0)[2]
+    _, T = c.normalized()
+    assert both == pytest.approx(separate + float(T[i_up]))  # the parent is paid once more
+
+
+def test_lambda_zero_stores_everything_and_memory_falls_as_lambda_grows():
+    c = tiny_costs(n_layer=2)
+    assert all(fit_gates(c, lam=0.0, steps=100).stored)
+    mems = [fit_gates(c, lam=lam, steps=300).mem_bytes for lam in (0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 10.0)]
+    assert all(b <= a + 1e-6 for a, b in zip(mems, mems[1:])), mems
+    assert mems[-1] < mems[0]
+
+
+def test_gate_gradient_comes_from_the_resource_term():
+    c = tiny_costs()
+    gates = GateBank(len(c), init_logit=0.0)
+    loss, mem, t = resource_loss(gates.sample_st(), c, lam=1.0)
+    loss.backward()
+    assert gates.logits.grad is not None and gates.logits.grad.abs().sum() > 0
+
+
+def test_gate_sampling_uses_its_own_generator():
+    state = torch.get_rng_state()
+    GateBank(10, seed=1).sample_hard()
+    assert torch.equal(state, torch.get_rng_state())
+    a = GateBank(10, init_logit=0.0, seed=5).sample_hard()
+    b = GateBank(10, init_logit=0.0, seed=5).sample_hard()
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("frac", [0.1, 0.3, 0.5, 0.8])
+def test_budget_mode_converges_under_the_budget_and_near_the_oracle(frac):
+    c = tiny_costs(n_layer=2)
+    budget = frac * c.total_bytes
+    fit = fit_gates(c, budget_act_bytes=budget, steps=300)
+    assert fit.mem_bytes <= budget
+    assert max(h["lam"] for h in fit.history) > 0  # the dual variable actually moved
+    oracle = solve_oracle(c, budget_act_bytes=budget)
+    assert fit.objective <= oracle.objective * 1.02 + 1e-9
+
+
+@pytest.mark.parametrize("lam", [0.02, 0.1, 0.5, 2.0])
+def test_lambda_mode_gates_match_the_oracle(lam):
+    c = tiny_costs(n_layer=2)
+    fit = fit_gates(c, lam=lam, steps=300)
+    oracle = solve_oracle(c, lam=lam)
+    assert fit.objective <= oracle.objective * 1.02 + 1e-9
+
+
+def test_budget_below_floor_states_the_floor():
+    with pytest.raises(BudgetInfeasibleError, match=r"below the feasible floor of 0\.5 GiB"):
+        budget_to_activation_bytes(0.25, base_bytes=0.5 * 2**30)
+    with pytest.raises(BudgetInfeasibleError, match="positive"):
+        budget_to_activation_bytes(-1.0, base_bytes=0)
+    assert budget_to_activation_bytes(1.0, base_bytes=0.5 * 2**30) == 0.5 * 2**30
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_oracle_equals_brute_force(seed):
+    c = synthetic_costs(seed, chunks=1 + seed % 3)
+    rng = random.Random(seed)
+    lam = rng.choice([0.0, 0.1, 1.0, 5.0])
+    assert solve_oracle(c, lam=lam).objective == pytest.approx(brute_force(c, lam=lam).objective, abs=1e-9)
+    budget = rng.uniform(0.2, 0.9) * c.total_bytes
+    o, b = solve_oracle(c, budget_act_bytes=budget), brute_force(c, budget_act_bytes=budget)
+    assert o.objective == pytest.approx(b.objective, abs=1e-9)
+    assert o.mem_bytes <= budget
+
+
+def test_oracle_scales_to_deep_models_without_blowing_up():
+    c = synthetic_costs(0, n_layer=24, chunks=8)
+    plan = solve_oracle(c, budget_act_bytes=0.3 * c.total_bytes)
+    assert plan.mem_bytes <= 0.3 * c.total_bytes
+    assert plan.objective < plan_cost([False] * len(c), c, 0)[0]
