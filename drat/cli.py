@@ -1,6 +1,7 @@
 """The `drat` command line: a thin entry point over the library.
 
     drat profile   what a strategy keeps for backward (and on CUDA, its peak and step time)
+    drat bench     strategies side by side on one device (the memory/time frontier)
 
 Bad input (unknown size, strategy or corpus; CUDA without a GPU; an infeasible budget) prints one
 line, `drat: error: ...`, and exits with status 2.
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_profile)
+
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
     return ap
 
 
