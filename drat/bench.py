@@ -1,5 +1,266 @@
-"""`drat bench frontier`: every strategy measured side by side in one process (placeholder)."""
+"""`drat bench frontier`: every strategy measured side by side in one process.
+
+Rows: the baselines (`none`, `full`, `selective`, `sac`), `torch.compile` with the partitioner's
+activation-memory budgets, DRAT at a λ sweep and at memory budgets, DRAT with every gate set to
+store (the ≤2% overhead check) and the ILP oracle's plan, executed. Each row reports peak
+allocated/reserved GiB, step ms (median of CUDA-event-timed steps after warm-up), tokens/s and
+MFU against a bf16 matmul rate measured in the same run. On CPU, peak memory is replaced by
+exact saved-activation bytes and time by wall-clock.
+
+Outputs in --out: `frontier.csv`, `frontier.json` (rows + provenance), `frontier.png`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .accounting import saved_activation_bytes
+from .costs import build_costs
+from .gates import budget_to_activation_bytes, fit_gates
+from .model import GPT, config_for
+from .oracle import solve_oracle
+from .profile import autocast_ctx, random_batch
+from .provenance import provenance, resolve_device
+from .strategies import SAC, DRATGates, FullAC, NoneAC, PlanAC, SelectiveAC
+
+CSV_FIELDS = ["name", "strategy", "mode", "lam", "budget_gib", "peak_gib", "reserved_gib", "step_ms",
+              "tokens_per_s", "mfu", "saved_activation_bytes", "n_recomputed", "recomputed_sites"]
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
+    """bf16 dense matmul rate of this GPU, measured now (the MFU denominator)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(reps):
+        a @ b
+    e.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (s.elapsed_time(e) / 1e3) / 1e12
+
+
+def model_flops_per_step(model: GPT, batch: int, seq: int) -> float:
+    """6·params·tokens for the matmuls plus causal attention (PaLM appendix B, halved for causality)."""
+    cfg = model.cfg
+    n = model.num_params(exclude_positions=True)
+    return batch * seq * (6 * n + 6 * cfg.n_layer * seq * cfg.n_embd)
+
+
+def _measure(model, idx, targets, steps: int, warmup: int, compiled=None) -> dict:
+    device = idx.device
+    fwd = compiled or model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+        else:
+            t0 = time.perf_counter()
+        with autocast_ctx(device):
+            loss = fwd(idx, targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            e.record()
+            if i >= warmup:
+                times.append((s, e))
+        elif i >= warmup:
+            times.append(1e3 * (time.perf_counter() - t0))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        ms = [s.elapsed_time(e) for s, e in times]
+        out = {"peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+               "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
+    else:
+        ms = times
+        out = {"peak_gib": float("nan"), "reserved_gib": float("nan")}
+    del opt
+    gc.collect()
+    out["step_ms"] = statistics.median(ms)
+    out["step_ms_all"] = ms
+    return out
+
+
+def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device: str = "cpu",
+                 n_layer: int | None = None, n_embd: int | None = None, n_head: int | None = None,
+                 vocab_size: int | None = None, tie_weights: bool | None = None,
+                 lams=(0.01, 0.05, 0.2, 1.0), budget_fracs=(0.25, 0.5, 0.75),
+                 compile_budgets=(1.0, 0.5, 0.2), steps: int = 12, warmup: int = 3,
+                 only: set[str] | None = None, out: str | Path | None = None, log=print) -> list[dict]:
+    dev = resolve_device(device)
+    cfg = config_for(size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
+                     tie_weights=tie_weights, block_size=max(seq_len, config_for(size).block_size))
+    torch.manual_seed(0)
+    model = GPT(cfg).to(dev)
+    idx, targets = random_batch(cfg.vocab_size, batch_size, seq_len, dev)
+    tokens = batch_size * seq_len
+    peak_tflops = matmul_tflops(dev) if dev.type == "cuda" else float("nan")
+    flops = model_flops_per_step(model, batch_size, seq_len)
+    rows: list[dict] = []
+    meta = {"config": cfg.to_dict(), "batch_size": batch_size, "seq_len": seq_len,
+            "matmul_tflops": peak_tflops, "model_flops_per_step": flops, "params": model.num_params(),
+            **provenance(dev)}
+    want = (lambda name: True) if not only else (lambda name: any(name.startswith(o) for o in only))
+
+    def record(name, strategy, mode, lam=None, budget=None, compiled=None, stored=None):
+        model.set_strategy(strategy)
+        if dev.type == "cpu" or compiled is None:
+            with autocast_ctx(dev):
+                saved, _ = saved_activation_bytes(model, idx, targets)
+        else:
+            saved = None
+        m = _measure(model, idx, targets, steps, warmup, compiled)
+        rec = [k.label() for k, s in zip(model.graph.keys, stored)] if stored else []
+        rec = [lab for lab, s in zip(rec, stored) if not s] if stored else []
+        row = {"name": name, "strategy": strategy.name, "mode": mode, "lam": lam, "budget_gib": budget,
+               **m, "tokens_per_s": tokens / (m["step_ms"] / 1e3),
+               "mfu": flops / (m["step_ms"] / 1e3) / (peak_tflops * 1e12) if dev.type == "cuda" else None,
+               "saved_activation_bytes": saved, "n_recomputed": len(rec),
+               "recomputed_sites": " ".join(sorted({r.split(".")[-1] for r in rec}))}
+        rows.append(row)
+        if out is not None:  # rewrite after every row: a killed run keeps what it measured
+            write_outputs(rows, Path(out), meta)
+        log(f"{name:<22} peak {row['peak_gib']:7.3f} GiB  {row['step_ms']:8.2f} ms  "
+            f"{row['tokens_per_s']:10.0f} tok/s  recompute={row['recomputed_sites']}")
+        return row
+
+    for name, strat in [("none", NoneAC()), ("full", FullAC()), ("selective", SelectiveAC()), ("sac", SAC())]:
+        if want(name):
+            record(name, strat, "eager")
+    none_row = next((r for r in rows if r["name"] == "none"), None)
+
+    # DRAT: costs measured on this device, then gates fitted per λ / budget
+    step_ms = none_row["step_ms"] if none_row else None
+    costs = build_costs(model, idx, targets, "measured", step_ms=step_ms)
+    n = len(model.graph)
+    if want("drat-store-all"):
+        from .gates import GateBank
+
+        record("drat-store-all", DRATGates(GateBank(n, init_logit=5.0)), "eager", stored=[True] * n)
+    for lam in lams:
+        if want(f"drat-lam{lam}"):
+            fit = fit_gates(costs, lam=lam)
+            record(f"drat-lam{lam}", DRATGates(fit.gates), "eager", lam=lam, stored=fit.stored)
+    if none_row and dev.type == "cuda":
+        # base = everything in the `none` peak that is not stored activations (model states,
+        # gradients, transient working memory); the plan then has budget − base for activations
+        base = none_row["peak_gib"] * 2**30 - costs.total_bytes
+        for frac in budget_fracs:
+            budget_gib = (base + frac * costs.total_bytes) / 2**30
+            if want("drat-budget") or want("oracle"):
+                act = budget_to_activation_bytes(budget_gib, base)
+                if want("drat-budget"):
+                    fit = fit_gates(costs, budget_act_bytes=act)
+                    record(f"drat-budget{frac}", DRATGates(fit.gates), "eager", lam=fit.lam,
+                           budget=budget_gib, stored=fit.stored)
+                if want("oracle"):
+                    plan = solve_oracle(costs, budget_act_bytes=act)
+                    record(f"oracle-budget{frac}", PlanAC(stored=plan.stored), "eager", budget=budget_gib,
+                           stored=plan.stored)
+    if dev.type == "cuda":
+        import torch._functorch.config as fconfig
+
+        for b in compile_budgets:
+            if not want(f"compile-budget{b}"):
+                continue
+            torch._dynamo.reset()
+            model.set_strategy(NoneAC())
+            with fconfig.patch(activation_memory_budget=b):
+                compiled = torch.compile(model)
+                record(f"compile-budget{b}", NoneAC(), "compiled", budget=b, compiled=compiled)
+            del compiled
+    return rows
+
+
+def write_outputs(rows: list[dict], out: Path, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "frontier.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    tmp.replace(out / "frontier.csv")
+    tmp = out / "frontier.json.tmp"
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    tmp.replace(out / "frontier.json")
+    plot_frontier(rows, out / "frontier.png", meta)
+
+
+def plot_frontier(rows: list[dict], path: Path, meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    on_gpu = not any(r["peak_gib"] != r["peak_gib"] for r in rows)  # NaN on CPU
+    ykey = "peak_gib" if on_gpu else "saved_activation_bytes"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        y = r[ykey] if on_gpu else r[ykey] / 2**20
+        color = "C3" if r["name"].startswith("drat") else "C2" if r["name"].startswith("oracle") else (
+            "C1" if r["mode"] == "compiled" else "C0")
+        ax.scatter(r["step_ms"], y, color=color)
+        ax.annotate(r["name"], (r["step_ms"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    lam_rows = sorted((r for r in rows if r["name"].startswith("drat-lam")), key=lambda r: r["step_ms"])
+    if lam_rows:
+        ax.plot([r["step_ms"] for r in lam_rows], [r[ykey] if on_gpu else r[ykey] / 2**20 for r in lam_rows],
+                color="C3", lw=1, label="DRAT λ sweep")
+        ax.legend()
+    ax.set_xlabel("step time (ms)")
+    ax.set_ylabel("peak allocated (GiB)" if on_gpu else "saved activations (MiB)")
+    c = meta["config"]
+    ax.set_title(f"{meta['device']}: L={c['n_layer']} h={c['n_embd']} V={c['vocab_size']} "
+                 f"S={meta['seq_len']} B={meta['batch_size']}", fontsize=9)
+    fig.text(0.01, 0.01, f"torch {meta['torch_version']} · commit {meta['git_commit'][:10]}", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
 
 
 def add_bench_parser(sub) -> None:
-    pass
+    p = sub.add_parser("bench", help="benchmarks")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    f = bsub.add_parser("frontier", help="every strategy side by side: peak memory vs step time")
+    f.add_argument("--size", default="tiny")
+    f.add_argument("--layers", type=int, default=None)
+    f.add_argument("--hidden", type=int, default=None)
+    f.add_argument("--heads", type=int, default=None)
+    f.add_argument("--vocab-size", type=int, default=None)
+    f.add_argument("--untied", action="store_true", help="untie embedding and LM head (ANCHORS.md)")
+    f.add_argument("--seq-len", type=int, default=64)
+    f.add_argument("--batch-size", type=int, default=2)
+    f.add_argument("--device", default="auto")
+    f.add_argument("--steps", type=int, default=12)
+    f.add_argument("--warmup", type=int, default=3)
+    f.add_argument("--lambdas", default="0.01,0.05,0.2,1.0")
+    f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=_cmd_frontier)
+
+
+def _cmd_frontier(args) -> int:
+    if args.steps < 10 and args.device != "cpu":
+        raise ValueError("--steps must be at least 10 on GPU (median of >=10 timed steps)")
+    run_frontier(args.size, args.seq_len, args.batch_size, args.device, args.layers, args.hidden, args.heads,
+                 args.vocab_size, False if args.untied else None,
+                 lams=tuple(float(x) for x in args.lambdas.split(",")), steps=args.steps, warmup=args.warmup,
+                 only=set(args.only.split(",")) if args.only else None, out=args.out)
+    return 0
