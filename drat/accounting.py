@@ -20,6 +20,10 @@ from .model import GPTConfig
 from .recompute import _ACCOUNTANT, is_parameter
 
 
+def _identity(t):
+    return t
+
+
 class SavedTensorAccountant:
     def __init__(self):
         self._seen: dict[int, list] = {}  # storage data_ptr -> [nbytes, owner site or None, storage]
@@ -31,18 +35,22 @@ class SavedTensorAccountant:
     # --- context ------------------------------------------------------------------------
     def __enter__(self):
         self._token = _ACCOUNTANT.set(self)
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _identity)
         self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc):
         self._hooks.__exit__(*exc)
+        self._hooks = None  # the hooks hold bound methods of self: break the cycle
         _ACCOUNTANT.reset(self._token)
+        self._flush_sac()
+        for ent in self._seen.values():  # counted: stop pinning the storages
+            ent[2] = None
         return False
 
     def _pack(self, t):
         self.record(t, None)
-        return t
+        return t.detach()  # see SiteRuntime._pack: returning t itself can leak a forward
 
     # --- recording ----------------------------------------------------------------------
     def record(self, t: torch.Tensor, site: int | None) -> None:

@@ -62,6 +62,7 @@ def _measure(model, idx, targets, steps: int, warmup: int, compiled=None) -> dic
     fwd = compiled or model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     times = []
+    gc.collect()  # nothing of the previous row may stay alive into this row's peak
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -101,7 +102,7 @@ def _measure(model, idx, targets, steps: int, warmup: int, compiled=None) -> dic
 def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device: str = "cpu",
                  n_layer: int | None = None, n_embd: int | None = None, n_head: int | None = None,
                  vocab_size: int | None = None, tie_weights: bool | None = None,
-                 lams=(0.01, 0.05, 0.2, 1.0), budget_fracs=(0.25, 0.5, 0.75),
+                 lams=(0.05, 0.2, 0.5, 1.0, 2.0, 5.0), budget_fracs=(0.25, 0.5, 0.75),
                  compile_budgets=(1.0, 0.5, 0.2), steps: int = 12, warmup: int = 3,
                  only: set[str] | None = None, out: str | Path | None = None, log=print) -> list[dict]:
     dev = resolve_device(device)
@@ -250,7 +251,7 @@ def add_bench_parser(sub) -> None:
     f.add_argument("--device", default="auto")
     f.add_argument("--steps", type=int, default=12)
     f.add_argument("--warmup", type=int, default=3)
-    f.add_argument("--lambdas", default="0.01,0.05,0.2,1.0")
+    f.add_argument("--lambdas", default="0.05,0.2,0.5,1,2,5")
     f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
     f.add_argument("--out", required=True)
     f.set_defaults(func=_cmd_frontier)

@@ -135,6 +135,14 @@ class SiteRuntime:
     def hooks(self):
         return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
+    def end_forward(self) -> None:
+        """Drop the forward-time registry. From here on only the autograd graph (through the
+        packed references) keeps recipes alive, so they die with the graph: a runtime kept for
+        its statistics must not pin a step's activations."""
+        self._owner.clear()
+        self._current = None
+        self.accountant = None
+
     def run(self, site: int, fn: Callable, *inputs: torch.Tensor) -> torch.Tensor:
         """Run site `site` as `fn(*inputs)` and register its output."""
         stored = self.stored[site]
@@ -158,14 +166,18 @@ class SiteRuntime:
         return y
 
     def _ref_for_input(self, x: torch.Tensor):
-        """Recipes hold stored inputs strongly and recomputed ones by reference."""
+        """Recipes hold stored inputs strongly and recomputed ones by reference.
+
+        Stored inputs are held *detached*: a recipe that referenced the autograd graph would form
+        a cycle through C++ nodes (graph -> packed ref -> recipe -> tensor -> graph) that Python's
+        garbage collector cannot see, leaking a whole step when a forward has no backward."""
         ent = self._lookup(x)
         if ent is not None and not self.stored[ent[0].site]:
             inst, _, base_offset = ent
             return _OutRef(inst, x, base_offset, same=False)
         if self.accountant is not None:
             self.accountant.record(x, None if ent is None else ent[0].site)
-        return x
+        return x.detach()
 
     def _lookup(self, t: torch.Tensor):
         ent = self._owner.get(t.untyped_storage().data_ptr())
@@ -174,18 +186,21 @@ class SiteRuntime:
         return ent
 
     def _pack(self, t: torch.Tensor):
+        # Kept tensors are returned detached (same storage and version counter): a saved *output*
+        # returned as itself would reference its own grad_fn from inside that node, a cycle
+        # through C++ that the garbage collector cannot free when a forward has no backward.
         cur = self._current
         if cur is not None:
             cur.n_packs += 1
         if is_parameter(t):  # never an activation
-            return t
+            return t.detach()
         ent = self._lookup(t)
         if ent is not None:
             inst, yref, base_offset = ent
             if self.stored[inst.site]:
                 if self.accountant is not None:
                     self.accountant.record(t, inst.site)
-                return t
+                return t.detach()
             inst.slots += 1
             y = yref()
             same = t.size() == y.size() and t.stride() == y.stride() and t.storage_offset() == base_offset
@@ -193,11 +208,11 @@ class SiteRuntime:
         if cur is None or t.untyped_storage().data_ptr() in self._inputs:
             if self.accountant is not None:
                 self.accountant.record(t, None)
-            return t
+            return t.detach()
         if self.stored[cur.site]:
             if self.accountant is not None:
                 self.accountant.record(t, cur.site)
-            return t
+            return t.detach()
         cur.slots += 1
         cur.internal_ks.add(cur.n_packs - 1)
         return _IntRef(cur, cur.n_packs - 1)
@@ -241,8 +256,8 @@ class SiteRuntime:
             k = counter[0]
             counter[0] += 1
             if capture and k in inst.internal_ks:
-                captured[k] = t
-            return t
+                captured[k] = t.detach()
+            return t.detach()
 
         device_type, ac_enabled, ac_dtype = inst.autocast
         rng_ctx = _rng_restored(self.device, inst.rng) if inst.rng is not None else contextlib.nullcontext()

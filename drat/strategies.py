@@ -126,7 +126,9 @@ class PlanAC(ActivationStrategy):
         rt.register_inputs(idx, targets)
         self.last_runtime = rt
         with rt.hooks():
-            return model.forward_sites(idx, targets, run=rt.run)
+            loss = model.forward_sites(idx, targets, run=rt.run)
+        rt.end_forward()
+        return loss
 
     def describe(self) -> dict:
         return {"strategy": self.name, "recompute": sorted(self._recompute)}
@@ -144,12 +146,25 @@ class DRATGates(PlanAC):
         self.gates = gates
         self.sample = sample
         self._hard: torch.Tensor | None = None
+        self._pinned: list[bool] | None = None
 
     def attach(self, model) -> None:
         if self.gates.n_sites != len(model.graph):
             raise ValueError(f"gate bank has {self.gates.n_sites} gates, model has {len(model.graph)} sites")
 
+    def pin(self, hard: torch.Tensor | None) -> None:
+        """Run the following forwards with these store flags instead of drawing new ones.
+
+        A trainer draws one straight-through sample per step, differentiates its soft part through
+        the resource loss and pins its hard part here, so the forward executes exactly the plan the
+        gate gradient is about (the same plan for every micro-batch). `None` unpins."""
+        if hard is not None and hard.numel() != self.gates.n_sites:
+            raise ValueError(f"pinned plan has {hard.numel()} decisions, gate bank has {self.gates.n_sites}")
+        self._pinned = None if hard is None else [bool(v) for v in (hard.detach() > 0.5).tolist()]
+
     def decisions(self, model) -> list[bool]:
+        if self._pinned is not None:
+            return list(self._pinned)
         with torch.no_grad():
             hard = self.gates.sample_hard() if self.sample else self.gates.hard()
         self._hard = hard
