@@ -1,0 +1,850 @@
+"""Training a GPT whose store/recompute gates learn alongside it (or under a baseline strategy).
+
+    cfg = TrainingConfig(size="tiny", corpus="stdlib", steps=200, strategy="drat", lam=0.05, out="runs/x")
+    summary = ResourceAwareTrainer(cfg).train()
+
+A run folder (`cfg.out`) holds config.json (resolved), tokenizer.json, tokens/ (memmaps),
+metrics.jsonl, summary.json, train.log, checkpoints/ and tb/ (TensorBoard).
+
+One optimizer step under `strategy="drat"`:
+  1. anneal τ, draw one straight-through sample `st` of the gates and pin its hard part on the
+     model, so the forward executes the very plan whose cost the gates are trained on;
+  2. forward/backward the task loss over `grad_accum` micro-batches. The gates change what
+     autograd keeps, never what the model computes, so these gradients are bitwise those of `none`;
+  3. backward the resource term `resource_loss(st, costs, λ)`: the gates' only gradient;
+  4. clip the model's gradients, AdamW step, LR schedule step; in budget mode dual ascent on λ.
+
+Resume is exact: batches are a pure function of (seed, step), and a checkpoint carries every other
+piece of state the next step reads (weights, AdamW moments, schedule, gate logits and their
+generator, λ, the site costs, the CPU/CUDA RNG that drives dropout). On the CPU a run resumed from
+step k writes bitwise the losses of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .accounting import saved_activation_bytes
+from .checkpoint import CHECKPOINT_DIR, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .costs import COST_MODELS, SiteCosts, build_costs, measure_site_bytes, model_state_bytes
+from .data import (
+    DataError,
+    TokenDataset,
+    Tokenizer,
+    load_corpus,
+    load_meta,
+    load_tokenizer,
+    prepare_tokens,
+    train_tokenizer,
+)
+from .gates import DualAscent, GateBank, anneal_tau, budget_to_activation_bytes, resource_loss
+from .model import GPT, SIZES, GPTConfig, config_for
+from .profile import autocast_ctx
+from .provenance import provenance, resolve_device
+from .strategies import DRATGates, NoneAC, make_strategy
+
+TRAIN_STRATEGIES = ("none", "full", "selective", "sac", "drat")
+DEFAULT_VOCAB_SIZE = 8192
+DEFAULT_LAMBDA = 0.05
+ADAM_BETAS = (0.9, 0.95)  # nanoGPT/GPT-3 values; β2=0.95 is steadier than 0.999 at small batch
+
+# Fields that may change when a run is resumed: they steer logging and bookkeeping, not the maths
+# of the steps already taken. (`steps` re-stretches the schedules from the resume point on.)
+RESUMABLE_CHANGES = frozenset({
+    "steps", "eval_every", "eval_batches", "log_every", "ckpt_every", "keep_last_k", "device",
+    "tensorboard", "wandb", "wandb_project", "out",
+})
+
+
+class TrainingError(ValueError):
+    """A training run cannot start or continue as asked; the message says what to change."""
+
+
+@dataclass
+class TrainingConfig:
+    # model: a named size, optionally shrunk (tests) or widened
+    size: str = "tiny"
+    n_layer: int | None = None
+    n_embd: int | None = None
+    n_head: int | None = None
+    dropout: float = 0.0
+    # data
+    corpus: str = "shakespeare"  # shakespeare | stdlib | text:PATH | hf:NAME (see drat.data)
+    max_corpus_bytes: int | None = None  # keep only this many bytes of documents (fast runs)
+    vocab_size: int | None = None  # BPE target; None: 8192, or the vocabulary of `tokenizer`
+    tokenizer: str | None = None  # a trained tokenizer.json; None trains one into the run folder
+    seq_len: int = 256
+    batch_size: int = 16
+    grad_accum: int = 1
+    # optimisation
+    steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup: int | None = None  # warm-up steps; None: 5% of `steps`
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm of the model; 0 disables clipping
+    # activation strategy and gates
+    strategy: str = "drat"  # none | full | selective | sac | drat
+    lam: float | None = None  # λ, price of memory in recompute time; None: 0.05 (drat, no budget)
+    budget_gib: float | None = None  # peak budget: λ becomes a dual variable
+    gate_lr: float = 0.1
+    gate_init_logit: float = 3.0  # σ(3) ≈ 0.95: start out storing, like the ungated model
+    tau_start: float = 1.0
+    tau_end: float = 0.05
+    cost_model: str = "measured"
+    # evaluation, logging, checkpoints
+    eval_every: int = 100
+    eval_batches: int = 20
+    log_every: int = 10
+    ckpt_every: int = 500  # 0: only the final checkpoint
+    keep_last_k: int = 3
+    # run
+    seed: int = 0
+    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    out: str = "runs/train"
+    tensorboard: bool = True
+    wandb: bool = False  # offline unless WANDB_MODE says otherwise; skipped if wandb is missing
+    wandb_project: str = "drat"
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise TrainingError(msg)
+
+        need(self.size in SIZES, f"unknown model size {self.size!r}; choose one of {', '.join(SIZES)}")
+        need(self.strategy in TRAIN_STRATEGIES,
+             f"unknown strategy {self.strategy!r}; choose one of {', '.join(TRAIN_STRATEGIES)}")
+        need(self.cost_model in COST_MODELS,
+             f"unknown cost model {self.cost_model!r}; choose one of {', '.join(COST_MODELS)}")
+        need(self.steps > 0, f"steps must be a positive number of optimizer steps, got {self.steps}")
+        for name in ("seq_len", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every"):
+            need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        need(self.ckpt_every >= 0 and self.keep_last_k >= 1,
+             "ckpt_every must be >= 0 (0: final checkpoint only) and keep_last_k >= 1")
+        need(self.lr > 0 and 0 <= self.min_lr <= self.lr, f"need 0 <= min_lr <= lr and lr > 0, "
+             f"got lr={self.lr}, min_lr={self.min_lr}")
+        need(self.warmup is None or self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
+        need(self.weight_decay >= 0 and self.grad_clip >= 0, "weight_decay and grad_clip must be >= 0")
+        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        need(self.lam is None or self.budget_gib is None, "give lam (--lambda) or budget_gib, not both")
+        need(self.strategy == "drat" or (self.lam is None and self.budget_gib is None),
+             "lam (--lambda) and budget_gib apply to strategy drat only")
+        need(self.lam is None or self.lam >= 0, f"lam must be >= 0, got {self.lam}")
+        need(0 < self.tau_end <= self.tau_start, "need 0 < tau_end <= tau_start")
+        need(self.gate_lr > 0, f"gate_lr must be positive, got {self.gate_lr}")
+        need(self.vocab_size is None or self.vocab_size > 0, "vocab_size must be positive")
+        need(self.max_corpus_bytes is None or self.max_corpus_bytes > 0, "max_corpus_bytes must be positive")
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, self.steps // 20) if self.warmup is None else self.warmup
+
+    @property
+    def lam_value(self) -> float:
+        """λ of λ mode (budget mode starts λ at 0 and lets dual ascent move it)."""
+        if self.budget_gib is not None:
+            return 0.0
+        return DEFAULT_LAMBDA if self.lam is None else self.lam
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainingConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k.replace("-", "_"): v for k, v in d.items()}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise TrainingError(f"unknown training config key(s) {', '.join(unknown)}; "
+                                f"valid keys: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict:
+    """A YAML or JSON file of TrainingConfig fields (`batch-size` and `batch_size` both work)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise TrainingError(f"cannot read config file {path}: {e.strerror or e}") from e
+    import yaml
+
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:  # json.JSONDecodeError is a ValueError
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise TrainingError(f"config file {path} is not valid {kind}: {str(e).splitlines()[0]}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TrainingError(f"config file {path} must hold a mapping of training fields")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def read_run_config(out: str | os.PathLike[str]) -> dict | None:
+    """The resolved config.json of the run in `out`, or None when there is none."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{path} is unreadable ({e}); fix it or start again with --overwrite") from e
+
+
+def resolve_training_config(overrides: dict, config_file: str | None = None,
+                            resume: bool = False) -> TrainingConfig:
+    """Defaults < the stored config of a resumed run < `config_file` < `overrides` (given flags).
+
+    λ and the budget exclude each other: a layer that sets one clears the other from earlier layers."""
+    layers: list[dict] = []
+    file_fields = load_config_file(config_file) if config_file else {}
+    if resume:
+        out = overrides.get("out", file_fields.get("out", TrainingConfig.out))
+        stored = read_run_config(out)
+        if stored is not None:
+            layers.append(stored["training"])
+    layers += [file_fields, overrides]
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        layer = {k.replace("-", "_"): v for k, v in layer.items()}
+        if "budget_gib" in layer and "lam" not in layer:
+            merged.pop("lam", None)
+        if "lam" in layer and "budget_gib" not in layer:
+            merged.pop("budget_gib", None)
+        merged.update(layer)
+    return TrainingConfig.from_dict(merged)
+
+
+# ---------------------------------------------------------------------------------- pieces
+def lr_multiplier(step: int, warmup: int, steps: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(1, steps - warmup), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate_loss(model: GPT, data: TokenDataset, batch_size: int, max_batches: int | None,
+                  device: torch.device) -> dict:
+    """Mean next-token loss over the first `max_batches` sequential batches (None: the split)."""
+    was_training, strategy = model.training, model.strategy
+    # Gates only decide what backward keeps; there is no backward here. NoneAC also keeps a
+    # sampling DRATGates from drawing (and so advancing its generator) during evaluation.
+    model.set_strategy(NoneAC())
+    model.eval()
+    try:
+        n_batches = data.n_sequential_batches(batch_size)
+        if max_batches is not None:
+            n_batches = min(n_batches, max_batches)
+        loss_sum, n_tokens = 0.0, 0
+        for i in range(n_batches):
+            x, y = data.sequential_batch(i, batch_size)
+            with autocast_ctx(device):
+                loss = model(x.to(device), y.to(device))
+            loss_sum += loss.item() * y.numel()
+            n_tokens += y.numel()
+    finally:
+        model.set_strategy(strategy)
+        model.train(was_training)
+    mean = loss_sum / max(n_tokens, 1)
+    return {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": n_tokens}
+
+
+def _gpt_config(cfg: TrainingConfig, vocab_size: int) -> GPTConfig:
+    gcfg = config_for(cfg.size, vocab_size=vocab_size, n_layer=cfg.n_layer, n_embd=cfg.n_embd,
+                      n_head=cfg.n_head, dropout=cfg.dropout)
+    if cfg.seq_len > gcfg.block_size:
+        gcfg = replace(gcfg, block_size=cfg.seq_len)
+    return gcfg
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines to stderr without tearing the progress bar."""
+
+    def emit(self, record):
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+# Files and folders a run writes; `--overwrite` removes exactly these and nothing else in `out`.
+RUN_ARTIFACTS = ("config.json", "metrics.jsonl", "summary.json", "train.log", "tokenizer.json",
+                 "tokens", CHECKPOINT_DIR, "tb", "wandb")
+
+
+class ResourceAwareTrainer:
+    """Trains `GPT` with DRAT gates (or a baseline strategy); see the module docstring."""
+
+    def __init__(self, cfg: TrainingConfig, resume: str | None = None, overwrite: bool = False):
+        """`resume`: None, "latest" (newest checkpoint in cfg.out) or a checkpoint path."""
+        cfg.validate()
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.out = Path(cfg.out)
+        self.resume_from = self._prepare_out_dir(resume, overwrite)
+        self.log = self._setup_logging()
+        try:
+            self._setup(self.resume_from)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------------- set-up
+    def _prepare_out_dir(self, resume: str | None, overwrite: bool) -> Path | None:
+        """Refuse to mix two runs in one folder; returns the checkpoint to resume from, if any."""
+        if resume and overwrite:
+            raise TrainingError("give --resume or --overwrite, not both")
+        stored = read_run_config(self.out)
+        if stored is not None and not resume and not overwrite:
+            raise TrainingError(f"{self.out} already holds a run (config.json); pass --resume to continue "
+                                f"it or --overwrite to replace it, or choose another --out")
+        if overwrite:
+            for name in RUN_ARTIFACTS:
+                p = self.out / name
+                if self.cfg.tokenizer and p.resolve() == Path(self.cfg.tokenizer).resolve():
+                    continue  # the tokenizer this run is told to use, not one it made
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            return None
+        if stored is None:
+            raise TrainingError(f"nothing to resume: {self.out} holds no run (no config.json)")
+        mine, theirs = self.cfg.to_dict(), stored["training"]
+        changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k))
+        if changed:
+            diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine[k]!r}" for k in changed)
+            raise TrainingError(f"cannot resume the run in {self.out} with a different config ({diffs}); "
+                                f"drop those flags or start a new run with --out/--overwrite")
+        ckpt_dir = self.out / CHECKPOINT_DIR
+        path = latest_checkpoint(ckpt_dir) if resume == "latest" else Path(resume)
+        if path is None:
+            raise TrainingError(f"nothing to resume: no checkpoint in {ckpt_dir}; "
+                                f"start again with --overwrite")
+        return path
+
+    def _setup_logging(self) -> logging.Logger:
+        log = logging.getLogger(f"drat.train.{id(self)}")  # one logger per trainer: tests run several
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        self._handlers: list[logging.Handler] = [logging.FileHandler(self.out / "train.log"), _TqdmHandler()]
+        for h in self._handlers:
+            h.setFormatter(fmt)
+            log.addHandler(h)
+        return log
+
+    def _setup(self, resume_from: Path | None) -> None:
+        cfg = self.cfg
+        self.corpus = None  # loaded on first use: a resumed run with its tokens in place never needs it
+        state = load_checkpoint(resume_from, map_location=self.device) if resume_from else None
+        self.tokenizer = self._prepare_tokenizer(resuming=state is not None)
+        self.train_data, self.val_data = self._prepare_data(resuming=state is not None)
+        self.model = self._build_model()
+        if state is not None and state["model_config"]["vocab_size"] != self.tokenizer.vocab_size:
+            raise TrainingError(f"checkpoint {resume_from} has a {state['model_config']['vocab_size']}-token "
+                                f"model but the tokenizer has {self.tokenizer.vocab_size} tokens")
+        self.gates, self.strategy = self._build_strategy()
+        self.model.set_strategy(self.strategy)
+        self.optimizer, self.scheduler = self._build_optimizer()
+        self.step = 0  # optimizer steps completed
+        self.lam = cfg.lam_value
+        self.train_time_s = 0.0  # time spent in train(), summed over resumed sessions
+        self.initial_val: dict | None = None
+        self.last_val: dict | None = None
+        if state is None:
+            self._measure_costs()
+        else:
+            self._restore(state, resume_from)
+        self.dual = None
+        if cfg.budget_gib is not None:
+            # the budget covers model states (floor) plus the activations the plan keeps
+            act_budget_bytes = budget_to_activation_bytes(cfg.budget_gib, model_state_bytes(self.model))
+            self.dual = DualAscent(act_budget_bytes / max(sum(self.site_bytes), 1.0), lam0=self.lam)
+        self._write_config()
+
+    def _prepare_tokenizer(self, resuming: bool) -> Tokenizer:
+        cfg = self.cfg
+        if cfg.tokenizer:
+            tok = load_tokenizer(cfg.tokenizer)
+            if cfg.vocab_size is not None and cfg.vocab_size != tok.vocab_size:
+                raise TrainingError(f"tokenizer {cfg.tokenizer} has {tok.vocab_size} tokens but vocab_size="
+                                    f"{cfg.vocab_size} was asked for; drop --vocab-size or use a matching "
+                                    f"tokenizer")
+            return tok
+        path = self.out / "tokenizer.json"
+        if resuming:
+            return load_tokenizer(path)
+        t0 = time.perf_counter()
+        self.corpus = self._load_corpus()
+        tok = train_tokenizer(self.corpus, cfg.vocab_size or DEFAULT_VOCAB_SIZE, out_path=path)
+        self.log.info(f"trained a {tok.vocab_size}-token BPE tokenizer in {time.perf_counter() - t0:.1f} s "
+                      f"-> {path}")
+        return tok
+
+    def _load_corpus(self):
+        if self.corpus is None:
+            # the split seed is fixed (not cfg.seed): runs with different seeds share one held-out set
+            self.corpus = load_corpus(self.cfg.corpus, max_bytes=self.cfg.max_corpus_bytes)
+        return self.corpus
+
+    def _prepare_data(self, resuming: bool) -> tuple[TokenDataset, TokenDataset]:
+        cfg = self.cfg
+        tokens = self.out / "tokens"
+        meta = _own_token_meta(tokens, self.tokenizer, cfg.corpus) if resuming else None
+        if meta is None:  # (re)tokenize; prepare_tokens itself skips the work when nothing changed
+            meta = prepare_tokens(self._load_corpus(), self.tokenizer, tokens)
+        self.token_meta = meta
+        n_train, need_tokens = meta["splits"]["train"]["n_tokens"], cfg.batch_size * cfg.seq_len + 1
+        if n_train < need_tokens:
+            raise TrainingError(
+                f"corpus {cfg.corpus!r} is too small for one batch: its train split has {n_train} tokens, "
+                f"a batch of {cfg.batch_size}x{cfg.seq_len} needs {need_tokens}; use a larger corpus or "
+                f"smaller --batch-size/--seq-len")
+        train = TokenDataset(self.out / "tokens", "train", cfg.seq_len)
+        val = TokenDataset(self.out / "tokens", "val", cfg.seq_len)
+        self.log.info(f"data: {cfg.corpus} -> {train.n_tokens:,} train / {val.n_tokens:,} val tokens")
+        return train, val
+
+    def _build_model(self) -> GPT:
+        torch.manual_seed(self.cfg.seed)  # the model init is the first draw from the seeded stream
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed_all(self.cfg.seed)
+        self.model_cfg = _gpt_config(self.cfg, self.tokenizer.vocab_size)
+        model = GPT(self.model_cfg).to(self.device)
+        model.train()
+        self.log.info(f"model: {self.cfg.size} {model.num_params() / 1e6:.2f}M parameters, "
+                      f"{len(model.graph)} sites, strategy {self.cfg.strategy}, device {self.device}")
+        return model
+
+    def _build_strategy(self):
+        if self.cfg.strategy != "drat":
+            return None, make_strategy(self.cfg.strategy)
+        # The gates live on the model's device so one fused AdamW can own them; their sampling
+        # noise still comes from the bank's own CPU generator, never from the dropout stream.
+        gates = GateBank(len(self.model.graph), init_logit=self.cfg.gate_init_logit,
+                         tau=self.cfg.tau_start, seed=self.cfg.seed).to(self.device)
+        return gates, DRATGates(gates, sample=True)
+
+    def _build_optimizer(self):
+        cfg = self.cfg
+        # nanoGPT: decay matrices (weights, embeddings), not biases and LayerNorm gains
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        schedules = [self._lr_lambda, self._lr_lambda]
+        if self.gates is not None:
+            # Gates: no decay (it would pull logits to 0, i.e. towards coin flips) and their own lr.
+            # Their lr is constant; τ annealing already sharpens them on schedule.
+            groups.append({"params": list(self.gates.parameters()), "weight_decay": 0.0, "lr": cfg.gate_lr})
+            schedules.append(lambda step: 1.0)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS, eps=1e-8,
+                                fused=self.device.type == "cuda")
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedules)
+
+    def _lr_lambda(self, step: int) -> float:
+        cfg = self.cfg
+        return lr_multiplier(step, cfg.warmup_steps, cfg.steps, cfg.min_lr / cfg.lr)
+
+    def _measure_costs(self) -> None:
+        """Site bytes (and for drat the gate costs) from one real training batch, measured once."""
+        x, y = self.train_data.batch_at(0, self.cfg.batch_size, self.cfg.seed)
+        x, y = x.to(self.device), y.to(self.device)
+        devices = [self.device] if self.device.type == "cuda" else []
+        # Measuring runs forwards (dropout) and a CPU roofline probe (randn): fork the RNG so the
+        # training stream, and with it every dropout mask, is that of a run without measurements.
+        with torch.random.fork_rng(devices=devices):
+            with autocast_ctx(self.device):
+                self.site_bytes = [float(b) for b in measure_site_bytes(self.model, x, y)]
+                if self.gates is None:
+                    self.plan_bytes, _ = saved_activation_bytes(self.model, x, y)
+            self.costs = None
+            if self.gates is not None:
+                self.costs = build_costs(self.model, x, y, self.cfg.cost_model)
+        self.model.zero_grad(set_to_none=True)
+
+    def _write_config(self) -> None:
+        resolved = {
+            "training": self.cfg.to_dict(),
+            "model": self.model_cfg.to_dict(),
+            "derived": {"warmup_steps": self.cfg.warmup_steps, "lam": self.cfg.lam_value,
+                        "tokens_per_step": self.cfg.tokens_per_step, "params": self.model.num_params(),
+                        "device": str(self.device)},
+            "tokenizer": {"path": str(self.cfg.tokenizer or self.out / "tokenizer.json"),
+                          "vocab_size": self.tokenizer.vocab_size, "sha256": self.tokenizer.sha256},
+            "data": {k: self.token_meta[k]
+                     for k in ("corpus_spec", "corpus_sha256", "corpus_manifest_sha256")},
+            "sites": [k.label() for k in self.model.graph.keys],
+        }
+        _write_json(self.out / "config.json", resolved)
+
+    # ------------------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict:
+        cuda = self.device.type == "cuda"
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "gates": self.gates.state_dict() if self.gates is not None else None,  # incl. generator
+            "lam": self.lam,
+            "costs": self.costs.to_dict() if self.costs is not None else None,
+            "site_bytes": self.site_bytes,
+            "plan_bytes": getattr(self, "plan_bytes", None),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+            "config": self.cfg.to_dict(),
+            "model_config": self.model_cfg.to_dict(),
+            "tokenizer_sha256": self.tokenizer.sha256,
+            "train_time_s": self.train_time_s,
+            "initial_val": self.initial_val,
+            "last_val": self.last_val,
+        }
+
+    def save_checkpoint(self) -> Path:
+        path = save_checkpoint(self.checkpoint_state(), self.out / CHECKPOINT_DIR, self.step,
+                               self.cfg.keep_last_k)
+        self.log.info(f"step {self.step}: checkpoint -> {path}")
+        return path
+
+    def _restore(self, state: dict, path: Path) -> None:
+        mine, theirs = self.cfg.to_dict(), state["config"]
+        changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k))
+        if changed:  # e.g. --resume CKPT of another run
+            raise TrainingError(f"checkpoint {path} belongs to a run with another config (differs in "
+                                f"{', '.join(changed)})")
+        if state.get("tokenizer_sha256") != self.tokenizer.sha256:
+            raise TrainingError(f"checkpoint {path} was trained with another tokenizer (sha256 differs)")
+        if (state["gates"] is None) != (self.gates is None):
+            raise TrainingError(f"checkpoint {path} and this config disagree on whether there are gates")
+        self.model.load_state_dict(state["model"])
+        if self.gates is not None:
+            self.gates.load_state_dict(state["gates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        # The measured costs are restored, not re-measured: CPU timings differ run to run, and the
+        # gates must see the same costs as before the interruption.
+        self.costs = SiteCosts(**state["costs"]) if state["costs"] is not None else None
+        self.site_bytes = state["site_bytes"]
+        if state["plan_bytes"] is not None:
+            self.plan_bytes = state["plan_bytes"]
+        self.lam = state["lam"]
+        self.step = state["step"]
+        self.train_time_s = state["train_time_s"]
+        self.initial_val, self.last_val = state["initial_val"], state["last_val"]
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if self.device.type == "cuda" and state["rng_cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+        self._discard_after(self.step)
+        self.log.info(f"resumed from {path} at step {self.step}")
+
+    def _discard_after(self, step: int) -> None:
+        """Forget what happened after `step` (metrics, newer checkpoints): it is about to be redone."""
+        for s, p in list_checkpoints(self.out / CHECKPOINT_DIR):
+            if s > step:
+                p.unlink()
+                p.with_name(p.name + ".sha256").unlink(missing_ok=True)
+        metrics = self.out / "metrics.jsonl"
+        if metrics.is_file():
+            kept = []
+            for line in metrics.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line cut short when the previous session died
+            _write_text(metrics, "".join(line + "\n" for line in kept))
+
+    # ------------------------------------------------------------------------- steps
+    def train_step(self) -> dict:
+        """One optimizer step (all micro-batches); returns what the log line needs."""
+        cfg = self.cfg
+        st = None
+        if self.gates is not None:
+            self.gates.set_temperature(anneal_tau(self.step, cfg.steps, cfg.tau_start, cfg.tau_end))
+            st = self.gates.sample_st()  # one sample per step: the plan every micro-batch runs
+            self.strategy.pin(st)
+        lrs = self.scheduler.get_last_lr()
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            # the batch is a function of (seed, step, micro) alone: the data position is the step
+            x, y = self.train_data.batch_at(self.step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with autocast_ctx(self.device):
+                loss = self.model(x, y)
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        out: dict[str, Any] = {"loss_t": loss_sum / cfg.grad_accum, "lr": lrs[0], "lam": self.lam}
+        if st is not None:
+            # The task loss has no path to the gates (recomputation is exact), so this backward
+            # is their only gradient. Kept as its own backward so the model's gradients are
+            # computed exactly as under `none`. Costs live on the CPU in float64.
+            res, mem, t = resource_loss(st.cpu(), self.costs, self.lam)
+            res.backward()
+            out.update(resource_t=res.detach(), mem_t=mem.detach(), time_t=t.detach(), st=st.detach())
+        if cfg.grad_clip > 0:
+            # model parameters only: the gates' gradient must not change the model's clip factor
+            out["grad_norm_t"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.dual is not None:
+            # dual ascent on the bytes the executed (hard) plan kept, as a fraction of store-all
+            self.lam = self.dual.update(self._plan_bytes(st) / max(sum(self.site_bytes), 1.0))
+        self.step += 1
+        return out
+
+    def _plan_bytes(self, st: torch.Tensor | None) -> float:
+        """Saved activation bytes of the current plan: Σ bytes of the stored sites (drat)."""
+        if st is None:
+            return float(self.plan_bytes)
+        stored = (st.detach() > 0.5).tolist()
+        return float(sum(b for b, s in zip(self.site_bytes, stored) if s))
+
+    def evaluate(self) -> dict:
+        cfg = self.cfg
+        return evaluate_loss(self.model, self.val_data, cfg.batch_size, cfg.eval_batches, self.device)
+
+    def log_metrics(self, out: dict, elapsed_s: float, n_steps: int) -> dict:
+        """One `kind: train` record: reads the step's tensors (a device sync, so only on log steps)."""
+        cfg = self.cfg
+        rec: dict[str, Any] = {
+            "kind": "train",
+            "step": self.step,
+            "loss": out["loss_t"].item(),  # full precision: resumed/ungated runs compare it exactly
+            "lr": out["lr"],
+            "lam": out["lam"],
+            "tokens_seen": self.step * cfg.tokens_per_step,
+            "step_ms": 1e3 * elapsed_s / max(n_steps, 1),
+            "tokens_per_s": n_steps * cfg.tokens_per_step / max(elapsed_s, 1e-9),
+            "saved_activation_bytes": self._plan_bytes(out.get("st")),
+        }
+        if "grad_norm_t" in out:
+            rec["grad_norm"] = out["grad_norm_t"].item()
+        if self.device.type == "cuda":
+            rec["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+        if self.gates is not None:
+            probs = self.gates.probs().detach().cpu().tolist()
+            stored = (out["st"] > 0.5).cpu().tolist()
+            labels = [k.label() for k in self.model.graph.keys]
+            rec.update({
+                "tau": float(self.gates.tau),
+                "resource_loss": out["resource_t"].item(),
+                "mem_frac": out["mem_t"].item(),
+                "recompute_frac": out["time_t"].item(),
+                "n_stored": int(sum(stored)),
+                "gates": {lab: {"p_store": p, "stored": bool(s)} for lab, p, s in zip(labels, probs, stored)},
+            })
+        self._emit(rec)
+        return rec
+
+    def _emit(self, rec: dict) -> None:
+        self._metrics.write(json.dumps(rec) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            prefix = "train" if rec["kind"] == "train" else "val"
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self._tb.add_scalar(f"{prefix}/{k}", v, rec["step"])
+            if "gates" in rec:
+                self._tb.add_histogram("gates/p_store", torch.tensor(
+                    [g["p_store"] for g in rec["gates"].values()]), rec["step"])
+        if self._wandb is not None:
+            self._wandb.log({f"{rec['kind']}/{k}": v for k, v in rec.items()
+                             if isinstance(v, (int, float)) and k != "step"}, step=rec["step"])
+
+    def run_eval(self) -> dict:
+        val = self.evaluate()
+        self.last_val = val
+        if self.initial_val is None:
+            self.initial_val = val
+        self._emit({"kind": "eval", "step": self.step, "val_loss": val["loss"], "val_ppl": val["ppl"],
+                    "val_tokens": val["tokens"]})
+        self.log.info(f"step {self.step}: val loss {val['loss']:.4f}, ppl {val['ppl']:.2f}")
+        return val
+
+    # ------------------------------------------------------------------------- the loop
+    def train(self, stop_after: int | None = None) -> dict:
+        """Train to `cfg.steps`; `stop_after` ends the session early at that step (checkpointed),
+        as a preemption would: the schedules still span `cfg.steps`."""
+        cfg = self.cfg
+        end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
+        self._open_sinks()
+        if self.device.type == "cuda":  # peak memory of training, not of the cost measurements
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t_start = time.perf_counter()
+        try:
+            if self.step == 0 and self.initial_val is None:
+                self.run_eval()
+            pbar = tqdm(total=cfg.steps, initial=self.step, disable=not sys.stderr.isatty(),
+                        dynamic_ncols=True, desc="train")
+            t_log, steps_since_log = time.perf_counter(), 0
+            while self.step < end:
+                out = self.train_step()
+                steps_since_log += 1
+                pbar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == end:
+                    rec = self.log_metrics(out, time.perf_counter() - t_log, steps_since_log)
+                    pbar.set_postfix(loss=f"{rec['loss']:.4f}")
+                    if self.step % (cfg.log_every * 10) == 0 or self.step == end:
+                        self.log.info(f"step {self.step}: loss {rec['loss']:.4f}, lr {rec['lr']:.2e}, "
+                                      f"{rec['tokens_per_s']:.0f} tok/s")
+                    t_log, steps_since_log = time.perf_counter(), 0
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    self.run_eval()
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end:
+                    self.train_time_s += time.perf_counter() - t_start
+                    t_start = time.perf_counter()
+                    self.save_checkpoint()
+            pbar.close()
+            self.train_time_s += time.perf_counter() - t_start
+            summary = self._summary(finished=self.step >= cfg.steps)
+            _write_json(self.out / "summary.json", summary)
+            return summary
+        finally:
+            self._close_sinks()
+
+    def _summary(self, finished: bool) -> dict:
+        plan = None
+        if self.gates is not None:
+            stored = [bool(v) for v in self.gates.hard().cpu().tolist()]
+            plan = {"stored": stored, "n_stored": sum(stored),
+                    "saved_activation_bytes": self._plan_bytes(torch.tensor(stored, dtype=torch.float32))}
+        return {
+            "finished": finished,
+            "step": self.step,
+            "initial_val_loss": self.initial_val["loss"] if self.initial_val else None,
+            "final_val_loss": self.last_val["loss"] if self.last_val else None,
+            "final_val_ppl": self.last_val["ppl"] if self.last_val else None,
+            "tokens_seen": self.step * self.cfg.tokens_per_step,
+            "wall_time_s": self.train_time_s,
+            "params": self.model.num_params(),
+            "lam": self.lam,
+            "final_plan": plan,
+            "provenance": provenance(self.device),
+            "config": json.loads((self.out / "config.json").read_text()),
+        }
+
+    def _open_sinks(self) -> None:
+        self._metrics = open(self.out / "metrics.jsonl", "a")
+        self._tb = None
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a crashed session logged after the checkpoint we resumed from
+            self._tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step or None)
+        self._wandb = None
+        if self.cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                self.log.warning("wandb is not installed (pip install 'drat[wandb]'); not logging to W&B")
+            else:
+                mode = os.environ.get("WANDB_MODE", "offline")  # offline unless the user opts in
+                self._wandb = wandb.init(project=self.cfg.wandb_project, dir=str(self.out), mode=mode,
+                                         config=self.cfg.to_dict(), resume="allow")
+
+    def _close_sinks(self) -> None:
+        for sink in ("_metrics", "_tb", "_wandb"):
+            s = getattr(self, sink, None)
+            if s is not None:
+                s.finish() if sink == "_wandb" else s.close()
+                setattr(self, sink, None)
+
+    def close(self) -> None:
+        self._close_sinks()
+        for h in getattr(self, "_handlers", []):
+            self.log.removeHandler(h)
+            h.close()
+        self._handlers = []
+
+
+# ---------------------------------------------------------------------------------- using checkpoints
+def _own_token_meta(tokens: Path, tokenizer: Tokenizer, corpus_spec: str) -> dict | None:
+    """The meta of a run's own token files when they match its tokenizer and corpus, else None.
+
+    Lets a resumed run skip reloading its corpus (slow for hf:, impossible offline)."""
+    try:
+        meta = load_meta(tokens)
+    except DataError:
+        return None
+    if meta.get("tokenizer_sha256") != tokenizer.sha256 or meta.get("corpus_spec") != corpus_spec:
+        return None
+    return meta
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def load_trained(ckpt: str | os.PathLike[str], device: str = "cpu"):
+    """(model, tokenizer, TrainingConfig, run folder, step) from a checkpoint of `ResourceAwareTrainer`."""
+    ckpt = Path(ckpt)
+    dev = resolve_device(device)
+    state = load_checkpoint(ckpt, map_location=dev)
+    cfg = TrainingConfig.from_dict(state["config"])
+    run_dir = ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else Path(cfg.out)
+    tok = load_tokenizer(cfg.tokenizer or run_dir / "tokenizer.json")
+    if tok.sha256 != state["tokenizer_sha256"]:
+        raise TrainingError(f"the tokenizer next to {ckpt} is not the one it was trained with")
+    model = GPT(GPTConfig(**state["model_config"])).to(dev)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, tok, cfg, run_dir, state["step"]
+
+
+def evaluate_checkpoint(ckpt: str | os.PathLike[str], device: str = "cpu", max_batches: int | None = None,
+                        splits: tuple[str, ...] = ("val", "test")) -> dict:
+    """Loss and perplexity of a checkpoint on held-out splits (all of each split by default)."""
+    model, tok, cfg, run_dir, step = load_trained(ckpt, device)
+    tokens = run_dir / "tokens"
+    if not (tokens / "meta.json").is_file():  # the run folder was copied without its memmaps
+        prepare_tokens(load_corpus(cfg.corpus, max_bytes=cfg.max_corpus_bytes), tok, tokens)
+    out: dict[str, Any] = {"ckpt": str(ckpt), "step": step}
+    for split in splits:
+        data = TokenDataset(tokens, split, cfg.seq_len)
+        out[split] = evaluate_loss(model, data, cfg.batch_size, max_batches, next(model.parameters()).device)
+    return out
+
+
+def generate_text(ckpt: str | os.PathLike[str], prompt: str, n_tokens: int, seed: int = 0,
+                  temperature: float = 0.8, top_k: int | None = 200, device: str = "cpu") -> str:
+    """Sample `n_tokens` after `prompt` (empty prompt: start of a document)."""
+    if n_tokens < 0:
+        raise TrainingError(f"--tokens must be >= 0, got {n_tokens}")
+    model, tok, _, _, _ = load_trained(ckpt, device)
+    dev = next(model.parameters()).device
+    ids = tok.encode(prompt) if prompt else [tok.eot_id]
+    gen = torch.Generator(dev).manual_seed(seed)
+    out = model.generate(torch.tensor([ids], device=dev), n_tokens, temperature=temperature, top_k=top_k,
+                         generator=gen)
+    return tok.decode(out[0].tolist()[0 if prompt else 1:])
