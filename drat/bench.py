@@ -59,7 +59,7 @@ def model_flops_per_step(model: GPT, batch: int, seq: int) -> float:
 
 def _measure(model, idx, targets, steps: int, warmup: int, compiled=None) -> dict:
     device = idx.device
-    fwd = compiled or model
+    fwd = compiled if compiled is not None else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     times = []
     gc.collect()  # nothing of the previous row may stay alive into this row's peak
