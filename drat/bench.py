@@ -28,7 +28,7 @@ from .model import GPT, config_for
 from .oracle import solve_oracle
 from .profile import autocast_ctx, random_batch
 from .provenance import provenance, resolve_device
-from .strategies import SAC, DRATGates, FullAC, NoneAC, PlanAC, SelectiveAC
+from .strategies import SAC, CompiledPlanAC, DRATGates, FullAC, NoneAC, PlanAC, SelectiveAC
 
 CSV_FIELDS = ["name", "strategy", "mode", "lam", "budget_gib", "peak_gib", "reserved_gib", "step_ms",
               "tokens_per_s", "mfu", "saved_activation_bytes", "n_recomputed", "recomputed_sites"]
@@ -103,7 +103,8 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                  n_layer: int | None = None, n_embd: int | None = None, n_head: int | None = None,
                  vocab_size: int | None = None, tie_weights: bool | None = None,
                  lams=(0.05, 0.2, 0.5, 1.0, 2.0, 5.0), budget_fracs=(0.25, 0.5, 0.75),
-                 compile_budgets=(1.0, 0.5, 0.2), steps: int = 12, warmup: int = 3,
+                 compile_budgets=(1.0, 0.5, 0.2), compiled_lams=(0.5, 1.0, 2.0, 5.0),
+                 steps: int = 12, warmup: int = 3,
                  only: set[str] | None = None, out: str | Path | None = None, log=print) -> list[dict]:
     dev = resolve_device(device)
     cfg = config_for(size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
@@ -176,6 +177,20 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                     record(f"oracle-budget{frac}", PlanAC(stored=plan.stored), "eager", budget=budget_gib,
                            stored=plan.stored)
     if dev.type == "cuda":
+        # DRAT compiled: the same gate plans, handed to the partitioner as SAC policies
+        for lam in compiled_lams:
+            if not want(f"drat-compiled-lam{lam}"):
+                continue
+            fit = fit_gates(costs, lam=lam)
+            strat = CompiledPlanAC(fit.stored).prepare(model, idx, autocast_ctx(dev))
+            torch._dynamo.reset()
+            model.set_strategy(strat)
+            compiled = torch.compile(model)
+            row = record(f"drat-compiled-lam{lam}", strat, "compiled", lam=lam, compiled=compiled,
+                         stored=fit.stored)
+            row["unmatched_ops"] = strat.unmatched_ops
+            del compiled
+
         import torch._functorch.config as fconfig
 
         for b in compile_budgets:
@@ -252,6 +267,7 @@ def add_bench_parser(sub) -> None:
     f.add_argument("--steps", type=int, default=12)
     f.add_argument("--warmup", type=int, default=3)
     f.add_argument("--lambdas", default="0.05,0.2,0.5,1,2,5")
+    f.add_argument("--compiled-lambdas", default="0.5,1,2,5", help="λ values run under torch.compile")
     f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
     f.add_argument("--out", required=True)
     f.set_defaults(func=_cmd_frontier)
@@ -262,6 +278,8 @@ def _cmd_frontier(args) -> int:
         raise ValueError("--steps must be at least 10 on GPU (median of >=10 timed steps)")
     run_frontier(args.size, args.seq_len, args.batch_size, args.device, args.layers, args.hidden, args.heads,
                  args.vocab_size, False if args.untied else None,
-                 lams=tuple(float(x) for x in args.lambdas.split(",")), steps=args.steps, warmup=args.warmup,
+                 lams=tuple(float(x) for x in args.lambdas.split(",")),
+                 compiled_lams=tuple(float(x) for x in args.compiled_lambdas.split(",")),
+                 steps=args.steps, warmup=args.warmup,
                  only=set(args.only.split(",")) if args.only else None, out=args.out)
     return 0

@@ -174,6 +174,107 @@ class DRATGates(PlanAC):
         return {"strategy": self.name, "temperature": float(self.gates.tau)}
 
 
+class CompiledPlanAC(ActivationStrategy):
+    """Site decisions for `torch.compile`: each block is a checkpoint region whose SAC policy is
+    derived from the gates. Under compile the dispatch-mode policy runs once, at trace time, so
+    it costs nothing per step, and the partitioner fuses the recomputation into its kernels.
+
+    The policy sees aten ops, not sites, so `prepare` records once (eagerly, on a real batch and
+    under the training autocast) which op occurrence of a block belongs to which site and which
+    op produces the site's output. Then, per block:
+      stored site      its output op is MUST_SAVE, its other ops are left to the partitioner,
+      recomputed site  every op is MUST_RECOMPUTE.
+    A recomputed LM head runs each loss chunk in its own checkpoint."""
+
+    name = "drat-compiled"
+
+    def __init__(self, stored: Sequence[bool]):
+        self.stored = [bool(s) for s in stored]
+        self.op_sites: list[tuple] | None = None  # (op, site name, is_output) for a block's ops
+        self.unmatched_ops = 0  # non-view ops the policy met that the recording did not have
+
+    def attach(self, model) -> None:
+        if len(self.stored) != len(model.graph):
+            raise ValueError(f"plan has {len(self.stored)} decisions, model has {len(model.graph)} sites")
+
+    def decisions(self, model) -> list[bool]:
+        return list(self.stored)
+
+    def prepare(self, model, idx, autocast) -> CompiledPlanAC:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        current: list[str | None] = [None]
+        seq: list[list] = []
+
+        class Recorder(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if not func.is_view and current[0] is not None:
+                    first = out[0] if isinstance(out, (tuple, list)) else out
+                    ptr = first.untyped_storage().data_ptr() if isinstance(first, torch.Tensor) else None
+                    seq.append([func, current[0], ptr])
+                return out
+
+        block = model.blocks[0]
+        names = {i: k.name for i, k in enumerate(model.graph.keys)}
+
+        def run(site, fn, *inputs):
+            current[0] = names[site]
+            y = fn(*inputs)
+            current[0] = None
+            # the site's output op: its last non-view op that wrote the output's storage
+            for ent in reversed(seq):
+                if ent[1] == names[site] and ent[2] == y.untyped_storage().data_ptr():
+                    ent.append(True)
+                    break
+            return y
+
+        with torch.no_grad(), autocast:
+            x = model.embed(idx)
+        x.requires_grad_(True)
+        with autocast, Recorder():
+            block(x, run)
+        self.op_sites = [(e[0], e[1], len(e) > 3) for e in seq]  # [op, site, ptr(, True if output)]
+        return self
+
+    def _context(self, layer: int, graph):
+        table: dict = {}
+        for op, site, is_out in self.op_sites:
+            table.setdefault(op, []).append((graph.idx(layer, site), is_out))
+        counts: dict = {}
+
+        def policy(ctx, op, *args, **kwargs):
+            key = (ctx.is_recompute, op)
+            k = counts.get(key, 0)
+            counts[key] = k + 1
+            entries = table.get(op)
+            if entries is None or k >= len(entries):
+                self.unmatched_ops += 0 if op.is_view else 1
+                return CheckpointPolicy.PREFER_RECOMPUTE
+            site, is_out = entries[k]
+            if not self.stored[site]:
+                return CheckpointPolicy.MUST_RECOMPUTE
+            return CheckpointPolicy.MUST_SAVE if is_out else CheckpointPolicy.PREFER_RECOMPUTE
+
+        return create_selective_checkpoint_contexts(policy)
+
+    def forward(self, model, idx, targets):
+        if self.op_sites is None:
+            raise RuntimeError("call CompiledPlanAC.prepare(model, idx, autocast) before the first step")
+        head = model.graph.idx(None, "lm_head_loss")
+
+        def run(site, fn, *inputs):
+            if site == head and not self.stored[head]:
+                return checkpoint(fn, *inputs, use_reentrant=False)
+            return fn(*inputs)
+
+        def block_fn(block, x, run):
+            return checkpoint(block, x, run, use_reentrant=False,
+                              context_fn=partial(self._context, block.layer, model.graph))
+
+        return model.forward_sites(idx, targets, run=run, block_fn=block_fn)
+
+
 def make_strategy(name: str, **kw) -> ActivationStrategy:
     """Build a baseline by name; `fixed` takes `recompute=[site names]` or `stored=[bools]`."""
     table = {"none": NoneAC, "full": FullAC, "selective": SelectiveAC, "sac": SAC, "fixed": PlanAC}
