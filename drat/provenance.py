@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -13,13 +15,21 @@ _REPO = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> tuple[str, bool]:
-    """(commit hash or 'unknown', whether the work tree has uncommitted changes)."""
+    """(commit hash or 'unknown', whether the work tree has uncommitted changes).
+
+    `DRAT_GIT_COMMIT` overrides: a copy of the tree without history (a remote GPU machine)
+    is told the commit it was made from."""
+    env = os.environ.get("DRAT_GIT_COMMIT", "")
+    if re.fullmatch(r"[0-9a-f]{40}", env):
+        return env, os.environ.get("DRAT_GIT_DIRTY", "0") == "1"
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip() != ""
-        return (commit or "unknown"), dirty
+        if not re.fullmatch(r"[0-9a-f]{40}", commit):
+            return "unknown", False
+        return commit, dirty
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
 
