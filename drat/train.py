@@ -359,7 +359,8 @@ class ResourceAwareTrainer:
     def _setup(self, resume_from: Path | None) -> None:
         cfg = self.cfg
         self.corpus = None  # loaded on first use: a resumed run with its tokens in place never needs it
-        state = load_checkpoint(resume_from, map_location=self.device) if resume_from else None
+        # CPU first: RNG states must stay CPU byte tensors; load_state_dict copies the rest over
+        state = load_checkpoint(resume_from, map_location="cpu") if resume_from else None
         self.tokenizer = self._prepare_tokenizer(resuming=state is not None)
         self.train_data, self.val_data = self._prepare_data(resuming=state is not None)
         self.model = self._build_model()
@@ -555,9 +556,9 @@ class ResourceAwareTrainer:
         self.step = state["step"]
         self.train_time_s = state["train_time_s"]
         self.initial_val, self.last_val = state["initial_val"], state["last_val"]
-        torch.set_rng_state(state["rng_cpu"].cpu())
+        torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state["rng_cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self._discard_after(self.step)
         self.log.info(f"resumed from {path} at step {self.step}")
 
@@ -810,7 +811,7 @@ def load_trained(ckpt: str | os.PathLike[str], device: str = "cpu"):
     """(model, tokenizer, TrainingConfig, run folder, step) from a checkpoint of `ResourceAwareTrainer`."""
     ckpt = Path(ckpt)
     dev = resolve_device(device)
-    state = load_checkpoint(ckpt, map_location=dev)
+    state = load_checkpoint(ckpt, map_location="cpu")
     cfg = TrainingConfig.from_dict(state["config"])
     run_dir = ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else Path(cfg.out)
     tok = load_tokenizer(cfg.tokenizer or run_dir / "tokenizer.json")
