@@ -1,0 +1,44 @@
+"""`drat bench frontier` on CPU with a tiny model: the CSV schema and provenance, no timings."""
+
+import csv
+import json
+
+from drat.bench import CSV_FIELDS, model_flops_per_step
+from drat.cli import main
+from drat.model import GPT, GPTConfig
+
+
+def test_frontier_writes_csv_json_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench"
+    rc = main(["bench", "frontier", "--size", "tiny", "--layers", "2", "--hidden", "32", "--heads", "4",
+               "--vocab-size", "128", "--seq-len", "16", "--batch-size", "2", "--device", "cpu",
+               "--steps", "2", "--warmup", "1", "--lambdas", "0,5", "--out", str(out)])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "frontier.csv")))
+    assert list(rows[0]) == CSV_FIELDS
+    names = [r["name"] for r in rows]
+    assert names[:4] == ["none", "full", "selective", "sac"]
+    assert "drat-store-all" in names and "drat-lam0.0" in names and "drat-lam5.0" in names
+    by = {r["name"]: r for r in rows}
+    # on CPU the memory column is the exact saved-activation bytes
+    assert int(by["full"]["saved_activation_bytes"]) < int(by["none"]["saved_activation_bytes"])
+    assert int(by["drat-lam5.0"]["saved_activation_bytes"]) < int(by["drat-lam0.0"]["saved_activation_bytes"])
+    assert by["drat-lam0.0"]["n_recomputed"] == "0"
+    assert all(float(r["step_ms"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
+    meta = json.load(open(out / "frontier.json"))["meta"]
+    assert {"torch_version", "device", "git_commit", "config"} <= set(meta)
+    assert (out / "frontier.png").stat().st_size > 0
+
+
+def test_bench_rejects_too_few_gpu_steps(capsys):
+    rc = main(["bench", "frontier", "--device", "cuda", "--steps", "3", "--out", "/tmp/x"])
+    assert rc == 2 and "at least 10" in capsys.readouterr().err
+
+
+def test_model_flops_count_matmuls_only():
+    tied = GPT(GPTConfig(vocab_size=100, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    untied = GPT(GPTConfig(vocab_size=100, block_size=8, n_layer=1, n_head=2, n_embd=16, tie_weights=False))
+    # untying adds an embedding table, which is a lookup, not a matmul: same FLOPs
+    assert model_flops_per_step(tied, 2, 8) == model_flops_per_step(untied, 2, 8)
+    n_params = 12 * 16 * 16 + 3 * 2 * 16 + 100 * 16  # block matmuls, three LayerNorms, the head
+    assert model_flops_per_step(tied, 2, 8) == 2 * 8 * (6 * n_params + 6 * 8 * 16)
