@@ -629,6 +629,16 @@ class ResourceAwareTrainer:
         cfg = self.cfg
         return evaluate_loss(self.model, self.val_data, cfg.batch_size, cfg.eval_batches, self.device)
 
+    def _mfu(self, tokens_per_s: float) -> float:
+        """Model FLOPs utilisation against a bf16 matmul rate measured once on this GPU."""
+        from .bench import matmul_tflops, model_flops_per_step
+
+        if getattr(self, "_peak_tflops", None) is None:
+            self._peak_tflops = matmul_tflops(self.device)
+        seq = self.cfg.seq_len
+        flops_per_token = model_flops_per_step(self.model, 1, seq) / seq
+        return tokens_per_s * flops_per_token / (self._peak_tflops * 1e12)
+
     def log_metrics(self, out: dict, elapsed_s: float, n_steps: int) -> dict:
         """One `kind: train` record: reads the step's tensors (a device sync, so only on log steps)."""
         cfg = self.cfg
@@ -647,6 +657,7 @@ class ResourceAwareTrainer:
             rec["grad_norm"] = out["grad_norm_t"].item()
         if self.device.type == "cuda":
             rec["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            rec["mfu"] = self._mfu(rec["tokens_per_s"])
         if self.gates is not None:
             probs = self.gates.probs().detach().cpu().tolist()
             stored = (out["st"] > 0.5).cpu().tolist()
@@ -744,6 +755,7 @@ class ResourceAwareTrainer:
             "wall_time_s": self.train_time_s,
             "params": self.model.num_params(),
             "lam": self.lam,
+            "matmul_tflops": getattr(self, "_peak_tflops", None),
             "final_plan": plan,
             "provenance": provenance(self.device),
             "config": json.loads((self.out / "config.json").read_text()),
