@@ -244,15 +244,15 @@ def pareto_mask(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ pipeline step
+# Memory of a training run: the saved-activation bytes of its final plan (exact byte accounting on
+# any device). The CUDA peak in metrics.jsonl is a running maximum over the whole run, which
+# includes the early steps when the gates still store everything; the peak of a plan comes from
+# profiling it (frontier.csv, source "profile").
+MEM_COL = "saved_activation_bytes"
+
+
 def _ci_cols(e: Estimate, name: str) -> dict:
     return {name: e.value, f"{name}_lo": e.lo, f"{name}_hi": e.hi}
-
-
-def _memory_column(df) -> str:
-    """Peak allocated bytes where measured (CUDA), else exact saved-activation bytes (CPU)."""
-    if "peak_memory_bytes" in df and df["peak_memory_bytes"].notna().any():
-        return "peak_memory_bytes"
-    return "saved_activation_bytes"
 
 
 def summarize_runs(runs, kw: dict):
@@ -260,14 +260,15 @@ def summarize_runs(runs, kw: dict):
     import pandas as pd
 
     rows = []
-    mem_col = _memory_column(runs)
     for (size, run), g in runs.groupby(["size", "run"], sort=True):
         first = g.iloc[0]
         row = {"size": size, "run": run, "strategy": first["strategy"], "lam": first["lam"],
-               "budget_gib": first["budget_gib"], "n_seeds": len(g), "memory_metric": mem_col}
-        for col, name in [("final_val_loss", "val_loss"), (mem_col, "memory_bytes"),
+               "budget_gib": first["budget_gib"], "n_seeds": len(g), "memory_metric": MEM_COL}
+        for col, name in [("final_val_loss", "val_loss"), (MEM_COL, "memory_bytes"),
                           ("step_ms", "step_ms"), ("tokens_per_s", "tokens_per_s"),
-                          ("saved_activation_bytes", "saved_activation_bytes")]:
+                          ("peak_memory_bytes", "peak_memory_bytes")]:
+            if col not in g:
+                continue
             row.update(_ci_cols(bootstrap_ci(g[col].to_numpy(float), **kw), name))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -278,7 +279,7 @@ def paired_vs_none(runs, margin: float, alpha: float, kw: dict):
     import pandas as pd
 
     rows = []
-    mem_col = _memory_column(runs)
+    mem_col = MEM_COL
     for (size, run), g in runs.groupby(["size", "run"], sort=True):
         base = runs[(runs["size"] == size) & (runs["run"] == "none")]
         if run == "none" or base.empty:

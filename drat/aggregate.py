@@ -1,0 +1,257 @@
+"""Collect per-run outputs into tidy CSVs: the pipeline's `aggregate` step.
+
+    python -m drat.aggregate --manifest results/smoke/manifest.json --out results/smoke/tables
+
+The manifest (written by the Snakefile from the config) lists every expected training run folder,
+profile JSON and bench frontier. Outputs in --out:
+
+    runs.csv           one row per training run (final val loss, final plan bytes, step time, provenance)
+    curves.csv         every metrics.jsonl record: train loss and validation loss per step
+    gates.csv          the last logged gate probabilities/decisions of each drat run (layer × site)
+    profile.csv        one row per profiled plan (saved bytes; on CUDA peak memory; median step time)
+    profile_steps.csv  every timed step of every profiled plan (the bootstrap resamples these)
+    profile_sites.csv  per-site decision and bytes of every profiled plan
+    bench.csv          the rows of `drat bench frontier` (one process, side by side), per size
+    provenance.json    the devices, torch versions and commits the results came from
+    missing.json       expected results that are absent or unfinished
+
+A missing or unfinished run is listed by folder on stderr and in missing.json. With
+`--allow-missing` that is a warning (archived results may be partial); without it, an error.
+Nothing found at all is always an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+RUN_FIELDS = ["size", "run", "strategy", "lam", "budget_gib", "seed", "dir", "finished", "step",
+              "initial_val_loss", "final_val_loss", "final_val_ppl", "saved_activation_bytes",
+              "mean_saved_activation_bytes", "peak_memory_bytes", "step_ms", "tokens_per_s", "wall_time_s",
+              "params", "final_lam", "n_stored", "n_sites", "tokens_seen", "device", "torch_version",
+              "git_commit", "git_dirty"]
+CURVE_FIELDS = ["size", "run", "seed", "kind", "step", "loss", "val_loss", "lam", "saved_activation_bytes",
+                "step_ms"]
+GATE_FIELDS = ["size", "run", "lam", "budget_gib", "seed", "label", "layer", "site", "p_store", "stored"]
+PROFILE_FIELDS = ["size", "point", "kind", "strategy", "lam", "budget_gib", "saved_activation_bytes",
+                  "model_state_bytes", "peak_memory_bytes", "reserved_memory_bytes", "step_ms",
+                  "tokens_per_s", "n_recomputed", "n_sites", "params", "batch_size", "seq_len", "device",
+                  "torch_version", "git_commit", "path"]
+
+
+class AggregateError(RuntimeError):
+    """Expected results are missing (the message names them) or none was found."""
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file; a line cut short by a killed run is skipped."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """'L3.mlp_up' -> ('3', 'mlp_up'); model-level sites ('embed', 'lm_head_loss') -> ('model', name)."""
+    head, sep, rest = label.partition(".")
+    if sep and head.startswith("L") and head[1:].isdigit():
+        return head[1:], rest
+    return "model", label
+
+
+def _median(xs: list[float]) -> float:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return statistics.median(xs) if xs else math.nan
+
+
+def run_complete(run_dir: Path) -> tuple[bool, str]:
+    """(complete, why not): a finished run has config.json, metrics.jsonl and summary.json(finished)."""
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        if not (run_dir / name).is_file():
+            return False, f"no {name}"
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except ValueError:
+        return False, "unreadable summary.json"
+    if not summary.get("finished", False):
+        return False, f"unfinished (stopped at step {summary.get('step')})"
+    return True, ""
+
+
+def summarize_run(run_dir: Path, meta: dict) -> tuple[dict, list[dict], list[dict]]:
+    """(runs.csv row, curves.csv rows, gates.csv rows) of one finished run folder."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in records if r.get("kind") == "train"]
+    # steady state: the second half of the logged intervals (the gates have settled, caches are warm)
+    steady = train[len(train) // 2:] if len(train) > 1 else train
+    plan = summary.get("final_plan") or {}
+    saved = plan.get("saved_activation_bytes", train[-1]["saved_activation_bytes"] if train else math.nan)
+    peaks = [r["peak_memory_bytes"] for r in train if r.get("peak_memory_bytes") is not None]
+    prov = summary.get("provenance", {})
+    row = {
+        **{k: meta.get(k) for k in ("size", "run", "strategy", "lam", "budget_gib", "seed")},
+        "dir": str(run_dir),
+        "finished": bool(summary.get("finished")),
+        "step": summary.get("step"),
+        "initial_val_loss": summary.get("initial_val_loss"),
+        "final_val_loss": summary.get("final_val_loss"),
+        "final_val_ppl": summary.get("final_val_ppl"),
+        "saved_activation_bytes": saved,
+        "mean_saved_activation_bytes": statistics.fmean(r["saved_activation_bytes"] for r in steady)
+        if steady else math.nan,
+        "peak_memory_bytes": max(peaks) if peaks else None,
+        "step_ms": _median([r.get("step_ms") for r in steady]),
+        "tokens_per_s": _median([r.get("tokens_per_s") for r in steady]),
+        "wall_time_s": summary.get("wall_time_s"),
+        "params": summary.get("params"),
+        "final_lam": summary.get("lam"),
+        "n_stored": plan.get("n_stored"),
+        "n_sites": len(plan.get("stored", [])) or None,
+        "tokens_seen": summary.get("tokens_seen"),
+        "device": prov.get("device"),
+        "torch_version": prov.get("torch_version"),
+        "git_commit": prov.get("git_commit"),
+        "git_dirty": prov.get("git_dirty"),
+    }
+    key = {k: meta.get(k) for k in ("size", "run", "seed")}
+    curves = [{**key, "kind": r["kind"], "step": r["step"], "loss": r.get("loss"),
+               "val_loss": r.get("val_loss"), "lam": r.get("lam"),
+               "saved_activation_bytes": r.get("saved_activation_bytes"), "step_ms": r.get("step_ms")}
+              for r in records if r.get("kind") in ("train", "eval")]
+    gates = []
+    last = next((r for r in reversed(train) if "gates" in r), None)
+    if last is not None:
+        for label, g in last["gates"].items():
+            layer, site = split_label(label)
+            gates.append({**key, "lam": meta.get("lam"), "budget_gib": meta.get("budget_gib"), "label": label,
+                          "layer": layer, "site": site, "p_store": g["p_store"], "stored": g["stored"]})
+    return row, curves, gates
+
+
+def summarize_profile(path: Path, meta: dict) -> tuple[dict, list[dict], list[dict]]:
+    """(profile.csv row, profile_steps.csv rows, profile_sites.csv rows) of one profile JSON."""
+    p = json.loads(Path(path).read_text())
+    sites = p.get("sites", [])
+    row = {**{k: meta.get(k) for k in ("size", "point", "kind", "strategy", "lam", "budget_gib")},
+           **{k: p.get(k) for k in ("saved_activation_bytes", "model_state_bytes", "peak_memory_bytes",
+                                    "reserved_memory_bytes", "step_ms", "tokens_per_s", "params",
+                                    "batch_size", "seq_len", "device", "torch_version", "git_commit")},
+           "n_recomputed": sum(1 for s in sites if s.get("decision") == "recompute"),
+           "n_sites": len(sites), "path": str(path)}
+    key = {"size": meta.get("size"), "point": meta.get("point")}
+    steps = [{**key, "step": i, "step_ms": t} for i, t in enumerate(p.get("step_ms_all") or [])]
+    site_rows = [{**key, "layer": "model" if s.get("layer") is None else str(s["layer"]), "site": s["site"],
+                  "decision": s["decision"], "bytes": s.get("bytes")} for s in sites]
+    return row, steps, site_rows
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    fields = fields or sorted({k for r in rows for k in r})
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    tmp.replace(path)
+
+
+def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) -> dict:
+    """Read everything the manifest lists; write the CSVs; return {'missing': ..., counts}."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out.mkdir(parents=True, exist_ok=True)
+    runs, curves, gates = [], [], []
+    profiles, steps, sites, bench = [], [], [], []
+    missing: dict[str, list[str]] = {"runs": [], "profiles": [], "bench": []}
+    for meta in manifest.get("runs", []):
+        d = Path(meta["dir"])
+        ok, why = run_complete(d)
+        if not ok:
+            missing["runs"].append(f"{d} ({why})")
+            continue
+        r, c, g = summarize_run(d, meta)
+        runs.append(r)
+        curves += c
+        gates += g
+    for meta in manifest.get("profiles", []):
+        p = Path(meta["path"])
+        if not p.is_file():
+            missing["profiles"].append(str(p))
+            continue
+        r, s, st = summarize_profile(p, meta)
+        profiles.append(r)
+        steps += s
+        sites += st
+    for meta in manifest.get("bench", []):
+        p = Path(meta["path"])
+        if not p.is_file():
+            missing["bench"].append(str(p))
+            continue
+        data = json.loads(p.read_text())
+        m = data.get("meta", {})
+        for row in data.get("rows", []):
+            bench.append({"size": meta["size"], **{k: v for k, v in row.items() if k != "step_ms_all"},
+                          "device": m.get("device"), "torch_version": m.get("torch_version"),
+                          "git_commit": m.get("git_commit")})
+    n_missing = sum(len(v) for v in missing.values())
+    n_found = len(runs) + len(profiles) + len(bench)
+    if n_missing:
+        lines = [f"  {kind}: {item}" for kind, items in missing.items() for item in items]
+        where = manifest.get("results_dir", "?")
+        msg = f"{n_missing} expected result(s) missing or unfinished under {where}:\n" + "\n".join(lines)
+        if n_found == 0:
+            raise AggregateError(msg + "\nno results at all: nothing to aggregate (run the pipeline, or "
+                                 "commit the raw results of the runs first)")
+        if not allow_missing:
+            raise AggregateError(msg)
+        log("WARNING: " + msg)
+    _write_csv(out / "runs.csv", runs, RUN_FIELDS)
+    _write_csv(out / "curves.csv", curves, CURVE_FIELDS)
+    _write_csv(out / "gates.csv", gates, GATE_FIELDS)
+    _write_csv(out / "profile.csv", profiles, PROFILE_FIELDS)
+    _write_csv(out / "profile_steps.csv", steps, ["size", "point", "step", "step_ms"])
+    _write_csv(out / "profile_sites.csv", sites, ["size", "point", "layer", "site", "decision", "bytes"])
+    bench_fields = ["size"] + [f for f in sorted({k for r in bench for k in r}) if f != "size"]
+    _write_csv(out / "bench.csv", bench, bench_fields if bench else ["size"])
+    prov: dict[str, Any] = {k: sorted({str(r.get(k)) for r in runs + profiles if r.get(k) is not None})
+                            for k in ("device", "torch_version", "git_commit")}
+    prov.update({"scale": manifest.get("scale"), "results_dir": manifest.get("results_dir"),
+                 "n_runs": len(runs), "n_profiles": len(profiles), "n_bench_rows": len(bench)})
+    (out / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
+    result = {"missing": missing, "n_missing": n_missing, "n_runs": len(runs), "n_profiles": len(profiles),
+              "n_bench_rows": len(bench), "expected_runs": len(manifest.get("runs", []))}
+    (out / "missing.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m drat.aggregate", description=__doc__.split("\n")[0])
+    ap.add_argument("--manifest", required=True, help="manifest.json written by the Snakefile")
+    ap.add_argument("--out", required=True, help="folder for the CSVs")
+    ap.add_argument("--allow-missing", action="store_true",
+                    help="warn about missing runs instead of failing (archived results)")
+    a = ap.parse_args(argv)
+    try:
+        res = aggregate(json.loads(Path(a.manifest).read_text()), Path(a.out), a.allow_missing)
+    except AggregateError as e:
+        print(f"drat.aggregate: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in res.items() if k != "missing"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

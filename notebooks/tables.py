@@ -1,0 +1,214 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (drat)
+#     language: python
+#     name: drat
+# ---
+
+# %% [markdown]
+# # Tables and macros of the paper
+#
+# Writes booktabs tables and `\newcommand` macros into `generated_dir`; the LaTeX sources in
+# `paper/` `\input` them. No number in the paper is typed by hand: every result quoted in the
+# text is one of the macros below.
+#
+# * `results_table.tex` — per size at the headline λ: activation-memory reduction, change of
+#   final validation loss and of step time against `none` (paired by seed, bootstrap CIs), and
+#   the TOST equivalence verdict.
+# * `baselines_table.tex` — every run group of the headline size against `none`.
+# * `frontier_table.tex` — the profiled plans of the headline size (memory, median step time).
+# * `setup_table.tex` — model sizes and training settings of this configuration.
+# * `macros.tex` — the numbers of the text.
+
+# %% tags=["parameters"]
+tables_dir = "results/smoke/tables"
+stats_dir = "results/smoke/stats"
+generated_dir = "results/smoke/paper/generated"
+notebooks_dir = "notebooks"
+config_json = "{}"
+headline_size = "tiny"
+headline_lambda = 0.05
+
+# %%
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(notebooks_dir).resolve()))
+from nbcommon import (BASELINE_ORDER, Macros, booktabs, data_provenance, finite, num, read_csv, size_word,
+                      sizes_in, tex_escape, with_ci, write_tex)
+
+cfg = json.loads(config_json)
+gen = Path(generated_dir)
+paired = read_csv(Path(stats_dir) / "paired.csv")
+summary = read_csv(Path(stats_dir) / "summary.csv")
+frontier = read_csv(Path(stats_dir) / "frontier.csv")
+runs = read_csv(Path(tables_dir) / "runs.csv")
+stats_json = json.loads((Path(stats_dir) / "stats.json").read_text())
+missing = json.loads((Path(tables_dir) / "missing.json").read_text())
+prov = data_provenance(tables_dir)
+P = stats_json["parameters"]
+conf_pct = f"{100 * P['confidence']:g}"
+
+
+def headline_rows(df):
+    if df.empty:
+        return df
+    return df[(df["strategy"] == "drat") & df["budget_gib"].isna() & ((df["lam"] - headline_lambda).abs() < 1e-12)]
+
+
+head = headline_rows(paired)
+print(head.T if len(head) else "no headline rows")
+
+# %% [markdown]
+# ## Results table (seed-style): memory, accuracy, speed at the headline λ
+
+# %%
+rows = []
+for size in sizes_in(head):
+    r = head[head["size"] == size].iloc[0]
+    params = runs[runs["size"] == size]["params"].iloc[0] if len(runs) else float("nan")
+    tost = ("equivalent" if r["tost_equivalent"] else "not shown") + f" ($p={num(r['tost_p'], 3)}$)"
+    rows.append([size_word(size), f"{num(params / 1e6, 2)}M" if finite(params) else "--",
+                 with_ci(r["mem_reduction"], r["mem_reduction_lo"], r["mem_reduction_hi"], 1, pct=True),
+                 with_ci(r["val_loss_diff"], r["val_loss_diff_lo"], r["val_loss_diff_hi"], 4),
+                 with_ci(r["step_time_ratio"] - 1, r["step_time_ratio_lo"] - 1, r["step_time_ratio_hi"] - 1, 1,
+                         pct=True),
+                 tost, str(int(r["n_pairs"]))])
+write_tex(gen / "results_table.tex", booktabs(
+    ["size", "params", r"memory red. (\%)", r"$\Delta$ val loss", r"step time (\%)", "TOST", "seeds"], rows,
+    caption_note=f"lambda={headline_lambda:g}, {conf_pct}% bootstrap CIs"))
+print(open(gen / "results_table.tex").read())
+
+# %% [markdown]
+# ## Baselines of the headline size against `none`
+
+# %%
+def run_key(run):
+    if run in BASELINE_ORDER:
+        return (0, BASELINE_ORDER.index(run), 0.0)
+    kind, _, value = run.partition("-")
+    return (1 if "lam" in run else 2, 0, float(value.lstrip("lambudget")))
+
+
+rows = []
+s_head = summary[summary["size"] == headline_size] if len(summary) else summary
+for run in sorted(set(s_head["run"]) if len(s_head) else [], key=run_key):
+    s = s_head[s_head["run"] == run].iloc[0]
+    p = paired[(paired["size"] == headline_size) & (paired["run"] == run)] if len(paired) else paired
+    p = p.iloc[0] if len(p) else None
+    rows.append([tex_escape(run),
+                 with_ci(s["memory_bytes"] / 2**20, s["memory_bytes_lo"] / 2**20, s["memory_bytes_hi"] / 2**20, 2),
+                 "--" if p is None else with_ci(p["mem_reduction"], p["mem_reduction_lo"], p["mem_reduction_hi"], 1,
+                                                pct=True),
+                 "--" if p is None else with_ci(p["step_time_ratio"], p["step_time_ratio_lo"],
+                                                p["step_time_ratio_hi"], 3),
+                 with_ci(s["val_loss"], s["val_loss_lo"], s["val_loss_hi"], 4), str(int(s["n_seeds"]))])
+write_tex(gen / "baselines_table.tex", booktabs(
+    ["run", "activations (MiB)", r"red. vs none (\%)", "time / none", "val loss", "seeds"], rows,
+    caption_note=f"size {headline_size}"))
+print(open(gen / "baselines_table.tex").read())
+
+# %% [markdown]
+# ## Profiled plans of the headline size
+
+# %%
+rows = []
+f_head = frontier[(frontier["source"] == "profile") & (frontier["size"] == headline_size)] if len(frontier) else frontier
+gpu = len(f_head) and (f_head["memory_metric"] == "peak_memory_bytes").any()
+div, unit = (2**30, "peak (GiB)") if gpu else (2**20, "activations (MiB)")
+for _, r in (f_head.sort_values(["kind", "lam", "budget_gib"]) if len(f_head) else f_head).iterrows():
+    rows.append([tex_escape(r["point"]), num(r["memory_bytes"] / div, 3),
+                 with_ci(r["step_ms"], r["step_ms_lo"], r["step_ms_hi"], 2), r"\checkmark" if r["pareto"] else ""])
+write_tex(gen / "frontier_table.tex", booktabs(["plan", unit, "step time (ms)", "Pareto"], rows, align="lrrc",
+                                               caption_note=f"size {headline_size}"))
+
+# %% [markdown]
+# ## Setup table
+
+# %%
+from drat.model import config_for
+
+rows = []
+for size, s in cfg.get("sizes", {}).items():
+    m = s.get("model", {})
+    mc = config_for(size, n_layer=m.get("layers"), n_embd=m.get("hidden"), n_head=m.get("heads"))
+    t = {**cfg.get("train", {}), **s.get("train", {})}
+    params = runs[runs["size"] == size]["params"] if len(runs) else []
+    rows.append([size_word(size), str(mc.n_layer), str(mc.n_embd), str(mc.n_head),
+                 f"{num(params.iloc[0] / 1e6, 2)}M" if len(params) else "--",
+                 str(t.get("steps", "--")), f"{t.get('batch_size', '--')}$\\times${t.get('seq_len', '--')}"
+                 + (f"$\\times${t['grad_accum']}" if t.get("grad_accum", 1) != 1 else ""),
+                 ", ".join(f"{x:g}" for x in s["lambdas"]), str(len(s["seeds"]))])
+write_tex(gen / "setup_table.tex", booktabs(
+    ["size", "layers", "hidden", "heads", "params", "steps", "batch", r"$\lambda$ grid", "seeds"], rows,
+    caption_note="from the pipeline config"))
+
+# %% [markdown]
+# ## Macros
+
+# %%
+M = Macros()
+M.add("ScaleName", tex_escape(cfg.get("scale", "?")), "pipeline config")
+M.add("HeadSize", size_word(headline_size))
+M.add("HeadLambda", f"{headline_lambda:g}")
+M.add("ConfidencePct", conf_pct)
+M.add("TostAlpha", f"{P['alpha']:g}")
+M.add("TostMargin", f"{P['tost_margin']:g}", "nats of final validation loss")
+M.add("NumResamples", str(P["n_resamples"]))
+M.add("NumRuns", str(stats_json["n_runs"]))
+M.add("NumExpectedRuns", str(missing["expected_runs"]))
+M.add("NumMissing", str(missing["n_missing"]))
+M.add("NumSizes", str(len(cfg.get("sizes", {}))))
+M.add("CorpusName", tex_escape(cfg.get("corpus", {}).get("spec", "?")))
+M.add("VocabSize", str(cfg.get("tokenizer", {}).get("vocab_size", "?")))
+M.add("DataDevice", tex_escape(", ".join(prov.get("device", [])) or "?"))
+M.add("DataTorch", tex_escape(", ".join(prov.get("torch_version", [])) or "?"))
+M.add("DataCommit", tex_escape(", ".join(c[:10] for c in prov.get("git_commit", [])) or "?"))
+hs = head[head["size"] == headline_size] if len(head) else head
+if len(hs):
+    r = hs.iloc[0]
+    M.add("HeadMemRed", num(r["mem_reduction"], 1, pct=True), "% less activation memory than none")
+    M.add("HeadMemRedLo", num(r["mem_reduction_lo"], 1, pct=True))
+    M.add("HeadMemRedHi", num(r["mem_reduction_hi"], 1, pct=True))
+    M.add("HeadTimeChange", num(r["step_time_ratio"] - 1, 1, pct=True), "% step time vs none")
+    M.add("HeadTimeChangeLo", num(r["step_time_ratio_lo"] - 1, 1, pct=True))
+    M.add("HeadTimeChangeHi", num(r["step_time_ratio_hi"] - 1, 1, pct=True))
+    M.add("HeadLossDiff", num(r["val_loss_diff"], 4))
+    M.add("HeadTostLo", num(r["tost_ci_lo"], 4), "(1-2 alpha) CI of the loss difference")
+    M.add("HeadTostHi", num(r["tost_ci_hi"], 4))
+    M.add("HeadTostP", num(r["tost_p"], 3))
+    M.add("HeadTostVerdict", "equivalent" if r["tost_equivalent"] else "not shown to be equivalent")
+    M.add("HeadTostMethod", tex_escape(r["tost_method"]))
+    M.add("HeadSeeds", str(int(r["n_pairs"])))
+else:
+    for name in ["HeadMemRed", "HeadMemRedLo", "HeadMemRedHi", "HeadTimeChange", "HeadTimeChangeLo",
+                 "HeadTimeChangeHi", "HeadLossDiff", "HeadTostLo", "HeadTostHi", "HeadTostP", "HeadTostMethod",
+                 "HeadSeeds"]:
+        M.add(name, "--", "no headline run")
+    M.add("HeadTostVerdict", "not tested")
+# the strongest baseline memory saver (full AC) at the headline size, from the same paired statistics
+full = paired[(paired["size"] == headline_size) & (paired["run"] == "full")] if len(paired) else paired
+M.add("FullMemRed", num(full.iloc[0]["mem_reduction"], 1, pct=True) if len(full) else "--")
+M.add("FullTimeChange", num(full.iloc[0]["step_time_ratio"] - 1, 1, pct=True) if len(full) else "--")
+# DRAT's fitted plan against the oracle at the headline λ (profiled plans of the headline size)
+fh = f_head.set_index("point") if len(f_head) else None
+key_d, key_o = f"drat-lam{headline_lambda:g}", f"oracle-lam{headline_lambda:g}"
+if fh is not None and key_d in fh.index and key_o in fh.index:
+    M.add("HeadDratActMiB", num(fh.loc[key_d, "memory_bytes"] / div, 3))
+    M.add("HeadOracleActMiB", num(fh.loc[key_o, "memory_bytes"] / div, 3))
+else:
+    M.add("HeadDratActMiB", "--")
+    M.add("HeadOracleActMiB", "--")
+M.add("ProfileMemUnit", "peak GiB" if gpu else "MiB of saved activations")
+n_equiv = int(paired["tost_equivalent"].sum()) if len(paired) else 0
+M.add("NumEquivalent", str(n_equiv), "run groups whose loss is TOST-equivalent to none")
+M.add("NumCompared", str(len(paired)))
+write_tex(gen / "macros.tex", M.render())
+print(M.render())

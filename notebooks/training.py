@@ -1,0 +1,120 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (drat)
+#     language: python
+#     name: drat
+# ---
+
+# %% [markdown]
+# # Training: loss curves, learned gates, budget tracking
+#
+# * **loss_curves**: validation loss over training, mean over seeds with a bootstrap CI band
+#   (`stats/curves_ci.csv`). Recomputation is exact, so gated and ungated curves coincide up to
+#   the run-to-run noise of the device (bitwise on the CPU).
+# * **gate_heatmap**: probability that each site is *stored* at the end of training (layer × site,
+#   mean over seeds), one panel per λ, for the headline size (`tables/gates.csv`).
+# * **budget_tracking**: the requested peak budget against what the run used
+#   (`stats/budget.csv`): the CUDA peak, or on the CPU model states + kept activations.
+
+# %% tags=["parameters"]
+tables_dir = "results/smoke/tables"
+stats_dir = "results/smoke/stats"
+figures_dir = "results/smoke/paper/figures"
+notebooks_dir = "notebooks"
+headline_size = "tiny"
+
+# %%
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(notebooks_dir).resolve()))
+import matplotlib.pyplot as plt
+import numpy as np
+from nbcommon import BASELINE_ORDER, data_provenance, empty_panel, read_csv, save_figure, sizes_in
+
+bands = read_csv(Path(stats_dir) / "curves_ci.csv")
+gates = read_csv(Path(tables_dir) / "gates.csv")
+budget = read_csv(Path(stats_dir) / "budget.csv")
+prov = data_provenance(tables_dir)
+sizes = sizes_in(bands)
+print("sizes:", sizes, "| curve points:", len(bands), "| gate rows:", len(gates), "| budget runs:", len(budget))
+
+
+# %%
+def run_order(runs):
+    base = [r for r in BASELINE_ORDER if r in runs]
+    lam = sorted((r for r in runs if r.startswith("drat-lam")), key=lambda r: float(r[len("drat-lam"):]))
+    bud = sorted((r for r in runs if r.startswith("drat-budget")), key=lambda r: float(r[len("drat-budget"):]))
+    return base + lam + bud
+
+
+fig, axes = plt.subplots(1, max(1, len(sizes)), figsize=(5.5 * max(1, len(sizes)), 4), squeeze=False)
+for ax, size in zip(axes[0], sizes or [None]):
+    d = bands[bands["size"] == size] if size else bands
+    if d.empty:
+        empty_panel(ax, "no evaluation records")
+        continue
+    for i, run in enumerate(run_order(set(d["run"]))):
+        r = d[d["run"] == run].sort_values("step")
+        ls = "-" if run == "none" else "--" if run.startswith("drat") else ":"
+        ax.plot(r["step"], r["val_loss"], ls, color=f"C{i % 10}", label=run, lw=1.2)
+        ax.fill_between(r["step"], r["val_loss_lo"].fillna(r["val_loss"]), r["val_loss_hi"].fillna(r["val_loss"]),
+                        color=f"C{i % 10}", alpha=0.15)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(size, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+fig.tight_layout(rect=(0, 0.04, 1, 1))
+save_figure(fig, "loss_curves", figures_dir, prov, [f"{stats_dir}/curves_ci.csv"],
+            note="mean over seeds, bootstrap CI band")
+
+# %%
+g = gates[(gates["size"] == headline_size) & gates["lam"].notna()] if len(gates) else gates
+lams = sorted(set(g["lam"])) if len(g) else []
+fig, axes = plt.subplots(1, max(1, len(lams)), figsize=(4.2 * max(1, len(lams)), 3.6), squeeze=False)
+if not lams:
+    empty_panel(axes[0][0], f"no DRAT λ runs for size {headline_size}")
+else:
+    site_order = ["attn_norm", "qkv", "attn_core", "attn_out", "mlp_norm", "mlp_up", "mlp_act", "mlp_down",
+                  "embed", "final_norm", "lm_head_loss"]
+    sites = [s for s in site_order if s in set(g["site"])] + sorted(set(g["site"]) - set(site_order))
+    layers = sorted({l for l in g["layer"].astype(str) if l != "model"}, key=int) + ["model"]
+    for ax, lam in zip(axes[0], lams):
+        m = g[g["lam"] == lam].groupby(["layer", "site"])["p_store"].mean()
+        grid = np.full((len(layers), len(sites)), np.nan)
+        for (layer, site), p in m.items():
+            grid[layers.index(str(layer)), sites.index(site)] = p
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(sites)), sites, rotation=70, fontsize=6)
+        ax.set_yticks(range(len(layers)), [f"L{l}" if l != "model" else "model" for l in layers], fontsize=6)
+        ax.set_title(f"λ = {lam:g}", fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), label="P(store) at the end of training", shrink=0.85)
+save_figure(fig, "gate_heatmap", figures_dir, prov, [f"{tables_dir}/gates.csv"],
+            note=f"size {headline_size}; mean over seeds of the last logged gate probabilities")
+
+# %%
+fig, ax = plt.subplots(figsize=(4.8, 4.2))
+if budget.empty:
+    empty_panel(ax, "no budget runs in this configuration")
+else:
+    for i, size in enumerate(sizes_in(budget)):
+        b = budget[budget["size"] == size]
+        ax.scatter(b["budget_gib"], b["measured_gib"], color=f"C{i}", label=size, zorder=3)
+    lo = float(min(budget["budget_gib"].min(), budget["measured_gib"].min())) * 0.9
+    hi = float(max(budget["budget_gib"].max(), budget["measured_gib"].max())) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="measured = requested")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("requested budget (GiB)")
+    ax.set_ylabel(f"measured ({budget['metric'].iloc[0].replace('_', ' ')}, GiB)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+fig.tight_layout(rect=(0, 0.04, 1, 1))
+save_figure(fig, "budget_tracking", figures_dir, prov, [f"{stats_dir}/budget.csv"])

@@ -1,0 +1,69 @@
+"""Cheap rules over the raw results: the manifest, tidy CSVs, statistics.
+
+    manifest  -> {R}/manifest.json     every expected run folder / profile / bench file (from the config)
+    aggregate -> {R}/tables/*.csv      python -m drat.aggregate (missing runs are listed by folder)
+    stats     -> {R}/stats/*           python -m drat.stats (bootstrap CIs, TOST, frontier, budgets)
+
+With `archived: true` the aggregate rule does not depend on the compute rules: it reads what is
+committed under results_dir and names every expected run that is absent (an error unless
+`allow_missing: true`). So figures, tables and the PDF regenerate without a GPU or retraining.
+"""
+
+
+rule manifest:
+    """The expected grid, written from the config (so paths come from Snakemake, not scripts)."""
+    output:
+        f"{R}/manifest.json",
+    params:
+        manifest=json.dumps({"scale": config["scale"], "results_dir": R, "device": config["device"],
+                             "archived": ARCHIVED, "runs": TRAIN_RUNS, "profiles": PROFILE_POINTS,
+                             "bench": BENCH}, sort_keys=True),
+    run:
+        Path(output[0]).parent.mkdir(parents=True, exist_ok=True)
+        Path(output[0]).write_text(json.dumps(json.loads(params.manifest), indent=1) + "\n")
+
+
+AGG_TABLES = ["runs", "curves", "gates", "profile", "profile_steps", "profile_sites", "bench"]
+
+
+rule aggregate:
+    """Per-run summary.json/metrics.jsonl and profile/bench JSON -> tidy CSVs."""
+    input:
+        manifest=f"{R}/manifest.json",
+        results=[] if ARCHIVED else TRAIN_OUTPUTS + PROFILE_OUTPUTS + BENCH_OUTPUTS,
+    output:
+        [f"{R}/tables/{t}.csv" for t in AGG_TABLES],
+        provenance=f"{R}/tables/provenance.json",
+        missing=f"{R}/tables/missing.json",
+    params:
+        out=f"{R}/tables",
+        allow=("--allow-missing" if ARCHIVED and config.get("allow_missing", False) else ""),
+    log:
+        f"{R}/logs/aggregate.log",
+    benchmark:
+        f"{R}/benchmarks/aggregate.tsv"
+    shell:
+        "python -m drat.aggregate --manifest {input.manifest} --out {params.out} {params.allow} > {log} 2>&1"
+
+
+STATS_FILES = ["summary.csv", "paired.csv", "frontier.csv", "budget.csv", "curves_ci.csv", "stats.json"]
+
+
+rule stats:
+    """Bootstrap CIs over seeds, TOST of gated vs `none` loss, frontier points, budget tracking."""
+    input:
+        [f"{R}/tables/{t}.csv" for t in AGG_TABLES],
+    output:
+        [f"{R}/stats/{f}" for f in STATS_FILES],
+    params:
+        tables=f"{R}/tables",
+        out=f"{R}/stats",
+        s=STATS,
+    log:
+        f"{R}/logs/stats.log",
+    benchmark:
+        f"{R}/benchmarks/stats.tsv"
+    shell:
+        "python -m drat.stats --tables {params.tables} --out {params.out} --margin {params.s[tost_margin]} "
+        "--alpha {params.s[alpha]} --confidence {params.s[confidence]} --n-resamples {params.s[n_resamples]} "
+        "--seed {params.s[seed]} --headline-lambda {params.s[headline_lambda]} > {log} 2>&1"

@@ -1,0 +1,129 @@
+"""Config loading and validation, and the grid of runs every other rule file draws from.
+
+Without --configfile the smoke config is used. The config is validated against
+workflow/config/schema.json (snakemake.utils.validate, defaults filled in). Names:
+
+    run    none | full | selective | sac | drat-lam<λ> | drat-budget<GiB>    (a training run)
+    point  the same names, plus oracle-lam<λ> | oracle-budget<GiB>            (a profiled plan)
+
+Numbers in names are written with Python's `g` format: 0.05 -> 0.05, 6.0 -> 6.
+"""
+
+import json
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+if "scale" not in config:  # no --configfile: the smoke scale, with any --config KEY=VALUE on top
+    _given = dict(config)
+    config.update(yaml.safe_load(open(f"{workflow.basedir}/workflow/config/smoke.yaml")))
+    config.update(_given)
+validate(config, f"{workflow.basedir}/workflow/config/schema.json")
+
+R = config["results_dir"].rstrip("/")
+ARCHIVED = bool(config.get("archived", False))
+GEN = config["paper"]["generated_dir"].rstrip("/")
+FIG = config["paper"]["figures_dir"].rstrip("/")
+BUILD = config["paper"]["build_dir"].rstrip("/")
+RES = config.get("resources", {})
+STATS = config["stats"]
+
+FIGURES = ["frontier", "lambda_sweep", "gate_heatmap", "loss_curves", "budget_tracking"]
+TABLES = ["results_table", "baselines_table", "setup_table", "frontier_table"]
+NOTEBOOKS = {
+    "frontier": ["frontier", "lambda_sweep"],
+    "training": ["loss_curves", "gate_heatmap", "budget_tracking"],
+    "tables": [],
+}
+FIGURE_FILES = [f"{FIG}/{f}.{ext}" for f in FIGURES for ext in ("pdf", "png", "json")]
+TABLE_FILES = [f"{GEN}/{t}.tex" for t in TABLES] + [f"{GEN}/macros.tex"]
+NOTEBOOK_HTML = [f"{R}/notebooks/{nb}.html" for nb in NOTEBOOKS]
+PAPER_PDF = f"{BUILD}/drat.pdf"
+
+
+def fmt(x):
+    return f"{float(x):g}"
+
+
+def size_cfg(size):
+    return config["sizes"][size]
+
+
+def runs_of(size):
+    """(run name, strategy, λ, budget GiB, seeds) of every training run group of one size."""
+    s = size_cfg(size)
+    out = [(b, b, None, None, s["seeds"]) for b in s.get("baselines", ["none", "full", "selective", "sac"])]
+    out += [(f"drat-lam{fmt(l)}", "drat", float(l), None, s["seeds"]) for l in s["lambdas"]]
+    out += [(f"drat-budget{fmt(b)}", "drat", None, float(b), s.get("budget_seeds", s["seeds"]))
+            for b in s.get("budgets_gib", [])]
+    return out
+
+
+def points_of(size):
+    """(point, kind, strategy, λ, budget GiB) of every profiled plan of one size."""
+    s, p = size_cfg(size), size_cfg(size)["profile"]
+    out = [(b, "baseline", b, None, None) for b in s.get("baselines", ["none", "full", "selective", "sac"])]
+    kinds = ["drat", "oracle"] if p.get("oracle", True) else ["drat"]
+    for k in kinds:
+        out += [(f"{k}-lam{fmt(l)}", k, "drat" if k == "drat" else "fixed", float(l), None)
+                for l in p.get("lambdas", [])]
+        out += [(f"{k}-budget{fmt(b)}", k, "drat" if k == "drat" else "fixed", None, float(b))
+                for b in p.get("budgets_gib", [])]
+    return out
+
+
+def run_dir(size, run, seed):
+    return f"{R}/train/{size}/{run}/seed{seed}"
+
+
+TRAIN_RUNS = [dict(size=size, run=run, strategy=strat, lam=lam, budget_gib=b, seed=seed,
+                   dir=run_dir(size, run, seed))
+              for size in config["sizes"] for run, strat, lam, b, seeds in runs_of(size) for seed in seeds]
+PROFILE_POINTS = [dict(size=size, point=pt, kind=k, strategy=st, lam=lam, budget_gib=b,
+                       path=f"{R}/profile/{size}/{pt}.json")
+                  for size in config["sizes"] for pt, k, st, lam, b in points_of(size)]
+BENCH = ([dict(size=size, path=f"{R}/bench/{size}/frontier.json") for size in config["sizes"]]
+         if config.get("bench", {}).get("enabled", True) else [])
+
+TRAIN_OUTPUTS = [f"{r['dir']}/summary.json" for r in TRAIN_RUNS]
+PROFILE_OUTPUTS = [p["path"] for p in PROFILE_POINTS]
+BENCH_OUTPUTS = [b["path"] for b in BENCH]
+
+NUM = r"[0-9][0-9.e+-]*"
+
+
+wildcard_constraints:
+    size="[a-z]+",
+    run=rf"(none|full|selective|sac|drat-lam{NUM}|drat-budget{NUM})",
+    point=rf"(none|full|selective|sac|(drat|oracle)-(lam|budget){NUM})",
+    seed=r"\d+",
+
+
+def threads_of(key):
+    t = RES.get(key, 1)
+    return workflow.cores if t == "all" else int(t)
+
+
+def model_flags(size):
+    m = size_cfg(size).get("model", {})
+    return " ".join(f"--{k} {v}" for k, v in m.items())
+
+
+def train_fields(wc):
+    """The resolved TrainingConfig fields of one run (tokenizer and out are added by the script)."""
+    s = size_cfg(wc.size)
+    fields = {**config.get("train", {}), **s.get("train", {})}
+    m = s.get("model", {})
+    fields.update({"size": wc.size, "n_layer": m.get("layers"), "n_embd": m.get("hidden"),
+                   "n_head": m.get("heads"), "corpus": config["corpus"]["spec"],
+                   "max_corpus_bytes": config["corpus"].get("max_bytes"),
+                   "vocab_size": config["tokenizer"]["vocab_size"], "seed": int(wc.seed),
+                   "device": config["device"]})
+    if wc.run.startswith("drat-lam"):
+        fields.update(strategy="drat", lam=float(wc.run[len("drat-lam"):]), budget_gib=None)
+    elif wc.run.startswith("drat-budget"):
+        fields.update(strategy="drat", lam=None, budget_gib=float(wc.run[len("drat-budget"):]))
+    else:
+        fields.update(strategy=wc.run, lam=None, budget_gib=None)
+    return json.dumps(fields, sort_keys=True)

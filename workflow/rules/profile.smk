@@ -1,0 +1,70 @@
+"""Profiling: memory and step time of every plan, per {size} × {point}; and the one-process bench.
+
+    profile -> {R}/profile/{size}/{point}.json     workflow/scripts/profile_point.py
+    bench   -> {R}/bench/{size}/frontier.{json,csv,png}   `drat bench frontier` (side by side)
+
+{point}: none | full | selective | sac | drat-lam<λ> | drat-budget<GiB> | oracle-lam<λ> |
+oracle-budget<GiB>. On CUDA: peak allocated memory and CUDA-event step times; on the CPU:
+exact saved-activation bytes and wall-clock step times. Profiles take every core by default
+(threads_profile: all) so that their timings do not share the machine with other jobs.
+"""
+
+
+def _profile_flags(wc):
+    p = size_cfg(wc.size)["profile"]
+    return (f"{model_flags(wc.size)} --vocab-size {config['tokenizer']['vocab_size']} "
+            f"--seq-len {p.get('seq_len', 64)} --batch-size {p.get('batch_size', 2)} "
+            f"--steps {p.get('steps', 12)} --warmup {p.get('warmup', 3)} "
+            f"--cost-model {p.get('cost_model', 'measured')} --device {config['device']}")
+
+
+rule profile:
+    """One plan on one size: saved bytes, (CUDA) peak memory, step times."""
+    output:
+        f"{R}/profile/{{size}}/{{point}}.json",
+    params:
+        flags=_profile_flags,
+    threads: threads_of("threads_profile")
+    resources:
+        gpu=RES.get("gpu", 0),
+        mem_mb=RES.get("mem_mb_profile", 4000),
+        runtime=RES.get("runtime_profile", 10),
+    log:
+        f"{R}/logs/profile/{{size}}/{{point}}.log",
+    benchmark:
+        f"{R}/benchmarks/profile/{{size}}/{{point}}.tsv"
+    shell:
+        "python workflow/scripts/profile_point.py --size {wildcards.size} --point {wildcards.point} "
+        "{params.flags} --threads {threads} --out {output} > {log} 2>&1"
+
+
+def _bench_flags(wc):
+    p = size_cfg(wc.size)["profile"]
+    lams = [l for l in p.get("lambdas", []) if l > 0] or [0.05]
+    b = config.get("bench", {})
+    return (f"{model_flags(wc.size)} --vocab-size {config['tokenizer']['vocab_size']} "
+            f"--seq-len {p.get('seq_len', 64)} --batch-size {p.get('batch_size', 2)} "
+            f"--steps {b.get('steps', 12)} --warmup {b.get('warmup', 3)} --device {config['device']} "
+            f"--lambdas {','.join(fmt(l) for l in lams)}")
+
+
+rule bench:
+    """Every strategy side by side in one process (`drat bench frontier`)."""
+    output:
+        json=f"{R}/bench/{{size}}/frontier.json",
+        csv=f"{R}/bench/{{size}}/frontier.csv",
+    params:
+        flags=_bench_flags,
+        out=lambda wc: f"{R}/bench/{wc.size}",
+    threads: threads_of("threads_profile")
+    resources:
+        gpu=RES.get("gpu", 0),
+        mem_mb=RES.get("mem_mb_profile", 4000),
+        runtime=RES.get("runtime_profile", 10),
+    log:
+        f"{R}/logs/bench/{{size}}.log",
+    benchmark:
+        f"{R}/benchmarks/bench/{{size}}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} drat bench frontier --size {wildcards.size} {params.flags} "
+        "--out {params.out} > {log} 2>&1"

@@ -1,0 +1,151 @@
+"""Pipeline step `profile`: memory and step time of one plan on one model size.
+
+    python workflow/scripts/profile_point.py --size tiny --point drat-lam0.05 --device cpu --out x.json
+
+Points: `none`, `full`, `selective`, `sac` (baselines), `drat-lam<λ>` / `drat-budget<GiB>` (gates
+fitted on this device's measured site costs), `oracle-lam<λ>` / `oracle-budget<GiB>` (the exact
+ILP on the same costs, executed as a fixed plan). The JSON has the keys of `drat profile --json`
+(saved_activation_bytes, sites, provenance, and on CUDA peak_memory_bytes, step_ms, step_ms_all,
+tokens_per_s), plus `point`, `kind` and `step_ms_all` on the CPU as well (wall clock of full
+training steps: forward, backward, AdamW). `drat profile` has no oracle and no CPU timing, hence
+this script over the same library functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+POINT_RE = re.compile(r"^(?:(none|full|selective|sac)|(drat|oracle)-(lam|budget)([0-9.eE+-]+))$")
+
+
+def parse_point(point: str) -> dict:
+    m = POINT_RE.match(point)
+    if not m:
+        raise ValueError(f"unknown profile point {point!r}: use none|full|selective|sac, "
+                         f"drat-lam<λ>, drat-budget<GiB>, oracle-lam<λ> or oracle-budget<GiB>")
+    if m.group(1):
+        return {"kind": "baseline", "strategy": m.group(1), "lam": None, "budget_gib": None}
+    value = float(m.group(4))
+    return {"kind": m.group(2), "strategy": "drat" if m.group(2) == "drat" else "fixed",
+            "lam": value if m.group(3) == "lam" else None, "budget_gib": value if m.group(3) == "budget" else None}
+
+
+def time_cpu_steps(model, idx, targets, steps: int, warmup: int) -> dict:
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    ms = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        loss = model(idx, targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            ms.append(1e3 * (time.perf_counter() - t0))
+    step_ms = statistics.median(ms)
+    return {"step_ms": step_ms, "step_ms_all": ms, "tokens_per_s": idx.numel() / (step_ms / 1e3)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", required=True)
+    ap.add_argument("--point", required=True)
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--heads", type=int, default=None)
+    ap.add_argument("--vocab-size", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--cost-model", default="measured")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+
+    import torch
+
+    from drat.accounting import saved_activation_bytes
+    from drat.costs import build_costs, measure_site_bytes, model_state_bytes
+    from drat.gates import budget_to_activation_bytes, fit_gates
+    from drat.model import GPT, config_for
+    from drat.oracle import solve_oracle
+    from drat.profile import autocast_ctx, random_batch, time_training_steps
+    from drat.provenance import provenance, resolve_device
+    from drat.strategies import DRATGates, PlanAC, make_strategy
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    spec = parse_point(a.point)
+    device = resolve_device(a.device)
+    over = {"vocab_size": a.vocab_size, "n_layer": a.layers, "n_embd": a.hidden, "n_head": a.heads}
+    cfg = config_for(a.size, **over)
+    if a.seq_len > cfg.block_size:
+        cfg = config_for(a.size, **over, block_size=a.seq_len)
+    torch.manual_seed(a.seed)
+    model = GPT(cfg).to(device)
+    idx, targets = random_batch(cfg.vocab_size, a.batch_size, a.seq_len, device, a.seed)
+    base = model_state_bytes(model)
+
+    plan_info = None
+    if spec["kind"] == "baseline":
+        strategy = make_strategy(spec["strategy"])
+    else:
+        with autocast_ctx(device):
+            costs = build_costs(model, idx, targets, a.cost_model)
+        act = None if spec["budget_gib"] is None else budget_to_activation_bytes(spec["budget_gib"], base)
+        if spec["kind"] == "drat":
+            fit = (fit_gates(costs, lam=spec["lam"], seed=a.seed) if act is None
+                   else fit_gates(costs, budget_act_bytes=act, seed=a.seed))
+            strategy = DRATGates(fit.gates)
+            plan_info = {"lambda": fit.lam, "objective": fit.objective, "planned_activation_bytes": fit.mem_bytes,
+                         "recompute_time_frac": fit.time_frac}
+        else:
+            plan = solve_oracle(costs, lam=spec["lam"] or 0.0, budget_act_bytes=act)
+            strategy = PlanAC(stored=plan.stored)
+            plan_info = {"objective": plan.objective, "planned_activation_bytes": plan.mem_bytes,
+                         "recompute_time_frac": plan.time_frac, "method": plan.method}
+        plan_info.update({"cost_model": a.cost_model, "activation_budget_bytes": act})
+    model.set_strategy(strategy)
+    with autocast_ctx(device):
+        total, per_site = saved_activation_bytes(model, idx, targets)
+        owned = measure_site_bytes(model, idx, targets)
+    decisions = strategy.decisions(model)
+    sites = []
+    for i, k in enumerate(model.graph.keys):
+        if decisions is not None:
+            decision = "store" if decisions[i] else "recompute"
+        elif spec["strategy"] == "none" or (spec["strategy"] == "full" and k.layer is None):
+            decision = "store"
+        elif spec["strategy"] == "full" or (spec["strategy"] == "selective" and k.name == "attn_core"):
+            decision = "recompute"
+        elif spec["strategy"] == "selective":
+            decision = "store"
+        else:
+            decision = "policy"
+        sites.append({"layer": k.layer, "site": k.name, "decision": decision, "bytes": int(owned[i]),
+                      "held_bytes": int(per_site.get(i, 0))})
+    out = {"point": a.point, **spec, "size": a.size, "config": cfg.to_dict(), "params": model.num_params(),
+           "batch_size": a.batch_size, "seq_len": a.seq_len, "saved_activation_bytes": int(total),
+           "model_state_bytes": base, "sites": sites, "plan": plan_info, **provenance(device)}
+    if device.type == "cuda":
+        out.update(time_training_steps(model, idx, targets, a.steps, a.warmup))
+    else:
+        out.update(time_cpu_steps(model, idx, targets, a.steps, a.warmup))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({k: out[k] for k in ("point", "saved_activation_bytes", "step_ms")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
