@@ -229,7 +229,6 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
             compiled = torch.compile(model)
             row = record(f"drat-compiled-lam{lam}", strat, "compiled", lam=lam, compiled=compiled,
                          stored=fit.stored)
-            row["unmatched_ops"] = strat.unmatched_ops
             del compiled
 
         import torch._functorch.config as fconfig

@@ -191,7 +191,6 @@ class CompiledPlanAC(ActivationStrategy):
     def __init__(self, stored: Sequence[bool]):
         self.stored = [bool(s) for s in stored]
         self.op_sites: list[tuple] | None = None  # (op, site name, is_output) for a block's ops
-        self.unmatched_ops = 0  # non-view ops the policy met that the recording did not have
 
     def attach(self, model) -> None:
         if len(self.stored) != len(model.graph):
@@ -235,28 +234,35 @@ class CompiledPlanAC(ActivationStrategy):
         with autocast, Recorder():
             block(x, run)
         self.op_sites = [(e[0], e[1], len(e) > 3) for e in seq]  # [op, site, ptr(, True if output)]
+        self._ctx_fns = [self._make_context_fn(b.layer, model.graph) for b in model.blocks]
         return self
 
-    def _context(self, layer: int, graph):
+    def _make_context_fn(self, layer: int, graph):
+        """A plain function per layer: dynamo needs `context_fn` to be a constant it can hold,
+        which a bound method or a partial of one is not (it would break the graph per block)."""
         table: dict = {}
         for op, site, is_out in self.op_sites:
             table.setdefault(op, []).append((graph.idx(layer, site), is_out))
-        counts: dict = {}
+        stored = self.stored
 
-        def policy(ctx, op, *args, **kwargs):
-            key = (ctx.is_recompute, op)
-            k = counts.get(key, 0)
-            counts[key] = k + 1
-            entries = table.get(op)
-            if entries is None or k >= len(entries):
-                self.unmatched_ops += 0 if op.is_view else 1
-                return CheckpointPolicy.PREFER_RECOMPUTE
-            site, is_out = entries[k]
-            if not self.stored[site]:
-                return CheckpointPolicy.MUST_RECOMPUTE
-            return CheckpointPolicy.MUST_SAVE if is_out else CheckpointPolicy.PREFER_RECOMPUTE
+        def context_fn():
+            counts: dict = {}
 
-        return create_selective_checkpoint_contexts(policy)
+            def policy(ctx, op, *args, **kwargs):
+                key = (ctx.is_recompute, op)
+                k = counts.get(key, 0)
+                counts[key] = k + 1
+                entries = table.get(op)
+                if entries is None or k >= len(entries):
+                    return CheckpointPolicy.PREFER_RECOMPUTE
+                site, is_out = entries[k]
+                if not stored[site]:
+                    return CheckpointPolicy.MUST_RECOMPUTE
+                return CheckpointPolicy.MUST_SAVE if is_out else CheckpointPolicy.PREFER_RECOMPUTE
+
+            return create_selective_checkpoint_contexts(policy)
+
+        return context_fn
 
     def forward(self, model, idx, targets):
         if self.op_sites is None:
@@ -268,9 +274,10 @@ class CompiledPlanAC(ActivationStrategy):
                 return checkpoint(fn, *inputs, use_reentrant=False)
             return fn(*inputs)
 
+        ctx_fns = self._ctx_fns
+
         def block_fn(block, x, run):
-            return checkpoint(block, x, run, use_reentrant=False,
-                              context_fn=partial(self._context, block.layer, model.graph))
+            return checkpoint(block, x, run, use_reentrant=False, context_fn=ctx_fns[block.layer])
 
         return model.forward_sites(idx, targets, run=run, block_fn=block_fn)
 
