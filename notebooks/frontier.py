@@ -117,6 +117,7 @@ else:
             if len(ref):
                 ax.axhline(float(ref[col].iloc[0]) / div, color=f"C{i}", ls="--", lw=0.8, label=f"{size}: none")
             ax.set_xscale("symlog", linthresh=linthresh)
+            ax.set_xlim(-0.3 * linthresh, 1.6 * float(drat_runs["lam"].max()) + linthresh)
             ax.set_xlabel("λ (price of memory)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)

@@ -56,9 +56,11 @@ def save_figure(fig, name: str, figures_dir, data_prov: dict, sources: list[str]
     """PDF (for LaTeX) + PNG (for a quick look) + a sidecar JSON with the provenance of the data."""
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fig.text(0.005, 0.003, footer_text(data_prov), fontsize=5.5, color="0.35", ha="left", va="bottom")
-    fig.savefig(out / f"{name}.pdf")
-    fig.savefig(out / f"{name}.png", dpi=130)
+    # the footer goes below everything already drawn (tick labels included)
+    bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight()
+    fig.text(0.005, bottom - 0.01, footer_text(data_prov), fontsize=5.5, color="0.35", ha="left", va="top")
+    fig.savefig(out / f"{name}.pdf", bbox_inches="tight", pad_inches=0.05)
+    fig.savefig(out / f"{name}.png", dpi=130, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     side = {"figure": name, "files": [f"{name}.pdf", f"{name}.png"], "sources": [str(s) for s in sources],
             "data_provenance": data_prov, "render_provenance": provenance("cpu"), "note": note}

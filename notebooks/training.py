@@ -78,7 +78,7 @@ save_figure(fig, "loss_curves", figures_dir, prov, [f"{stats_dir}/curves_ci.csv"
 # %%
 g = gates[(gates["size"] == headline_size) & gates["lam"].notna()] if len(gates) else gates
 lams = sorted(set(g["lam"])) if len(g) else []
-fig, axes = plt.subplots(1, max(1, len(lams)), figsize=(4.2 * max(1, len(lams)), 3.6), squeeze=False)
+fig, axes = plt.subplots(1, max(1, len(lams)), figsize=(3.4 * max(1, len(lams)) + 1.2, 3.4), squeeze=False)
 if not lams:
     empty_panel(axes[0][0], f"no DRAT λ runs for size {headline_size}")
 else:

@@ -19,6 +19,9 @@ if "scale" not in config:  # no --configfile: the smoke scale, with any --config
     _given = dict(config)
     config.update(yaml.safe_load(open(f"{workflow.basedir}/workflow/config/smoke.yaml")))
     config.update(_given)
+for _key in ("archived", "allow_missing"):  # --config archived=true arrives as a string
+    if isinstance(config.get(_key), str):
+        config[_key] = config[_key].strip().lower() in ("1", "true", "yes", "on")
 validate(config, f"{workflow.basedir}/workflow/config/schema.json")
 
 R = config["results_dir"].rstrip("/")
