@@ -415,6 +415,7 @@ def test_hf_offline_fails_fast_with_actionable_message(monkeypatch: pytest.Monke
 def test_hub_check_never_hangs_on_a_stuck_connect(monkeypatch: pytest.MonkeyPatch) -> None:
     def stuck(*args: object, **kwargs: object) -> None:
         time.sleep(10)  # like a DNS lookup that never answers
+        raise OSError("timed out")
 
     monkeypatch.setattr(corpora.socket, "create_connection", stuck)
     start = time.monotonic()
