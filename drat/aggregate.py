@@ -33,9 +33,9 @@ from typing import Any
 
 RUN_FIELDS = ["size", "run", "strategy", "lam", "budget_gib", "seed", "dir", "finished", "step",
               "initial_val_loss", "final_val_loss", "final_val_ppl", "saved_activation_bytes",
-              "mean_saved_activation_bytes", "peak_memory_bytes", "step_ms", "tokens_per_s", "wall_time_s",
-              "params", "final_lam", "n_stored", "n_sites", "tokens_seen", "device", "torch_version",
-              "git_commit", "git_dirty"]
+              "mean_saved_activation_bytes", "peak_memory_bytes", "last_peak_memory_bytes", "step_ms",
+              "tokens_per_s", "wall_time_s", "params", "final_lam", "n_stored", "n_sites", "tokens_seen",
+              "device", "torch_version", "git_commit", "git_dirty"]
 CURVE_FIELDS = ["size", "run", "seed", "kind", "step", "loss", "val_loss", "lam", "saved_activation_bytes",
                 "step_ms"]
 GATE_FIELDS = ["size", "run", "lam", "budget_gib", "seed", "label", "layer", "site", "p_store", "stored"]
@@ -113,6 +113,8 @@ def summarize_run(run_dir: Path, meta: dict) -> tuple[dict, list[dict], list[dic
         "mean_saved_activation_bytes": statistics.fmean(r["saved_activation_bytes"] for r in steady)
         if steady else math.nan,
         "peak_memory_bytes": max(peaks) if peaks else None,
+        # the last logged peak: the steady state if the trainer resets the peak per log interval
+        "last_peak_memory_bytes": peaks[-1] if peaks else None,
         "step_ms": _median([r.get("step_ms") for r in steady]),
         "tokens_per_s": _median([r.get("tokens_per_s") for r in steady]),
         "wall_time_s": summary.get("wall_time_s"),

@@ -348,10 +348,11 @@ def budget_table(runs):
     b = runs[runs["budget_gib"].notna()].copy()
     if b.empty:
         return pd.DataFrame(columns=["size", "run", "seed", "budget_gib", "measured_gib", "metric", "within"])
-    gpu = b["peak_memory_bytes"].notna()
+    peak = b["last_peak_memory_bytes"] if "last_peak_memory_bytes" in b else b["peak_memory_bytes"]
+    gpu = peak.notna()
     # CPU: what the budget accounts for, model states (params, grads, AdamW: 16 B/param) + kept activations
     accounted = b["params"] * 16 + b["saved_activation_bytes"]
-    b["measured_gib"] = np.where(gpu, b["peak_memory_bytes"], accounted) / 2**30
+    b["measured_gib"] = np.where(gpu, peak, accounted) / 2**30
     b["metric"] = np.where(gpu, "peak_memory_allocated", "model_states+saved_activations")
     b["within"] = b["measured_gib"] <= b["budget_gib"] * (1 + 1e-9)
     return b[["size", "run", "seed", "budget_gib", "measured_gib", "metric", "within"]].reset_index(drop=True)

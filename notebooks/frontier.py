@@ -87,7 +87,8 @@ for ax, size in zip(axes[0], sizes or [None]):
         if len(bud):
             ax.scatter(bud["step_ms"], bud["memory_bytes"] / div, marker="v", color=color,
                        facecolors=mfc if kind == "drat" else "none", label=f"{'DRAT' if kind == 'drat' else 'oracle'}, budget")
-    ax.set_xlabel("step time (ms, median; bootstrap CI)")
+    ax.set_xscale("log")  # one slow outlier (a busy CPU) must not squash the rest
+    ax.set_xlabel("step time (ms, median; bootstrap CI; log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{size}", fontsize=10)
     ax.grid(alpha=0.3)

@@ -130,6 +130,27 @@ write_tex(gen / "frontier_table.tex", booktabs(["plan", unit, "step time (ms)", 
                                                caption_note=f"size {headline_size}"))
 
 # %% [markdown]
+# ## One-process check: `drat bench frontier` (every strategy side by side, ratios against `none`)
+
+# %%
+bench = read_csv(Path(tables_dir) / "bench.csv")
+b_head = bench[bench["size"] == headline_size] if len(bench) else bench
+rows = []
+if len(b_head) and (b_head["name"] == "none").any():
+    ref = b_head[b_head["name"] == "none"].iloc[0]
+    gpu_b = finite(ref.get("peak_gib"))
+    for _, r in b_head.iterrows():
+        mem = r["peak_gib"] if gpu_b else r["saved_activation_bytes"] / 2**20
+        mem_ref = ref["peak_gib"] if gpu_b else ref["saved_activation_bytes"] / 2**20
+        rows.append([tex_escape(r["name"]), tex_escape(r["mode"]), num(mem, 3), num(mem / mem_ref, 3),
+                     num(r["step_ms"], 2), num(r["step_ms"] / ref["step_ms"], 3)])
+    mem_unit = "peak (GiB)" if gpu_b else "activations (MiB)"
+else:
+    mem_unit = "memory"
+write_tex(gen / "bench_table.tex", booktabs(["row", "mode", mem_unit, "mem / none", "step (ms)", "time / none"],
+                                            rows, align="llrrrr", caption_note=f"size {headline_size}"))
+
+# %% [markdown]
 # ## Setup table
 
 # %%
