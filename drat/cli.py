@@ -108,7 +108,7 @@ def cmd_train(args) -> int:
     from .train import ResourceAwareTrainer, resolve_training_config
 
     overrides = {field: getattr(args, field) for _, field, _, _ in _TRAIN_FLAGS if hasattr(args, field)}
-    for field in ("lam", "budget_gib", "wandb", "tensorboard"):
+    for field in ("lam", "budget_gib", "wandb", "tensorboard", "gate_warm_start"):
         if hasattr(args, field):
             overrides[field] = getattr(args, field)
     resume = getattr(args, "resume", None)
@@ -166,6 +166,8 @@ def _add_train_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline by default)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="skip tb/ event files")
+    p.add_argument("--no-gate-warm-start", dest="gate_warm_start", action="store_false",
+                   help="start every gate on store instead of from the cost model's plan")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="validation/test loss and perplexity of a checkpoint (JSON)")

@@ -50,7 +50,7 @@ from .data import (
     prepare_tokens,
     train_tokenizer,
 )
-from .gates import DualAscent, GateBank, anneal_tau, budget_to_activation_bytes, resource_loss
+from .gates import DualAscent, GateBank, anneal_tau, budget_to_activation_bytes, fit_gates, resource_loss
 from .model import GPT, SIZES, GPTConfig, config_for
 from .profile import autocast_ctx
 from .provenance import provenance, resolve_device
@@ -102,6 +102,10 @@ class TrainingConfig:
     budget_gib: float | None = None  # peak budget: λ becomes a dual variable
     gate_lr: float = 0.1
     gate_init_logit: float = 3.0  # σ(3) ≈ 0.95: start out storing, like the ungated model
+    # Warm start: fit the gates on the measured costs before step 0 (seconds; the resource term
+    # does not need the model), so the run executes a good plan from its first step and training
+    # refines it. Off: every gate starts at +gate_init_logit (store).
+    gate_warm_start: bool = True
     tau_start: float = 1.0
     tau_end: float = 0.05
     cost_model: str = "measured"
@@ -377,6 +381,8 @@ class ResourceAwareTrainer:
         self.last_val: dict | None = None
         if state is None:
             self._measure_costs()
+            if self.gates is not None and cfg.gate_warm_start:
+                self._warm_start_gates()
         else:
             self._restore(state, resume_from)
         self.dual = None
@@ -487,6 +493,22 @@ class ResourceAwareTrainer:
             if self.gates is not None:
                 self.costs = build_costs(self.model, x, y, self.cfg.cost_model)
         self.model.zero_grad(set_to_none=True)
+
+    def _warm_start_gates(self) -> None:
+        """Initialise the gates (and λ in budget mode) from `fit_gates` on the measured costs."""
+        cfg = self.cfg
+        if cfg.budget_gib is not None:
+            act = budget_to_activation_bytes(cfg.budget_gib, model_state_bytes(self.model))
+            fit = fit_gates(self.costs, budget_act_bytes=act, seed=cfg.seed)
+            self.lam = fit.lam
+        else:
+            fit = fit_gates(self.costs, lam=cfg.lam_value, seed=cfg.seed)
+        mag = abs(cfg.gate_init_logit) or 1.0
+        with torch.no_grad():
+            self.gates.logits.copy_(torch.tensor([mag if s else -mag for s in fit.stored],
+                                                 device=self.gates.logits.device))
+        self.log.info(f"gates warm-started from the cost model: "
+                      f"{sum(fit.stored)}/{len(fit.stored)} sites stored")
 
     def _write_config(self) -> None:
         resolved = {
@@ -656,7 +678,9 @@ class ResourceAwareTrainer:
         if "grad_norm_t" in out:
             rec["grad_norm"] = out["grad_norm_t"].item()
         if self.device.type == "cuda":
+            # peak of this log interval (reset below), so later plans are not masked by early ones
             rec["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
             rec["mfu"] = self._mfu(rec["tokens_per_s"])
         if self.gates is not None:
             probs = self.gates.probs().detach().cpu().tolist()

@@ -209,13 +209,21 @@ def test_budget_mode_raises_lambda_until_the_plan_fits(tmp_path, tokenizer_path)
     trainer.close()
     budget_gib = (floor_bytes + 0.4 * store_all_bytes) / 2**30
     cfg = small_cfg(tmp_path / "b", tokenizer_path, steps=40, budget_gib=budget_gib, gate_init_logit=1.0,
-                    gate_lr=0.2, ckpt_every=0, eval_every=40)
+                    gate_lr=0.2, ckpt_every=0, eval_every=40, gate_warm_start=False)
     run(cfg)
     train = records(tmp_path / "b")
     assert train[0]["lam"] == 0.0 and max(r["lam"] for r in train) > 0  # dual ascent priced memory
     assert train[0]["saved_activation_bytes"] > 0.4 * store_all_bytes
     assert train[-1]["saved_activation_bytes"] < train[0]["saved_activation_bytes"]
     assert train[-1]["mem_frac"] < train[0]["mem_frac"]
+
+    # warm start: the gates begin at the cost model's plan, which already fits the budget
+    warm = small_cfg(tmp_path / "warm", tokenizer_path, steps=10, budget_gib=budget_gib, ckpt_every=0,
+                     eval_every=10)
+    run(warm)
+    first = records(tmp_path / "warm")[0]
+    assert first["saved_activation_bytes"] <= 0.4 * store_all_bytes
+    assert first["n_stored"] < len(first["gates"])
 
     low = small_cfg(tmp_path / "low", tokenizer_path, budget_gib=0.5 * floor_bytes / 2**30)
     with pytest.raises(BudgetInfeasibleError, match="below the feasible floor"):
