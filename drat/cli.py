@@ -2,7 +2,8 @@
 
     drat profile   what a strategy keeps for backward (and on CUDA, its peak and step time)
     drat bench     strategies side by side on one device (the memory/time frontier)
-    drat train     train a gated GPT on a corpus (checkpoints, resume, metrics.jsonl)
+    drat train     train a gated GPT on a corpus (checkpoints, resume, metrics.jsonl);
+                   under torchrun with --distributed ddp|fsdp on several GPUs
     drat eval      validation/test loss and perplexity of a checkpoint
     drat generate  sample text from a checkpoint
     drat tokenizer train   a byte-level BPE tokenizer from a corpus
@@ -83,7 +84,8 @@ _TRAIN_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--ckpt-every", "ckpt_every", int, "steps between checkpoints (0: only the last)"),
     ("--keep-last-k", "keep_last_k", int, "checkpoints to keep"),
     ("--seed", "seed", int, "seed of the model init, batches, dropout and gate noise"),
-    ("--device", "device", str, "cpu | cuda | auto"),
+    ("--device", "device", str, "cpu | cuda | auto (under torchrun each rank takes cuda:LOCAL_RANK)"),
+    ("--distributed", "distributed", str, "ddp | fsdp: data-parallel training, launched by torchrun"),
     ("--out", "out", str, "run folder"),
 )
 
@@ -119,7 +121,8 @@ def cmd_train(args) -> int:
     finally:
         trainer.close()
     keys = ("step", "initial_val_loss", "final_val_loss", "final_val_ppl", "tokens_seen", "wall_time_s")
-    print(json.dumps({"out": cfg.out, **{k: summary[k] for k in keys}}))
+    if trainer.dist.is_main:  # under torchrun: one summary line, not one per rank
+        print(json.dumps({"out": cfg.out, **{k: summary[k] for k in keys}}))
     return 0
 
 

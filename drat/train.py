@@ -18,11 +18,16 @@ Resume is exact: batches are a pure function of (seed, step), and a checkpoint c
 piece of state the next step reads (weights, AdamW moments, schedule, gate logits and their
 generator, λ, the site costs, the CPU/CUDA RNG that drives dropout). On the CPU a run resumed from
 step k writes bitwise the losses of an uninterrupted run.
+
+Under torchrun (`distributed="ddp"` or `"fsdp"`, see `drat/distributed.py`) every rank runs the
+same steps on its own slice of the global batch (batch_size × grad_accum × world size); rank 0
+writes the run folder and the checkpoints, the gates stay replicated outside the wrapped model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -38,7 +43,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .accounting import saved_activation_bytes
-from .checkpoint import CHECKPOINT_DIR, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_DIR,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .costs import COST_MODELS, SiteCosts, build_costs, measure_site_bytes, model_state_bytes
 from .data import (
     DataError,
@@ -49,6 +61,17 @@ from .data import (
     load_tokenizer,
     prepare_tokens,
     train_tokenizer,
+)
+from .distributed import (
+    full_tensor,
+    grad_sync,
+    init_distributed,
+    load_model_state,
+    load_optimizer_state,
+    model_state,
+    optimizer_state,
+    set_block_resharding,
+    wrap_model,
 )
 from .gates import DualAscent, GateBank, anneal_tau, budget_to_activation_bytes, fit_gates, resource_loss
 from .model import GPT, SIZES, GPTConfig, config_for
@@ -117,7 +140,8 @@ class TrainingConfig:
     keep_last_k: int = 3
     # run
     seed: int = 0
-    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    device: str = "auto"  # cpu | cuda | cuda:N | auto (under torchrun: cuda:LOCAL_RANK)
+    distributed: str | None = None  # None | ddp | fsdp (FSDP2); needs a torchrun launch
     out: str = "runs/train"
     tensorboard: bool = True
     wandb: bool = False  # offline unless WANDB_MODE says otherwise; skipped if wandb is missing
@@ -154,6 +178,8 @@ class TrainingConfig:
         need(self.gate_lr > 0, f"gate_lr must be positive, got {self.gate_lr}")
         need(self.vocab_size is None or self.vocab_size > 0, "vocab_size must be positive")
         need(self.max_corpus_bytes is None or self.max_corpus_bytes > 0, "max_corpus_bytes must be positive")
+        need(self.distributed in (None, "ddp", "fsdp"),
+             f"unknown distributed mode {self.distributed!r}; choose ddp or fsdp (or leave it unset)")
 
     @property
     def warmup_steps(self) -> int:
@@ -168,6 +194,7 @@ class TrainingConfig:
 
     @property
     def tokens_per_step(self) -> int:
+        """Tokens of one step on one process; under torchrun the step is world size times this."""
         return self.batch_size * self.seq_len * self.grad_accum
 
     def to_dict(self) -> dict:
@@ -303,11 +330,12 @@ class ResourceAwareTrainer:
         """`resume`: None, "latest" (newest checkpoint in cfg.out) or a checkpoint path."""
         cfg.validate()
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = init_distributed(cfg.distributed, cfg.device)
         self.out = Path(cfg.out)
-        self.resume_from = self._prepare_out_dir(resume, overwrite)
-        self.log = self._setup_logging()
         try:
+            # rank 0 owns the run folder; the other ranks learn what it decided (or its error)
+            self.resume_from = self.dist.main_first(self._prepare_out_dir, resume, overwrite)
+            self.log = self._setup_logging()
             self._setup(self.resume_from)
         except BaseException:
             self.close()
@@ -351,10 +379,16 @@ class ResourceAwareTrainer:
 
     def _setup_logging(self) -> logging.Logger:
         log = logging.getLogger(f"drat.train.{id(self)}")  # one logger per trainer: tests run several
-        log.setLevel(logging.INFO)
         log.propagate = False
-        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-        self._handlers: list[logging.Handler] = [logging.FileHandler(self.out / "train.log"), _TqdmHandler()]
+        if self.dist.is_main:
+            log.setLevel(logging.INFO)
+            fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+            self._handlers: list[logging.Handler] = [logging.FileHandler(self.out / "train.log"),
+                                                     _TqdmHandler()]
+        else:  # the other ranks only speak up when something is wrong, and say who they are
+            log.setLevel(logging.WARNING)
+            fmt = logging.Formatter(f"%(asctime)s [rank {self.dist.rank}] %(message)s", "%H:%M:%S")
+            self._handlers = [_TqdmHandler()]
         for h in self._handlers:
             h.setFormatter(fmt)
             log.addHandler(h)
@@ -363,34 +397,57 @@ class ResourceAwareTrainer:
     def _setup(self, resume_from: Path | None) -> None:
         cfg = self.cfg
         self.corpus = None  # loaded on first use: a resumed run with its tokens in place never needs it
-        # CPU first: RNG states must stay CPU byte tensors; load_state_dict copies the rest over
+        # CPU first: RNG states must stay CPU byte tensors; load_state_dict copies the rest over.
+        # Every rank reads the checkpoint: each needs the optimizer state (DDP) or its shard of it.
         state = load_checkpoint(resume_from, map_location="cpu") if resume_from else None
-        self.tokenizer = self._prepare_tokenizer(resuming=state is not None)
-        self.train_data, self.val_data = self._prepare_data(resuming=state is not None)
+        # rank 0 trains the tokenizer and writes the token files; then the other ranks read them
+        self.dist.main_first(self._prepare_inputs, state is not None)
+        if not self.dist.is_main:
+            self._prepare_inputs(resuming=True)
         self.model = self._build_model()
         if state is not None and state["model_config"]["vocab_size"] != self.tokenizer.vocab_size:
             raise TrainingError(f"checkpoint {resume_from} has a {state['model_config']['vocab_size']}-token "
                                 f"model but the tokenizer has {self.tokenizer.vocab_size} tokens")
         self.gates, self.strategy = self._build_strategy()
         self.model.set_strategy(self.strategy)
-        self.optimizer, self.scheduler = self._build_optimizer()
+        if state is None:
+            # on the plain model, before wrapping: rank 0 measures, every rank uses its numbers
+            self._set_costs(self.dist.main_first(self._measure_costs))
+        self.train_model = wrap_model(self.model, self.dist, self.device)
+        self.optimizer, self.scheduler, self.gate_optimizer = self._build_optimizer()
         self.step = 0  # optimizer steps completed
         self.lam = cfg.lam_value
         self.train_time_s = 0.0  # time spent in train(), summed over resumed sessions
         self.initial_val: dict | None = None
         self.last_val: dict | None = None
         if state is None:
-            self._measure_costs()
             if self.gates is not None and cfg.gate_warm_start:
                 self._warm_start_gates()
         else:
             self._restore(state, resume_from)
+        if self.gates is not None:  # identical already (same costs, same seed); made certain
+            self.dist.broadcast_(self.gates.logits.data)
         self.dual = None
         if cfg.budget_gib is not None:
             # the budget covers model states (floor) plus the activations the plan keeps
-            act_budget_bytes = budget_to_activation_bytes(cfg.budget_gib, model_state_bytes(self.model))
+            act_budget_bytes = budget_to_activation_bytes(cfg.budget_gib, self._model_state_bytes())
             self.dual = DualAscent(act_budget_bytes / max(sum(self.site_bytes), 1.0), lam0=self.lam)
-        self._write_config()
+        if self.dist.is_main:
+            self._write_config()
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step over all ranks."""
+        return self.cfg.tokens_per_step * self.dist.world
+
+    def _model_state_bytes(self) -> int:
+        """Model states per process: FSDP2 shards parameters, gradients and AdamW moments."""
+        n = model_state_bytes(self.model)
+        return n // self.dist.world if self.dist.mode == "fsdp" else n
+
+    def _prepare_inputs(self, resuming: bool) -> None:
+        self.tokenizer = self._prepare_tokenizer(resuming)
+        self.train_data, self.val_data = self._prepare_data(resuming)
 
     def _prepare_tokenizer(self, resuming: bool) -> Tokenizer:
         cfg = self.cfg
@@ -442,6 +499,12 @@ class ResourceAwareTrainer:
         self.model_cfg = _gpt_config(self.cfg, self.tokenizer.vocab_size)
         model = GPT(self.model_cfg).to(self.device)
         model.train()
+        if self.dist.rank > 0:
+            # Every rank built the same weights from the same seed (FSDP2 shards them as they are;
+            # DDP would broadcast rank 0's anyway). Dropout, though, should differ between ranks.
+            torch.manual_seed(_rank_seed(self.cfg.seed, self.dist.rank))
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed(_rank_seed(self.cfg.seed, self.dist.rank))
         self.log.info(f"model: {self.cfg.size} {model.num_params() / 1e6:.2f}M parameters, "
                       f"{len(model.graph)} sites, strategy {self.cfg.strategy}, device {self.device}")
         return model
@@ -463,60 +526,73 @@ class ResourceAwareTrainer:
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        schedules = [self._lr_lambda, self._lr_lambda]
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS, eps=1e-8, fused=fused)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, [self._lr_lambda, self._lr_lambda])
+        gate_opt = None
         if self.gates is not None:
-            # Gates: no decay (it would pull logits to 0, i.e. towards coin flips) and their own lr.
-            # Their lr is constant; τ annealing already sharpens them on schedule.
-            groups.append({"params": list(self.gates.parameters()), "weight_decay": 0.0, "lr": cfg.gate_lr})
-            schedules.append(lambda step: 1.0)
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS, eps=1e-8,
-                                fused=self.device.type == "cuda")
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedules)
+            # Gates: their own AdamW, because they are not part of the (possibly wrapped) model and
+            # its state dict. No decay (it would pull logits to 0, i.e. towards coin flips) and a
+            # constant lr: τ annealing already sharpens them on schedule.
+            gate_opt = torch.optim.AdamW(self.gates.parameters(), lr=cfg.gate_lr, betas=ADAM_BETAS, eps=1e-8,
+                                         weight_decay=0.0, fused=fused)
+        return opt, sched, gate_opt
 
     def _lr_lambda(self, step: int) -> float:
         cfg = self.cfg
         return lr_multiplier(step, cfg.warmup_steps, cfg.steps, cfg.min_lr / cfg.lr)
 
-    def _measure_costs(self) -> None:
+    def _measure_costs(self) -> dict:
         """Site bytes (and for drat the gate costs) from one real training batch, measured once."""
         x, y = self.train_data.batch_at(0, self.cfg.batch_size, self.cfg.seed)
         x, y = x.to(self.device), y.to(self.device)
         devices = [self.device] if self.device.type == "cuda" else []
         # Measuring runs forwards (dropout) and a CPU roofline probe (randn): fork the RNG so the
         # training stream, and with it every dropout mask, is that of a run without measurements.
+        out: dict[str, Any] = {"site_bytes": None, "plan_bytes": None, "costs": None}
         with torch.random.fork_rng(devices=devices):
             with autocast_ctx(self.device):
-                self.site_bytes = [float(b) for b in measure_site_bytes(self.model, x, y)]
+                out["site_bytes"] = [float(b) for b in measure_site_bytes(self.model, x, y)]
                 if self.gates is None:
-                    self.plan_bytes, _ = saved_activation_bytes(self.model, x, y)
-            self.costs = None
+                    out["plan_bytes"], _ = saved_activation_bytes(self.model, x, y)
             if self.gates is not None:
-                self.costs = build_costs(self.model, x, y, self.cfg.cost_model)
+                out["costs"] = build_costs(self.model, x, y, self.cfg.cost_model).to_dict()
         self.model.zero_grad(set_to_none=True)
+        return out
+
+    def _set_costs(self, measured: dict) -> None:
+        """Site bytes and costs as measured (or as stored in a checkpoint): plain numbers, so that
+        rank 0's measurement can be broadcast and every rank prices the gates alike."""
+        self.site_bytes = measured["site_bytes"]
+        if measured["plan_bytes"] is not None:
+            self.plan_bytes = measured["plan_bytes"]
+        self.costs = SiteCosts(**measured["costs"]) if measured["costs"] is not None else None
 
     def _warm_start_gates(self) -> None:
         """Initialise the gates (and λ in budget mode) from `fit_gates` on the measured costs."""
         cfg = self.cfg
-        if cfg.budget_gib is not None:
-            act = budget_to_activation_bytes(cfg.budget_gib, model_state_bytes(self.model))
-            fit = fit_gates(self.costs, budget_act_bytes=act, seed=cfg.seed)
-            self.lam = fit.lam
-        else:
-            fit = fit_gates(self.costs, lam=cfg.lam_value, seed=cfg.seed)
+
+        def fit() -> tuple[list[bool], float]:
+            if cfg.budget_gib is not None:
+                act = budget_to_activation_bytes(cfg.budget_gib, self._model_state_bytes())
+                res = fit_gates(self.costs, budget_act_bytes=act, seed=cfg.seed)
+                return res.stored, res.lam
+            return fit_gates(self.costs, lam=cfg.lam_value, seed=cfg.seed).stored, self.lam
+
+        stored, self.lam = self.dist.main_first(fit)  # one fit, on rank 0; every rank starts from it
         mag = abs(cfg.gate_init_logit) or 1.0
         with torch.no_grad():
-            self.gates.logits.copy_(torch.tensor([mag if s else -mag for s in fit.stored],
+            self.gates.logits.copy_(torch.tensor([mag if s else -mag for s in stored],
                                                  device=self.gates.logits.device))
-        self.log.info(f"gates warm-started from the cost model: "
-                      f"{sum(fit.stored)}/{len(fit.stored)} sites stored")
+        self.log.info(f"gates warm-started from the cost model: {sum(stored)}/{len(stored)} sites stored")
 
     def _write_config(self) -> None:
         resolved = {
             "training": self.cfg.to_dict(),
             "model": self.model_cfg.to_dict(),
             "derived": {"warmup_steps": self.cfg.warmup_steps, "lam": self.cfg.lam_value,
-                        "tokens_per_step": self.cfg.tokens_per_step, "params": self.model.num_params(),
-                        "device": str(self.device)},
+                        "tokens_per_step": self.tokens_per_step, "params": self.model.num_params(),
+                        "device": str(self.device), "world_size": self.dist.world},
             "tokenizer": {"path": str(self.cfg.tokenizer or self.out / "tokenizer.json"),
                           "vocab_size": self.tokenizer.vocab_size, "sha256": self.tokenizer.sha256},
             "data": {k: self.token_meta[k]
@@ -527,18 +603,26 @@ class ResourceAwareTrainer:
 
     # ------------------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> dict:
+        """What a checkpoint holds. Collective under torchrun (FSDP2 gathers the full state to
+        rank 0, every rank contributes its RNG), so every rank calls it; rank 0 writes it."""
         cuda = self.device.type == "cuda"
+        rng_cpu, rng_cuda = torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state(self.model, self.dist),
+            "optimizer": optimizer_state(self.model, self.optimizer, self.dist),
+            "gate_optimizer": self.gate_optimizer.state_dict() if self.gate_optimizer is not None else None,
             "scheduler": self.scheduler.state_dict(),
             "gates": self.gates.state_dict() if self.gates is not None else None,  # incl. generator
             "lam": self.lam,
             "costs": self.costs.to_dict() if self.costs is not None else None,
             "site_bytes": self.site_bytes,
             "plan_bytes": getattr(self, "plan_bytes", None),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+            "rng_cpu": rng_cpu,
+            "rng_cuda": rng_cuda,
+            # each rank's own dropout stream (None for one process: rng_cpu/rng_cuda are it)
+            "rng_ranks": self.dist.all_gather_object((rng_cpu, rng_cuda)) if self.dist.mode else None,
+            "world_size": self.dist.world,
+            "distributed": self.dist.mode,
             "config": self.cfg.to_dict(),
             "model_config": self.model_cfg.to_dict(),
             "tokenizer_sha256": self.tokenizer.sha256,
@@ -548,9 +632,12 @@ class ResourceAwareTrainer:
         }
 
     def save_checkpoint(self) -> Path:
-        path = save_checkpoint(self.checkpoint_state(), self.out / CHECKPOINT_DIR, self.step,
-                               self.cfg.keep_last_k)
-        self.log.info(f"step {self.step}: checkpoint -> {path}")
+        state = self.checkpoint_state()
+        path = checkpoint_path(self.out / CHECKPOINT_DIR, self.step)
+        if self.dist.is_main:
+            save_checkpoint(state, self.out / CHECKPOINT_DIR, self.step, self.cfg.keep_last_k)
+            self.log.info(f"step {self.step}: checkpoint -> {path}")
+        self.dist.barrier()  # nobody runs ahead (or exits) before the file is in place
         return path
 
     def _restore(self, state: dict, path: Path) -> None:
@@ -563,25 +650,33 @@ class ResourceAwareTrainer:
             raise TrainingError(f"checkpoint {path} was trained with another tokenizer (sha256 differs)")
         if (state["gates"] is None) != (self.gates is None):
             raise TrainingError(f"checkpoint {path} and this config disagree on whether there are gates")
-        self.model.load_state_dict(state["model"])
+        world = state.get("world_size", 1)
+        if world != self.dist.world:  # the step's batches are split by rank: another split is another run
+            raise TrainingError(f"checkpoint {path} was written by a run on {world} process(es), this is "
+                                f"{self.dist.world}; resume it with torchrun --nproc_per_node {world}")
+        if "gate_optimizer" not in state:
+            _split_legacy_gate_group(state)
+        load_model_state(self.model, state["model"], self.dist)
         if self.gates is not None:
             self.gates.load_state_dict(state["gates"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            self.gate_optimizer.load_state_dict(state["gate_optimizer"])
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.dist)
         self.scheduler.load_state_dict(state["scheduler"])
         # The measured costs are restored, not re-measured: CPU timings differ run to run, and the
         # gates must see the same costs as before the interruption.
-        self.costs = SiteCosts(**state["costs"]) if state["costs"] is not None else None
-        self.site_bytes = state["site_bytes"]
-        if state["plan_bytes"] is not None:
-            self.plan_bytes = state["plan_bytes"]
+        self._set_costs(state)
         self.lam = state["lam"]
         self.step = state["step"]
         self.train_time_s = state["train_time_s"]
         self.initial_val, self.last_val = state["initial_val"], state["last_val"]
-        torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda" and state["rng_cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-        self._discard_after(self.step)
+        rng_cpu, rng_cuda = state["rng_cpu"], state["rng_cuda"]
+        if state.get("rng_ranks"):
+            rng_cpu, rng_cuda = state["rng_ranks"][self.dist.rank]
+        torch.set_rng_state(rng_cpu)
+        if self.device.type == "cuda" and rng_cuda is not None:
+            torch.cuda.set_rng_state(rng_cuda, self.device)
+        if self.dist.is_main:
+            self._discard_after(self.step)
         self.log.info(f"resumed from {path} at step {self.step}")
 
     def _discard_after(self, step: int) -> None:
@@ -605,46 +700,70 @@ class ResourceAwareTrainer:
     def train_step(self) -> dict:
         """One optimizer step (all micro-batches); returns what the log line needs."""
         cfg = self.cfg
-        st = None
+        st = plan = None
         if self.gates is not None:
             self.gates.set_temperature(anneal_tau(self.step, cfg.steps, cfg.tau_start, cfg.tau_end))
             st = self.gates.sample_st()  # one sample per step: the plan every micro-batch runs
-            self.strategy.pin(st)
+            plan = self._agree_on_plan((st.detach() > 0.5).to(st.dtype))
+            self.strategy.pin(plan)
+            if self.dist.mode == "fsdp":
+                set_block_resharding(self.model, self.strategy.decisions(self.model))
         lrs = self.scheduler.get_last_lr()
         loss_sum = torch.zeros((), device=self.device)
+        world, rank = self.dist.world, self.dist.rank
         for micro in range(cfg.grad_accum):
-            # the batch is a function of (seed, step, micro) alone: the data position is the step
-            x, y = self.train_data.batch_at(self.step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
+            # The batch is a function of (seed, step, micro, rank) alone: the data position is the
+            # step, and the ranks take distinct batches (one process: index step·grad_accum + micro).
+            index = (self.step * cfg.grad_accum + micro) * world + rank
+            x, y = self.train_data.batch_at(index, cfg.batch_size, cfg.seed)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with autocast_ctx(self.device):
-                loss = self.model(x, y)
-            (loss / cfg.grad_accum).backward()
+            with grad_sync(self.train_model, self.dist, sync=micro == cfg.grad_accum - 1):
+                with autocast_ctx(self.device):
+                    loss = self.train_model(x, y)
+                (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
         out: dict[str, Any] = {"loss_t": loss_sum / cfg.grad_accum, "lr": lrs[0], "lam": self.lam}
         if st is not None:
             # The task loss has no path to the gates (recomputation is exact), so this backward
             # is their only gradient. Kept as its own backward so the model's gradients are
-            # computed exactly as under `none`. Costs live on the CPU in float64.
+            # computed exactly as under `none`. Costs live on the CPU in float64. The gates are
+            # outside DDP/FSDP: every rank computes this same gradient, no reduction needed.
             res, mem, t = resource_loss(st.cpu(), self.costs, self.lam)
             res.backward()
-            out.update(resource_t=res.detach(), mem_t=mem.detach(), time_t=t.detach(), st=st.detach())
+            out.update(resource_t=res.detach(), mem_t=mem.detach(), time_t=t.detach(), st=st.detach(),
+                       plan=plan)
         if cfg.grad_clip > 0:
             # model parameters only: the gates' gradient must not change the model's clip factor
             out["grad_norm_t"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.gate_optimizer is not None:
+            self.gate_optimizer.step()
+            self.gate_optimizer.zero_grad(set_to_none=True)
         if self.dual is not None:
             # dual ascent on the bytes the executed (hard) plan kept, as a fraction of store-all
-            self.lam = self.dual.update(self._plan_bytes(st) / max(sum(self.site_bytes), 1.0))
+            self.lam = self.dual.update(self._plan_bytes(plan) / max(sum(self.site_bytes), 1.0))
         self.step += 1
         return out
 
-    def _plan_bytes(self, st: torch.Tensor | None) -> float:
+    def _agree_on_plan(self, plan: torch.Tensor) -> torch.Tensor:
+        """Rank 0's hard plan. The ranks sample the same plan (same logits, same generator state);
+        the broadcast makes certain every rank recomputes the same sites regardless."""
+        if not self.dist.mode:
+            return plan
+        mine = plan.clone()
+        self.dist.broadcast_(plan)
+        if not torch.equal(plan, mine):
+            self.log.warning(f"step {self.step}: this rank sampled another gate plan than rank 0; "
+                             f"running rank 0's")
+        return plan
+
+    def _plan_bytes(self, plan: torch.Tensor | None) -> float:
         """Saved activation bytes of the current plan: Σ bytes of the stored sites (drat)."""
-        if st is None:
+        if plan is None:
             return float(self.plan_bytes)
-        stored = (st.detach() > 0.5).tolist()
+        stored = (plan.detach() > 0.5).tolist()
         return float(sum(b for b, s in zip(self.site_bytes, stored) if s))
 
     def evaluate(self) -> dict:
@@ -659,24 +778,26 @@ class ResourceAwareTrainer:
             self._peak_tflops = matmul_tflops(self.device)
         seq = self.cfg.seq_len
         flops_per_token = model_flops_per_step(self.model, 1, seq) / seq
-        return tokens_per_s * flops_per_token / (self._peak_tflops * 1e12)
+        # per GPU: tokens_per_s counts the tokens of every rank
+        return tokens_per_s / self.dist.world * flops_per_token / (self._peak_tflops * 1e12)
 
     def log_metrics(self, out: dict, elapsed_s: float, n_steps: int) -> dict:
-        """One `kind: train` record: reads the step's tensors (a device sync, so only on log steps)."""
-        cfg = self.cfg
+        """One `kind: train` record: reads the step's tensors (a device sync, so only on log steps).
+        Every rank calls it (the loss is averaged over ranks); rank 0 writes it."""
         rec: dict[str, Any] = {
             "kind": "train",
             "step": self.step,
-            "loss": out["loss_t"].item(),  # full precision: resumed/ungated runs compare it exactly
+            # the loss of the global batch; full precision: resumed/ungated runs compare it exactly
+            "loss": self.dist.mean(out["loss_t"]).item(),
             "lr": out["lr"],
             "lam": out["lam"],
-            "tokens_seen": self.step * cfg.tokens_per_step,
+            "tokens_seen": self.step * self.tokens_per_step,
             "step_ms": 1e3 * elapsed_s / max(n_steps, 1),
-            "tokens_per_s": n_steps * cfg.tokens_per_step / max(elapsed_s, 1e-9),
-            "saved_activation_bytes": self._plan_bytes(out.get("st")),
+            "tokens_per_s": n_steps * self.tokens_per_step / max(elapsed_s, 1e-9),
+            "saved_activation_bytes": self._plan_bytes(out.get("plan")),  # per rank
         }
         if "grad_norm_t" in out:
-            rec["grad_norm"] = out["grad_norm_t"].item()
+            rec["grad_norm"] = full_tensor(out["grad_norm_t"]).item()
         if self.device.type == "cuda":
             # peak of this log interval (reset below), so later plans are not masked by early ones
             rec["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
@@ -684,7 +805,7 @@ class ResourceAwareTrainer:
             rec["mfu"] = self._mfu(rec["tokens_per_s"])
         if self.gates is not None:
             probs = self.gates.probs().detach().cpu().tolist()
-            stored = (out["st"] > 0.5).cpu().tolist()
+            stored = (out["plan"] > 0.5).cpu().tolist()
             labels = [k.label() for k in self.model.graph.keys]
             rec.update({
                 "tau": float(self.gates.tau),
@@ -698,6 +819,8 @@ class ResourceAwareTrainer:
         return rec
 
     def _emit(self, rec: dict) -> None:
+        if not self.dist.is_main:
+            return
         self._metrics.write(json.dumps(rec) + "\n")
         self._metrics.flush()
         if self._tb is not None:
@@ -728,15 +851,16 @@ class ResourceAwareTrainer:
         as a preemption would: the schedules still span `cfg.steps`."""
         cfg = self.cfg
         end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
-        self._open_sinks()
+        if self.dist.is_main:
+            self._open_sinks()
         if self.device.type == "cuda":  # peak memory of training, not of the cost measurements
             torch.cuda.reset_peak_memory_stats(self.device)
         t_start = time.perf_counter()
         try:
             if self.step == 0 and self.initial_val is None:
                 self.run_eval()
-            pbar = tqdm(total=cfg.steps, initial=self.step, disable=not sys.stderr.isatty(),
-                        dynamic_ncols=True, desc="train")
+            pbar = tqdm(total=cfg.steps, initial=self.step, dynamic_ncols=True, desc="train",
+                        disable=not sys.stderr.isatty() or not self.dist.is_main)
             t_log, steps_since_log = time.perf_counter(), 0
             while self.step < end:
                 out = self.train_step()
@@ -758,7 +882,8 @@ class ResourceAwareTrainer:
             pbar.close()
             self.train_time_s += time.perf_counter() - t_start
             summary = self._summary(finished=self.step >= cfg.steps)
-            _write_json(self.out / "summary.json", summary)
+            if self.dist.is_main:
+                _write_json(self.out / "summary.json", summary)
             return summary
         finally:
             self._close_sinks()
@@ -775,7 +900,7 @@ class ResourceAwareTrainer:
             "initial_val_loss": self.initial_val["loss"] if self.initial_val else None,
             "final_val_loss": self.last_val["loss"] if self.last_val else None,
             "final_val_ppl": self.last_val["ppl"] if self.last_val else None,
-            "tokens_seen": self.step * self.cfg.tokens_per_step,
+            "tokens_seen": self.step * self.tokens_per_step,
             "wall_time_s": self.train_time_s,
             "params": self.model.num_params(),
             "lam": self.lam,
@@ -783,6 +908,7 @@ class ResourceAwareTrainer:
             "final_plan": plan,
             "provenance": provenance(self.device),
             "config": json.loads((self.out / "config.json").read_text()),
+            "world_size": self.dist.world,
         }
 
     def _open_sinks(self) -> None:
@@ -817,6 +943,33 @@ class ResourceAwareTrainer:
             self.log.removeHandler(h)
             h.close()
         self._handlers = []
+        if hasattr(self, "dist"):
+            self.dist.close()  # the process group, if this trainer created it
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The dropout seed of rank > 0: unrelated to the streams of other seeds and ranks."""
+    digest = hashlib.sha256(f"drat-rank\x00{seed}\x00{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _split_legacy_gate_group(state: dict) -> None:
+    """Checkpoints written before the gates had their own optimizer kept the gate logits as a
+    third AdamW group (one parameter, the last); split it off in place so they still resume."""
+    osd, sched = state["optimizer"], state["scheduler"]
+    if state["gates"] is None or len(osd["param_groups"]) != 3:
+        state["gate_optimizer"] = None
+        return
+    *groups, gate_group = osd["param_groups"]
+    (pid,) = gate_group["params"]
+    gate_group = {k: v for k, v in gate_group.items() if k != "initial_lr"}  # LambdaLR's bookkeeping
+    state["gate_optimizer"] = {"state": {0: osd["state"][pid]} if pid in osd["state"] else {},
+                               "param_groups": [{**gate_group, "params": [0]}]}
+    state["optimizer"] = {"state": {k: v for k, v in osd["state"].items() if k != pid},
+                          "param_groups": groups}
+    for key in ("base_lrs", "_last_lr", "lr_lambdas"):  # the scheduler drove all three groups
+        if isinstance(sched.get(key), list):
+            sched[key] = sched[key][:2]
 
 
 # ---------------------------------------------------------------------------------- using checkpoints
