@@ -109,3 +109,28 @@ def test_trainer_and_cli_report_a_corrupt_latest_checkpoint(tmp_path, tokenizer_
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 6
     assert [r["step"] for r in records(tmp_path / "r")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_from_before_the_gate_optimizer_still_resumes(tmp_path, tokenizer_path):  # noqa: F811
+    # gates away from saturation, so that their AdamW moments matter after the resume
+    kw = dict(lam=0.5, gate_warm_start=False, gate_init_logit=0.5, tau_end=0.5)
+    run(small_cfg(tmp_path / "straight", tokenizer_path, **kw))
+    cfg = small_cfg(tmp_path / "r", tokenizer_path, **kw)
+    run(cfg, stop_after=3)
+    path = latest_checkpoint(tmp_path / "r" / "checkpoints")
+    state = load_checkpoint(path)
+    # the earlier layout: the gate logits were a third group of the model's AdamW and LambdaLR
+    osd, gate = state["optimizer"], state.pop("gate_optimizer")
+    pid = sum(len(g["params"]) for g in osd["param_groups"])
+    gate_lr = gate["param_groups"][0]["lr"]
+    osd["param_groups"].append({**gate["param_groups"][0], "params": [pid], "initial_lr": gate_lr})
+    osd["state"][pid] = gate["state"][0]
+    for key, value in (("base_lrs", gate_lr), ("_last_lr", gate_lr), ("lr_lambdas", None)):
+        state["scheduler"][key].append(value)
+    for key in ("rng_ranks", "world_size", "distributed"):
+        del state[key]
+    save_checkpoint(state, path.parent, state["step"])
+    run(cfg, resume="latest")
+    resumed, straight = records(tmp_path / "r"), records(tmp_path / "straight")
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+    assert [r["gates"] for r in resumed] == [r["gates"] for r in straight]  # gate AdamW moments came back
