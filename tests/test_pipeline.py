@@ -74,7 +74,9 @@ def test_configs_validate(path):
     lambda c: c["stats"].pop("tost_margin"),                        # the margin must be stated
     lambda c: c.update(devcie="cpu"),                               # typo of a key
     lambda c: c["sizes"]["tiny"].update(baselines=["checkpoint"]),  # unknown baseline
-], ids=["size", "lambda", "margin", "typo", "baseline"])
+    lambda c: c["sizes"]["tiny"].update(gpus=0),                    # a run needs a process
+    lambda c: c["sizes"]["tiny"].update(distributed="zero3"),       # DDP or FSDP2 only
+], ids=["size", "lambda", "margin", "typo", "baseline", "gpus", "distributed"])
 def test_schema_rejects_bad_configs(change):
     from snakemake.exceptions import WorkflowError
 
@@ -130,6 +132,43 @@ def test_paper_dry_run_lists_the_full_grid():
     # every train job asks for one GPU at paper scale
     train_blocks = [b for b in r.stdout.split("\n\n") if "rule train:" in b]
     assert train_blocks and all("gpu=1" in b for b in train_blocks)
+
+
+@needs_snakemake
+def test_multi_gpu_size_trains_under_torchrun(tmp_path):
+    cfg = yaml.safe_load(PAPER.read_text())
+    cfg["sizes"]["large"].update(gpus=4, distributed="fsdp")
+    path = tmp_path / "paper_4gpu.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = snakemake("-n", "--forceall", "-p", "--resources", "gpu=8", "--configfile", str(path))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert job_counts(r.stdout)["train"] == 27 + 6 + 12 + 12  # the grid is unchanged
+    blocks = [b for b in r.stdout.split("\n\n") if "rule train:" in b]
+    large = [b for b in blocks if "size=large" in b]
+    assert len(large) == 12
+    for b in large:  # prepare the folder, then one process per GPU, asking SLURM for 4 GPUs
+        assert "train_run.py" in b and "--prepare-only" in b and "gpu=4" in b
+        assert "torchrun --standalone --nproc_per_node 4 -m drat.cli train --config" in b
+        assert "--distributed fsdp" in b
+    others = [b for b in blocks if "size=large" not in b]
+    assert all("torchrun" not in b and "gpu=1" in b for b in others)
+
+
+def test_train_script_prepares_a_run_for_torchrun(tmp_path):
+    from drat.train import TrainingConfig
+
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    (tokens / "meta.json").write_text("{}")
+    fields = {"size": "tiny", "corpus": "stdlib", "steps": 5, "seed": 1, "device": "cpu"}
+    out, cfg_file = tmp_path / "run", tmp_path / "logs" / "seed1.config.json"
+    (out / "checkpoints").mkdir(parents=True)  # what a failed attempt left behind
+    rc = _load_script("train_run").main(["--config-json", json.dumps(fields), "--tokenizer", "tok.json",
+                                        "--tokens", str(tokens), "--out", str(out), "--prepare-only",
+                                        str(cfg_file)])
+    assert rc == 0 and (out / "tokens" / "meta.json").is_file() and not (out / "checkpoints").exists()
+    cfg = TrainingConfig.from_dict(json.loads(cfg_file.read_text()))  # what `drat train --config` reads
+    assert cfg.out == str(out) and cfg.tokenizer == "tok.json" and cfg.steps == 5 and cfg.distributed is None
 
 
 def _fixture_config(tmp_path: Path, allow_missing: bool = True) -> Path:

@@ -4,13 +4,37 @@
 
 {run} is a baseline strategy (none, full, selective, sac), DRAT at a price of memory
 (drat-lam<λ>) or DRAT under a peak budget (drat-budget<GiB>). Every run uses the shared
-tokenizer and token files. `resources: gpu` is 1 at paper scale (a default profile limits the
-total), 0 on the CPU.
+tokenizer and token files. A size's `gpus` (default 1) is the number of processes of each of its
+runs: 1 runs workflow/scripts/train_run.py; more prepares the run folder with it and launches
+`torchrun --standalone --nproc_per_node <gpus> -m drat.cli train ... --distributed <ddp|fsdp>`
+(the size's `distributed`; one node). `resources: gpu` is that many GPUs at paper scale (the
+SLURM profile turns it into --gpus), 0 on the CPU.
 """
+
+import shlex
+
+
+def train_gpus(wc):
+    return int(size_cfg(wc.size).get("gpus", 1))
+
+
+def train_command(wc, input, threads):
+    """train_run.py for one process; for several, train_run.py --prepare-only, then torchrun."""
+    out = run_dir(wc.size, wc.run, wc.seed)
+    script = (f"python workflow/scripts/train_run.py --config-json {shlex.quote(train_fields(wc))} "
+              f"--tokenizer {input.tokenizer} --tokens {input.tokens} --out {out} --threads {threads}")
+    n = train_gpus(wc)
+    if n == 1:
+        return script
+    fields = f"{R}/logs/train/{wc.size}/{wc.run}/seed{wc.seed}.config.json"
+    mode = size_cfg(wc.size).get("distributed", "ddp")
+    return (f"{script} --prepare-only {fields} && "
+            f"torchrun --standalone --nproc_per_node {n} -m drat.cli train --config {fields} "
+            f"--distributed {mode}")
 
 
 rule train:
-    """Train one run (workflow/scripts/train_run.py over drat.train.ResourceAwareTrainer)."""
+    """Train one run (drat.train.ResourceAwareTrainer; under torchrun on a size's `gpus` > 1)."""
     input:
         tokenizer=f"{R}/data/tokenizer.json",
         tokens=f"{R}/data/tokens",
@@ -19,17 +43,16 @@ rule train:
         metrics=f"{R}/train/{{size}}/{{run}}/seed{{seed}}/metrics.jsonl",
         config=f"{R}/train/{{size}}/{{run}}/seed{{seed}}/config.json",
     params:
-        fields=train_fields,
-        out=lambda wc: run_dir(wc.size, wc.run, wc.seed),
-    threads: threads_of("threads_train")
+        cmd=lambda wc, input, threads: train_command(wc, input, threads),
+    threads: lambda wc: threads_of("threads_train") * train_gpus(wc)
     resources:
-        gpu=RES.get("gpu", 0),
-        mem_mb=RES.get("mem_mb_train", 4000),
+        gpu=lambda wc: train_gpus(wc) if RES.get("gpu", 0) else 0,
+        mem_mb=lambda wc: RES.get("mem_mb_train", 4000) * train_gpus(wc),
+        cpus_per_task=lambda wc: threads_of("threads_train") * train_gpus(wc),  # SLURM: the threads
         runtime=RES.get("runtime_train", 60),
     log:
         f"{R}/logs/train/{{size}}/{{run}}/seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{size}}/{{run}}/seed{{seed}}.tsv"
     shell:
-        "python workflow/scripts/train_run.py --config-json {params.fields:q} --tokenizer {input.tokenizer} "
-        "--tokens {input.tokens} --out {params.out} --threads {threads} > {log} 2>&1"
+        "({params.cmd}) > {log} 2>&1"

@@ -7,6 +7,10 @@ The run folder is made fresh (what a previous attempt left of the trainer's arti
 removed), the shared token files are linked (or copied) into `<out>/tokens`, and
 `drat.train.ResourceAwareTrainer` trains into it: config.json, metrics.jsonl, summary.json,
 train.log, checkpoints/.
+
+With `--prepare-only FILE` it prepares the folder, writes the run's TrainingConfig fields to FILE
+and stops; the training rule then starts `torchrun ... -m drat.cli train --config FILE
+--distributed ddp|fsdp` on several GPUs.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", required=True, help="token folder of the tokenize step")
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--prepare-only", metavar="FILE", default=None,
+                    help="prepare the run folder, write the config to FILE (JSON) for torchrun, stop")
     a = ap.parse_args(argv)
 
     import torch
@@ -54,6 +60,10 @@ def main(argv=None) -> int:
         elif p.exists():
             p.unlink()
     link_or_copy_tree(Path(a.tokens), out / "tokens")
+    if a.prepare_only:
+        Path(a.prepare_only).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.prepare_only).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        return 0
     trainer = ResourceAwareTrainer(cfg)
     try:
         summary = trainer.train()
