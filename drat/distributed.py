@@ -82,6 +82,13 @@ class Dist:
         dist.all_reduce(t)
         return t / self.world
 
+    def max(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.mode:
+            return t
+        t = t.detach().clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
     def all_gather_object(self, obj: Any) -> list:
         if not self.mode:
             return [obj]

@@ -800,7 +800,9 @@ class ResourceAwareTrainer:
             rec["grad_norm"] = full_tensor(out["grad_norm_t"]).item()
         if self.device.type == "cuda":
             # peak of this log interval (reset below), so later plans are not masked by early ones
-            rec["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            # the largest over ranks (FSDP2 ranks hold equal shards; the one that differs sets the limit)
+            peak = torch.tensor(float(torch.cuda.max_memory_allocated(self.device)), device=self.device)
+            rec["peak_memory_bytes"] = int(self.dist.max(peak).item())
             torch.cuda.reset_peak_memory_stats(self.device)
             rec["mfu"] = self._mfu(rec["tokens_per_s"])
         if self.gates is not None:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from drat.cli import main
-from drat.distributed import blocks_rebuilt_outside, full_tensor, set_block_resharding
+from drat.distributed import Dist, blocks_rebuilt_outside, full_tensor, set_block_resharding
 from drat.model import GPT, GPTConfig
 from drat.sites import SiteGraph
 from drat.strategies import PlanAC
@@ -114,7 +114,9 @@ def _exactness_worker(rank: int, out: str) -> None:
     inner = [k.name not in ("qkv", "attn_core", "mlp_up", "mlp_act") for k in graph.keys]  # within blocks
     cross = [k.name not in ("mlp_down", "attn_out", "attn_norm") for k in graph.keys]  # across blocks
     plans = {"store": [True] * n, "inner": inner, "cross": cross, "all": [False] * n}
-    res: dict = {}
+    d = Dist("ddp", rank, WORLD)  # the trainer's helpers for logged numbers
+    x = torch.tensor(float(rank))
+    res: dict = {"mean": d.mean(x).item(), "max": d.max(x).item()}
 
     model = _tiny_gpt()
     ddp = DistributedDataParallel(model)
@@ -148,6 +150,7 @@ def test_recompute_is_bitwise_exact_inside_ddp_and_fsdp2(tmp_path):
     spawn(_exactness_worker, str(tmp_path))
     for rank in range(WORLD):
         res = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert res["mean"] == 0.5 and res["max"] == 1.0
         for mode in MODES:
             ref_loss, ref_grads = res[mode]["store"]
             for plan in ("inner", "cross", "all"):
