@@ -8,15 +8,17 @@ metrics.jsonl, summary.json, train.log, checkpoints/ and tb/ (TensorBoard).
 
 One optimizer step under `strategy="drat"`:
   1. anneal τ, draw one straight-through sample `st` of the gates and pin its hard part on the
-     model, so the forward executes the very plan whose cost the gates are trained on;
+     model (under torchrun: rank 0's), so the forward executes the very plan whose cost the gates
+     are trained on;
   2. forward/backward the task loss over `grad_accum` micro-batches. The gates change what
      autograd keeps, never what the model computes, so these gradients are bitwise those of `none`;
   3. backward the resource term `resource_loss(st, costs, λ)`: the gates' only gradient;
-  4. clip the model's gradients, AdamW step, LR schedule step; in budget mode dual ascent on λ.
+  4. clip the model's gradients, AdamW steps (the model's, and the gates' own), LR schedule step;
+     in budget mode dual ascent on λ.
 
 Resume is exact: batches are a pure function of (seed, step), and a checkpoint carries every other
 piece of state the next step reads (weights, AdamW moments, schedule, gate logits and their
-generator, λ, the site costs, the CPU/CUDA RNG that drives dropout). On the CPU a run resumed from
+generator, λ, the site costs, each rank's CPU/CUDA RNG that drives dropout). On the CPU a run resumed from
 step k writes bitwise the losses of an uninterrupted run.
 
 Under torchrun (`distributed="ddp"` or `"fsdp"`, see `drat/distributed.py`) every rank runs the
