@@ -18,8 +18,8 @@ One optimizer step under `strategy="drat"`:
 
 Resume is exact: batches are a pure function of (seed, step), and a checkpoint carries every other
 piece of state the next step reads (weights, AdamW moments, schedule, gate logits and their
-generator, λ, the site costs, each rank's CPU/CUDA RNG that drives dropout). On the CPU a run resumed from
-step k writes bitwise the losses of an uninterrupted run.
+generator, λ, the site costs, each rank's CPU/CUDA RNG that drives dropout). On the CPU a run
+resumed from step k writes bitwise the losses of an uninterrupted run.
 
 Under torchrun (`distributed="ddp"` or `"fsdp"`, see `drat/distributed.py`) every rank runs the
 same steps on its own slice of the global batch (batch_size × grad_accum × world size); rank 0
