@@ -17,15 +17,17 @@ from collections import defaultdict
 import torch
 
 from .model import GPTConfig
-from .recompute import _ACCOUNTANT, is_parameter
+from .recompute import _ACCOUNTANT, _Kept, is_parameter, model_state_ptrs
 
 
-def _identity(t):
-    return t
+def _unpack(k):
+    return k.get()
 
 
 class SavedTensorAccountant:
-    def __init__(self):
+    def __init__(self, model=None):
+        # storages of parameters and buffers: model state, never activations (frozen ones too)
+        self._state_ptrs = model_state_ptrs(model) if model is not None else set()
         self._seen: dict[int, list] = {}  # storage data_ptr -> [nbytes, owner site or None, storage]
         self._extra: dict[int, int] = defaultdict(int)
         self._sac_storages: list = []
@@ -35,7 +37,7 @@ class SavedTensorAccountant:
     # --- context ------------------------------------------------------------------------
     def __enter__(self):
         self._token = _ACCOUNTANT.set(self)
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _identity)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
         self._hooks.__enter__()
         return self
 
@@ -50,11 +52,11 @@ class SavedTensorAccountant:
 
     def _pack(self, t):
         self.record(t, None)
-        return t.detach()  # see SiteRuntime._pack: returning t itself can leak a forward
+        return _Kept(t)  # detached (see SiteRuntime._pack) and version-checked
 
     # --- recording ----------------------------------------------------------------------
     def record(self, t: torch.Tensor, site: int | None) -> None:
-        if is_parameter(t):  # parameters are model state, not activations
+        if is_parameter(t, self._state_ptrs):  # parameters are model state, not activations
             return
         st = t.untyped_storage()
         ent = self._seen.get(st.data_ptr())
@@ -109,7 +111,7 @@ def saved_activation_bytes(model, idx: torch.Tensor, targets: torch.Tensor) -> t
     """Bytes held for backward by one training forward of `model` under its strategy.
 
     Returns (total bytes, bytes per site index with -1 for unattributed). Runs no backward."""
-    with SavedTensorAccountant() as acct:
+    with SavedTensorAccountant(model) as acct:
         loss = model(idx, targets)
     total, per_site = acct.total_bytes, acct.by_site()
     del loss

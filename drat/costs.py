@@ -110,7 +110,7 @@ def measure_site_bytes(model: GPT, idx, targets) -> list[int]:
     saved = model.strategy
     model.set_strategy(PlanAC(stored=[True] * len(model.graph)))
     try:
-        with SavedTensorAccountant() as acct:
+        with SavedTensorAccountant(model) as acct:
             loss = model(idx, targets)
         per_site = acct.by_site()
         del loss

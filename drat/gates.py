@@ -2,8 +2,8 @@
 
 A gate is a logit θ_i and a shared temperature τ: g_i = σ(θ_i/τ) is the probability that site i
 is stored. The forward pass needs a hard decision, drawn with a Gumbel-sigmoid (logistic noise)
-straight-through estimator: the forward uses 1[σ((θ+ε)/τ) > ½], the gradient flows through the
-soft value. The noise comes from the gate bank's own generator, never from the global RNG, so
+straight-through estimator: the forward uses 1[θ/τ + ε > 0], the gradient flows through the soft
+value σ(θ/τ + ε). The noise comes from the gate bank's own generator, never from the global RNG, so
 dropout masks stay those of the ungated model.
 
 The objective is DESIGN §1:
@@ -50,11 +50,15 @@ class GateBank(nn.Module):
         return (self.logits > 0).detach()
 
     def sample_st(self) -> torch.Tensor:
-        """A straight-through hard sample (values in {0,1}, gradient of the soft gate)."""
+        """A straight-through hard sample (values in {0,1}, gradient of the soft gate).
+
+        The noise is added to θ/τ, not to θ: then P(store) = σ(θ/τ) = `probs()`, and annealing
+        τ really makes the executed plans settle (with σ((θ+ε)/τ) the hard event would be
+        θ+ε > 0 whatever τ is)."""
         if self.estimator == "gumbel":
             u = torch.rand(self.n_sites, generator=self.generator).clamp(1e-6, 1 - 1e-6)
             noise = (torch.log(u) - torch.log1p(-u)).to(self.logits)
-            soft = torch.sigmoid((self.logits + noise) / self.tau)
+            soft = torch.sigmoid(self.logits / self.tau + noise)
         else:
             soft = self.probs()
         hard = (soft > 0.5).to(soft.dtype)

@@ -164,9 +164,6 @@ class GPT(nn.Module):
         self.graph = SiteGraph(cfg.n_layer, cfg.loss_chunks)
         for block in self.blocks:
             block.site_ids = {k.name: i for i, k in enumerate(self.graph.keys) if k.layer == block.layer}
-        self.site_has_dropout = [
-            cfg.dropout > 0 and k.name in ("embed", "attn_out", "mlp_down") for k in self.graph.keys
-        ]
         from .strategies import NoneAC  # local import: strategies import this module
 
         self.strategy = NoneAC()
@@ -183,6 +180,21 @@ class GPT(nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def sites_with_dropout(self) -> list[bool]:
+        """Sites whose forward draws random numbers *now*: read from the live modules at every
+        forward, so dropout switched on after construction is still replayed exactly."""
+        if not self.training:
+            return [False] * len(self.graph)
+        out = []
+        for k in self.graph.keys:
+            if k.name == "embed":
+                out.append(self.drop.p > 0)
+            elif k.name in ("attn_out", "mlp_down"):
+                out.append(self.blocks[k.layer].drop.p > 0)
+            else:
+                out.append(False)
+        return out
 
     def num_params(self, exclude_positions: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -222,10 +234,10 @@ class GPT(nn.Module):
             x = block(x, run) if block_fn is None else block_fn(block, x, run)
         h = run(g.idx(None, "final_norm"), self.final_norm, x)
         h2, y2 = h.reshape(-1, h.size(-1)), targets.reshape(-1)  # (N, h), (N,)
-        chunk = math.ceil(h2.size(0) / self.cfg.loss_chunks)
         head = g.idx(None, "lm_head_loss")
         total = None
-        for hc, yc in zip(h2.split(chunk), y2.split(chunk)):
+        # exactly loss_chunks pieces (the cost model counts that many rebuild units)
+        for hc, yc in zip(h2.tensor_split(self.cfg.loss_chunks), y2.tensor_split(self.cfg.loss_chunks)):
             part = run(head, self.head_chunk, hc, yc)
             total = part if total is None else total + part
         return total / (y2 != -1).sum().clamp(min=1)

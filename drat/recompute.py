@@ -42,10 +42,40 @@ def active_accountant():
     return _ACCOUNTANT.get()
 
 
-def is_parameter(t: torch.Tensor) -> bool:
-    """A parameter or a view of one (linear saves `weight.t()`): model state, not activation."""
+def is_parameter(t: torch.Tensor, state_ptrs: frozenset[int] | set[int] = frozenset()) -> bool:
+    """A parameter or a view of one (linear saves `weight.t()`): model state, not activation.
+
+    `state_ptrs` holds the storages of the model's parameters and buffers, which also catches
+    frozen weights (requires_grad=False)."""
     base = t._base if t._base is not None else t
-    return base.requires_grad and base.is_leaf
+    if base.requires_grad and base.is_leaf:
+        return True
+    return bool(state_ptrs) and t.untyped_storage().data_ptr() in state_ptrs
+
+
+def model_state_ptrs(model: torch.nn.Module) -> set[int]:
+    return {p.untyped_storage().data_ptr() for p in model.parameters()} | {
+        b.untyped_storage().data_ptr() for b in model.buffers()}
+
+
+def _sdp_flags() -> tuple[bool, ...]:
+    """The SDPA backends enabled now: a rebuild must choose the kernel the forward chose."""
+    b = torch.backends.cuda
+    return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled())
+
+
+@contextlib.contextmanager
+def _sdp_flags_restored(flags: tuple[bool, ...]):
+    b = torch.backends.cuda
+    old = _sdp_flags()
+    setters = (b.enable_flash_sdp, b.enable_mem_efficient_sdp, b.enable_math_sdp, b.enable_cudnn_sdp)
+    try:
+        for fn, v in zip(setters, flags):
+            fn(v)
+        yield
+    finally:
+        for fn, v in zip(setters, old):
+            fn(v)
 
 
 class _Instance:
@@ -53,7 +83,7 @@ class _Instance:
 
     __slots__ = (
         "site", "fn", "inputs", "input_grad", "autocast", "rng", "slots", "n_packs", "cache", "needs_rng",
-        "internal_ks",
+        "internal_ks", "sdp", "versions", "internal_meta",
     )
 
     def __init__(self, site: int, fn: Callable, needs_rng: bool):
@@ -68,6 +98,9 @@ class _Instance:
         self.cache: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
         self.needs_rng = needs_rng
         self.internal_ks: set[int] = set()  # pack indices that are this site's own internals
+        self.sdp: tuple[bool, ...] | None = None
+        self.versions: list[tuple[torch.Tensor, int]] = []  # held inputs and weights, at forward
+        self.internal_meta: dict[int, tuple] = {}  # k -> (shape, dtype) of the internal at pack
 
 
 class _OutRef:
@@ -86,6 +119,25 @@ class _OutRef:
         if self.same:
             return y
         return y.as_strided(self.size, self.stride, y.storage_offset() + self.offset)
+
+
+class _Kept:
+    """A tensor kept as is, with its version at pack time: autograd skips its in-place check
+    when saved-tensor hooks are installed, so the unpack hook does it."""
+
+    __slots__ = ("t", "version")
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t.detach()
+        self.version = t._version
+
+    def get(self) -> torch.Tensor:
+        if self.t._version != self.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace "
+                f"operation: a tensor of shape {tuple(self.t.shape)} is at version {self.t._version}; "
+                f"expected version {self.version} instead")
+        return self.t
 
 
 class _IntRef:
@@ -113,8 +165,10 @@ class SiteRuntime:
     `site_has_dropout[i]` marks sites whose forward draws random numbers.
     """
 
-    def __init__(self, stored: Sequence[bool], site_has_dropout: Sequence[bool], device: torch.device):
+    def __init__(self, stored: Sequence[bool], site_has_dropout: Sequence[bool], device: torch.device,
+                 state_ptrs: set[int] | None = None):
         self.stored = list(stored)
+        self.state_ptrs = state_ptrs or set()
         self.has_dropout = list(site_has_dropout)
         self.device = device
         self.accountant = active_accountant()
@@ -152,8 +206,15 @@ class SiteRuntime:
                 inst.inputs.append(self._ref_for_input(x))
                 inst.input_grad.append(x.requires_grad)
             inst.autocast = _autocast_state(self.device.type)
+            inst.sdp = _sdp_flags()
             if inst.needs_rng:
                 inst.rng = _get_rng(self.device)
+            # In-place changes between forward and backward must fail as they do without hooks
+            # (autograd skips its own version check when hooks are installed).
+            owner = getattr(fn, "__self__", None)
+            weights = list(owner.parameters()) if isinstance(owner, torch.nn.Module) else []
+            inst.versions = [(t, t._version) for t in weights] + [
+                (x, x._version) for x in inst.inputs if isinstance(x, torch.Tensor)]
         prev, self._current = self._current, inst
         try:
             y = fn(*inputs)
@@ -186,21 +247,21 @@ class SiteRuntime:
         return ent
 
     def _pack(self, t: torch.Tensor):
-        # Kept tensors are returned detached (same storage and version counter): a saved *output*
-        # returned as itself would reference its own grad_fn from inside that node, a cycle
-        # through C++ that the garbage collector cannot free when a forward has no backward.
+        # Kept tensors are held detached (same storage and version counter): a saved *output*
+        # held as itself would reference its own grad_fn from inside that node, a cycle through
+        # C++ that the garbage collector cannot free when a forward has no backward.
         cur = self._current
         if cur is not None:
             cur.n_packs += 1
-        if is_parameter(t):  # never an activation
-            return t.detach()
+        if is_parameter(t, self.state_ptrs):  # never an activation
+            return _Kept(t)
         ent = self._lookup(t)
         if ent is not None:
             inst, yref, base_offset = ent
             if self.stored[inst.site]:
                 if self.accountant is not None:
                     self.accountant.record(t, inst.site)
-                return t.detach()
+                return _Kept(t)
             inst.slots += 1
             y = yref()
             same = t.size() == y.size() and t.stride() == y.stride() and t.storage_offset() == base_offset
@@ -208,19 +269,20 @@ class SiteRuntime:
         if cur is None or t.untyped_storage().data_ptr() in self._inputs:
             if self.accountant is not None:
                 self.accountant.record(t, None)
-            return t.detach()
+            return _Kept(t)
         if self.stored[cur.site]:
             if self.accountant is not None:
                 self.accountant.record(t, cur.site)
-            return t.detach()
+            return _Kept(t)
         cur.slots += 1
         cur.internal_ks.add(cur.n_packs - 1)
+        cur.internal_meta[cur.n_packs - 1] = (t.shape, t.dtype)
         return _IntRef(cur, cur.n_packs - 1)
 
     # ----------------------------------------------------------------- backward side
     def _unpack(self, ref):
-        if isinstance(ref, torch.Tensor):
-            return ref
+        if isinstance(ref, _Kept):
+            return ref.get()
         inst = ref.inst
         if inst.cache is None:
             inst.cache = self._rebuild(inst, capture=True)
@@ -244,6 +306,12 @@ class SiteRuntime:
     def _rebuild(self, inst: _Instance, capture: bool):
         """Re-run a site's forward. With `capture`, also return its saved internals by index."""
         self.rebuilds[inst.site] += 1
+        for t, v in inst.versions:
+            if t._version != v:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by an "
+                    f"inplace operation (DRAT recomputes site {inst.site} from it: version {t._version}, "
+                    f"expected {v})")
         args = []
         for x, needs_grad in zip(inst.inputs, inst.input_grad):
             if isinstance(x, _OutRef):  # recomputed parent: rebuild it transiently
@@ -261,10 +329,16 @@ class SiteRuntime:
 
         device_type, ac_enabled, ac_dtype = inst.autocast
         rng_ctx = _rng_restored(self.device, inst.rng) if inst.rng is not None else contextlib.nullcontext()
-        with rng_ctx, torch.enable_grad(), torch.autocast(device_type, ac_dtype, enabled=ac_enabled):
+        with rng_ctx, _sdp_flags_restored(inst.sdp), torch.enable_grad(), \
+                torch.autocast(device_type, ac_dtype, enabled=ac_enabled):
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 y = inst.fn(*args)
-        assert counter[0] == inst.n_packs, "recomputation saved a different set of tensors"
+        if counter[0] != inst.n_packs or any(
+                (captured[k].shape, captured[k].dtype) != meta for k, meta in inst.internal_meta.items()
+                if capture):
+            raise RuntimeError(
+                f"recomputing site {inst.site} saved different tensors than its forward (was the model "
+                "switched to eval, or compiled, between forward and backward?)")
         return y.detach(), {k: v.detach() for k, v in captured.items()}
 
 

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from .recompute import SiteRuntime, active_accountant
+from .recompute import SiteRuntime, active_accountant, model_state_ptrs
 
 STRATEGY_NAMES = ("none", "full", "selective", "sac", "fixed", "drat")
 
@@ -122,13 +122,17 @@ class PlanAC(ActivationStrategy):
         stored = self.decisions(model)
         if all(stored) and active_accountant() is None:
             return model.forward_sites(idx, targets)  # nothing to recompute: no hooks at all
-        rt = SiteRuntime(stored, model.site_has_dropout, idx.device)
+        if torch.compiler.is_compiling():
+            raise RuntimeError(f"strategy {self.name!r} recomputes through saved-tensor hooks, which "
+                               "torch.compile cannot trace; use CompiledPlanAC under torch.compile")
+        rt = SiteRuntime(stored, model.sites_with_dropout(), idx.device, model_state_ptrs(model))
         rt.register_inputs(idx, targets)
         self.last_runtime = rt
-        with rt.hooks():
-            loss = model.forward_sites(idx, targets, run=rt.run)
-        rt.end_forward()
-        return loss
+        try:
+            with rt.hooks():
+                return model.forward_sites(idx, targets, run=rt.run)
+        finally:
+            rt.end_forward()  # also after an exception: the registry must not pin tensors
 
     def describe(self) -> dict:
         return {"strategy": self.name, "recompute": sorted(self._recompute)}
