@@ -72,7 +72,7 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
     trace = []
     for _ in range(max_rounds):
         if kind == "drat":
-            fit = fit_gates(costs, budget_act_bytes=max(act, 0.0))
+            fit = fit_gates(costs, budget_act_bytes=max(act, 0.0), base_bytes=base_bytes)
             stored, gates, lam = fit.stored, fit.gates, fit.lam
             model.set_strategy(DRATGates(gates))
         else:

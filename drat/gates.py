@@ -131,15 +131,25 @@ def _sync_logits(gates: GateBank, stored: list[bool]) -> GateBank:
 
 def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: float | None = None,
               steps: int = 400, lr: float = 0.1, tau_start: float = 1.0, tau_end: float = 0.05,
-              seed: int = 0, gates: GateBank | None = None, polish_top: int = 8) -> GateFit:
+              seed: int = 0, gates: GateBank | None = None, polish_top: int = 8,
+              base_bytes: float = 0.0, max_time_frac: float = 1.0) -> GateFit:
     """Train gates on the resource objective alone (no model needed: L_task is gate-free).
 
     Exactly one of `lam` (λ mode) and `budget_act_bytes` (budget mode, bytes of activations
     the plan may keep) is given. Budget mode returns the cheapest feasible plan seen."""
     if (lam is None) == (budget_act_bytes is None):
         raise ValueError("give exactly one of lam and budget_act_bytes")
-    if budget_act_bytes is not None and budget_act_bytes < 0:
-        raise BudgetInfeasibleError(f"activation budget {budget_act_bytes:.0f} B is negative")
+    if budget_act_bytes is not None:
+        from .oracle import activation_floor_bytes
+
+        floor = activation_floor_bytes(costs, max_time_frac)
+        if budget_act_bytes < floor:
+            asked, need = (base_bytes + budget_act_bytes) / 2**30, (base_bytes + floor) / 2**30
+            raise BudgetInfeasibleError(
+                f"memory budget {asked:.4g} GiB is below the feasible floor of {need:.4g} GiB (model "
+                f"states {base_bytes / 2**30:.4g} GiB + {floor / 2**30:.4g} GiB of activations that no "
+                f"plan recomputing at most {max_time_frac:g}x a step can drop); ask for at least "
+                f"{need:.4g} GiB")
     gates = gates or GateBank(len(costs), seed=seed)
     opt = torch.optim.Adam(gates.parameters(), lr=lr)
     total = max(costs.total_bytes, 1.0)

@@ -93,7 +93,8 @@ def plan_drat(model: GPT, idx, targets, lam: float | None, budget_gib: float | N
     costs = build_costs(model, idx, targets, cost_model)
     if budget_gib is not None:
         base = model_state_bytes(model) if base_bytes is None else base_bytes
-        fit = fit_gates(costs, budget_act_bytes=budget_to_activation_bytes(budget_gib, base), seed=seed)
+        fit = fit_gates(costs, budget_act_bytes=budget_to_activation_bytes(budget_gib, base), seed=seed,
+                        base_bytes=base)
     else:
         fit = fit_gates(costs, lam=0.05 if lam is None else lam, seed=seed)
     return DRATGates(fit.gates), fit, costs

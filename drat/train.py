@@ -577,7 +577,8 @@ class ResourceAwareTrainer:
         def fit() -> tuple[list[bool], float]:
             if cfg.budget_gib is not None:
                 act = budget_to_activation_bytes(cfg.budget_gib, self._model_state_bytes())
-                res = fit_gates(self.costs, budget_act_bytes=act, seed=cfg.seed)
+                res = fit_gates(self.costs, budget_act_bytes=act, seed=cfg.seed,
+                                base_bytes=self._model_state_bytes())
                 return res.stored, res.lam
             return fit_gates(self.costs, lam=cfg.lam_value, seed=cfg.seed).stored, self.lam
 

@@ -139,3 +139,26 @@ def test_oracle_scales_to_deep_models_without_blowing_up():
     plan = solve_oracle(c, budget_act_bytes=0.3 * c.total_bytes)
     assert plan.mem_bytes <= 0.3 * c.total_bytes
     assert plan.objective < plan_cost([False] * len(c), c, 0)[0]
+
+
+def test_budget_floor_excludes_exponential_recompute_chains():
+    from drat.oracle import activation_floor_bytes
+
+    c = tiny_costs(n_layer=2)
+    floor = activation_floor_bytes(c, max_time_frac=1.0)
+    assert 0 < floor < c.total_bytes
+    with pytest.raises(BudgetInfeasibleError, match="below the feasible floor") as info:
+        fit_gates(c, budget_act_bytes=0.5 * floor, base_bytes=2**30)
+    assert f"{(2**30 + floor) / 2**30:.4g} GiB" in str(info.value)
+    fit = fit_gates(c, budget_act_bytes=floor * 1.01, steps=200)
+    assert fit.mem_bytes <= floor * 1.01 and fit.time_frac <= 1.0 + 1e-9
+
+
+@pytest.mark.parametrize("seed", [74, 252, 277, 278])
+def test_oracle_is_optimal_when_times_are_tiny(seed):
+    """Step-normalised times of ~1e-7 once fooled HiGHS's absolute gap; the objective is rescaled."""
+    c = synthetic_costs(seed, chunks=2)
+    c.step_ms = 1e7  # every T_i becomes ~1e-7 of a step
+    budget = 0.5 * c.total_bytes
+    assert solve_oracle(c, budget_act_bytes=budget).objective == pytest.approx(
+        brute_force(c, budget_act_bytes=budget).objective, rel=1e-9, abs=1e-15)
