@@ -60,7 +60,9 @@ def compiled_costs(costs, pointwise_factor: float = 0.1):
 
     t = [ms * (pointwise_factor if lab.split(".")[-1] in POINTWISE_SITES else 1.0)
          for lab, ms in zip(costs.labels, costs.time_ms)]
-    return dataclasses.replace(costs, time_ms=t, kind=costs.kind + "+compiled")
+    # embed and final_norm feed checkpoint regions, which keep their inputs: nothing to save
+    m = [0.0 if lab in CompiledPlanAC.ALWAYS_STORED else b for lab, b in zip(costs.labels, costs.mem_bytes)]
+    return dataclasses.replace(costs, time_ms=t, mem_bytes=m, kind=costs.kind + "+compiled")
 
 
 def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base_bytes: float, kind: str,
@@ -223,12 +225,13 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
             if not want(f"drat-compiled-lam{lam}"):
                 continue
             fit = fit_gates(ccosts, lam=lam)
-            strat = CompiledPlanAC(fit.stored).prepare(model, idx, autocast_ctx(dev))
+            strat = CompiledPlanAC(fit.stored)
             torch._dynamo.reset()
-            model.set_strategy(strat)
+            model.set_strategy(strat)  # attach: embed/final_norm forced to store
+            strat.prepare(model, idx, autocast_ctx(dev))
             compiled = torch.compile(model)
             row = record(f"drat-compiled-lam{lam}", strat, "compiled", lam=lam, compiled=compiled,
-                         stored=fit.stored)
+                         stored=strat.decisions(model))
             del compiled
 
         import torch._functorch.config as fconfig
@@ -314,7 +317,7 @@ def add_bench_parser(sub) -> None:
 
 
 def _cmd_frontier(args) -> int:
-    if args.steps < 10 and args.device != "cpu":
+    if args.steps < 10 and resolve_device(args.device).type == "cuda":
         raise ValueError("--steps must be at least 10 on GPU (median of >=10 timed steps)")
     run_frontier(args.size, args.seq_len, args.batch_size, args.device, args.layers, args.hidden, args.heads,
                  args.vocab_size, False if args.untied else None,

@@ -188,19 +188,27 @@ class CompiledPlanAC(ActivationStrategy):
     op produces the site's output. Then, per block:
       stored site      its output op is MUST_SAVE, its other ops are left to the partitioner,
       recomputed site  every op is MUST_RECOMPUTE.
-    A recomputed LM head runs each loss chunk in its own checkpoint."""
+    A recomputed LM head runs each loss chunk in its own checkpoint. `embed` and `final_norm`
+    are always stored here: their outputs are the inputs of checkpoint regions, which a region
+    keeps whatever the plan says, so a recompute decision for them could not be executed."""
 
     name = "drat-compiled"
+    ALWAYS_STORED = ("embed", "final_norm")
 
     def __init__(self, stored: Sequence[bool]):
         self.stored = [bool(s) for s in stored]
+        self._requested = list(self.stored)
         self.op_sites: list[tuple] | None = None  # (op, site name, is_output) for a block's ops
 
     def attach(self, model) -> None:
         if len(self.stored) != len(model.graph):
             raise ValueError(f"plan has {len(self.stored)} decisions, model has {len(model.graph)} sites")
+        for i, k in enumerate(model.graph.keys):
+            if k.name in self.ALWAYS_STORED:
+                self.stored[i] = True
 
     def decisions(self, model) -> list[bool]:
+        """The decisions actually executed (see ALWAYS_STORED)."""
         return list(self.stored)
 
     def prepare(self, model, idx, autocast) -> CompiledPlanAC:

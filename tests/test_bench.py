@@ -30,7 +30,10 @@ def test_frontier_writes_csv_json_and_plot(tmp_path, capsys):
     assert (out / "frontier.png").stat().st_size > 0
 
 
-def test_bench_rejects_too_few_gpu_steps(capsys):
+def test_bench_rejects_too_few_gpu_steps(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # checked before any GPU work
     rc = main(["bench", "frontier", "--device", "cuda", "--steps", "3", "--out", "/tmp/x"])
     assert rc == 2 and "at least 10" in capsys.readouterr().err
 
