@@ -54,8 +54,18 @@ def is_parameter(t: torch.Tensor, state_ptrs: frozenset[int] | set[int] = frozen
 
 
 def model_state_ptrs(model: torch.nn.Module) -> set[int]:
-    return {p.untyped_storage().data_ptr() for p in model.parameters()} | {
-        b.untyped_storage().data_ptr() for b in model.buffers()}
+    # FSDP2's sharded parameters (DTensors) have no storage to point at; what ops save is the
+    # unsharded copy gathered at forward time, a leaf that requires grad (caught without this set)
+    return {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())
+            if not _is_dtensor(t)}
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
 
 
 def _sdp_flags() -> tuple[bool, ...]:
