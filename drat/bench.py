@@ -13,10 +13,7 @@ Outputs in --out: `frontier.csv`, `frontier.json` (rows + provenance), `frontier
 from __future__ import annotations
 
 import csv
-import gc
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +23,7 @@ from .costs import build_costs
 from .gates import budget_to_activation_bytes, fit_gates
 from .model import GPT, config_for
 from .oracle import solve_oracle
-from .profile import autocast_ctx, random_batch
+from .profile import autocast_ctx, measure_steps, random_batch
 from .provenance import provenance, resolve_device
 from .strategies import SAC, CompiledPlanAC, DRATGates, FullAC, NoneAC, PlanAC, SelectiveAC
 
@@ -80,7 +77,7 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
         else:
             stored, gates, lam = solve_oracle(costs, budget_act_bytes=max(act, 0.0)).stored, None, None
             model.set_strategy(PlanAC(stored=stored))
-        peak = _measure(model, idx, targets, steps=1, warmup=1)["peak_gib"] * 2**30
+        peak = measure_steps(model, idx, targets, steps=1, warmup=1)["peak_gib"] * 2**30
         trace.append({"activation_budget_bytes": act, "measured_peak_bytes": peak})
         over = peak - budget_gib * 2**30
         if over <= 0.01 * budget_gib * 2**30 or act <= 0:
@@ -97,48 +94,6 @@ def model_flops_per_step(model: GPT, batch: int, seq: int) -> float:
     if not cfg.tie_weights:
         n -= model.wte.weight.numel()
     return batch * seq * (6 * n + 6 * cfg.n_layer * seq * cfg.n_embd)
-
-
-def _measure(model, idx, targets, steps: int, warmup: int, compiled=None) -> dict:
-    device = idx.device
-    fwd = compiled if compiled is not None else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    times = []
-    gc.collect()  # nothing of the previous row may stay alive into this row's peak
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-        else:
-            t0 = time.perf_counter()
-        with autocast_ctx(device):
-            loss = fwd(idx, targets)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            e.record()
-            if i >= warmup:
-                times.append((s, e))
-        elif i >= warmup:
-            times.append(1e3 * (time.perf_counter() - t0))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        ms = [s.elapsed_time(e) for s, e in times]
-        out = {"peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-               "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
-    else:
-        ms = times
-        out = {"peak_gib": float("nan"), "reserved_gib": float("nan")}
-    del opt
-    gc.collect()
-    out["step_ms"] = statistics.median(ms)
-    out["step_ms_all"] = ms
-    return out
 
 
 def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device: str = "cpu",
@@ -170,7 +125,7 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                 saved, _ = saved_activation_bytes(model, idx, targets)
         else:
             saved = None
-        m = _measure(model, idx, targets, steps, warmup, compiled)
+        m = measure_steps(model, idx, targets, steps, warmup, compiled)
         rec = [k.label() for k, s in zip(model.graph.keys, stored)] if stored else []
         rec = [lab for lab, s in zip(rec, stored) if not s] if stored else []
         row = {"name": name, "strategy": strategy.name, "mode": mode, "lam": lam, "budget_gib": budget,

@@ -7,7 +7,9 @@ training steps after warm-up, forward + backward + fused AdamW).
 
 from __future__ import annotations
 
+import gc
 import statistics
+import time
 from dataclasses import dataclass
 
 import torch
@@ -54,36 +56,60 @@ def autocast_ctx(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def time_training_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3,
-                        optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Median CUDA-event step time and peak memory of full training steps."""
+def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, compiled=None) -> dict:
+    """Full training steps (forward, backward, AdamW): median step time after warm-up, CUDA-event
+    timed on GPU (wall-clock on CPU), and the peak allocated/reserved GiB on GPU (NaN on CPU).
+    `compiled` is a torch.compile'd wrapper of `model` to run instead."""
     device = idx.device
-    opt = optimizer or torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    times_ms = []
+    fwd = compiled if compiled is not None else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    times = []
+    gc.collect()  # nothing of the previous row may stay alive into this row's peak
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + steps):
-        if i == warmup:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+        else:
+            t0 = time.perf_counter()
         with autocast_ctx(device):
-            loss = model(idx, targets)
+            loss = fwd(idx, targets)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        end.record()
-        if i >= warmup:
-            times_ms.append((start, end))
-    torch.cuda.synchronize()
-    ms = [s.elapsed_time(e) for s, e in times_ms]
-    tokens = idx.numel()
-    step_ms = statistics.median(ms)
+        if device.type == "cuda":
+            e.record()
+            if i >= warmup:
+                times.append((s, e))
+        elif i >= warmup:
+            times.append(1e3 * (time.perf_counter() - t0))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        ms = [s.elapsed_time(e) for s, e in times]
+        out = {"peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+               "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
+    else:
+        ms = times
+        out = {"peak_gib": float("nan"), "reserved_gib": float("nan")}
+    del opt
+    gc.collect()
+    out["step_ms"] = statistics.median(ms)
+    out["step_ms_all"] = ms
+    return out
+
+
+def time_training_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3) -> dict:
+    """The CUDA fields of `drat profile --json`."""
+    m = measure_steps(model, idx, targets, steps, warmup)
     return {
-        "step_ms": step_ms,
-        "step_ms_all": ms,
-        "tokens_per_s": tokens / (step_ms / 1e3),
-        "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
-        "reserved_memory_bytes": int(torch.cuda.max_memory_reserved(device)),
+        "step_ms": m["step_ms"],
+        "step_ms_all": m["step_ms_all"],
+        "tokens_per_s": idx.numel() / (m["step_ms"] / 1e3),
+        "peak_memory_bytes": int(m["peak_gib"] * 2**30),
+        "reserved_memory_bytes": int(m["reserved_gib"] * 2**30),
     }
 
 
