@@ -266,9 +266,14 @@ def add_bench_parser(sub) -> None:
     f.add_argument("--warmup", type=int, default=3)
     f.add_argument("--lambdas", default="0.05,0.2,0.5,1,2,5")
     f.add_argument("--compiled-lambdas", default="0.5,1,2,5", help="λ values run under torch.compile")
+    f.add_argument("--compile-budgets", default="1,0.5,0.2",
+                   help="torch.compile activation_memory_budget values (empty: none)")
     f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
     f.add_argument("--out", required=True)
     f.set_defaults(func=_cmd_frontier)
+    from .capacity import add_capacity_parser  # `drat bench capacity` (imports this module)
+
+    add_capacity_parser(bsub)
 
 
 def _cmd_frontier(args) -> int:
@@ -277,7 +282,8 @@ def _cmd_frontier(args) -> int:
     run_frontier(args.size, args.seq_len, args.batch_size, args.device, args.layers, args.hidden, args.heads,
                  args.vocab_size, False if args.untied else None,
                  lams=tuple(float(x) for x in args.lambdas.split(",")),
-                 compiled_lams=tuple(float(x) for x in args.compiled_lambdas.split(",")),
+                 compiled_lams=tuple(float(x) for x in args.compiled_lambdas.split(",") if x),
+                 compile_budgets=tuple(float(x) for x in args.compile_budgets.split(",") if x),
                  steps=args.steps, warmup=args.warmup,
                  only=set(args.only.split(",")) if args.only else None, out=args.out)
     return 0

@@ -66,7 +66,8 @@ def runs_of(size):
 def points_of(size):
     """(point, kind, strategy, λ, budget GiB) of every profiled plan of one size."""
     s, p = size_cfg(size), size_cfg(size)["profile"]
-    out = [(b, "baseline", b, None, None) for b in s.get("baselines", ["none", "full", "selective", "sac"])]
+    base = p.get("baselines", s.get("baselines", ["none", "full", "selective", "sac"]))
+    out = [(b, "baseline", b, None, None) for b in base]
     kinds = ["drat", "oracle"] if p.get("oracle", True) else ["drat"]
     for k in kinds:
         out += [(f"{k}-lam{fmt(l)}", k, "drat" if k == "drat" else "fixed", float(l), None)

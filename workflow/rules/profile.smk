@@ -45,7 +45,9 @@ def _bench_flags(wc):
     return (f"{model_flags(wc.size)} --vocab-size {config['tokenizer']['vocab_size']} "
             f"--seq-len {p.get('seq_len', 64)} --batch-size {p.get('batch_size', 2)} "
             f"--steps {b.get('steps', 12)} --warmup {b.get('warmup', 3)} --device {config['device']} "
-            f"--lambdas {','.join(fmt(l) for l in lams)}")
+            f"--lambdas {','.join(fmt(l) for l in lams)} "
+            f"--compiled-lambdas {','.join(fmt(l) for l in b.get('compiled_lambdas', [0.5, 1, 2, 5]))} "
+            f"--compile-budgets {','.join(fmt(x) for x in b.get('compile_budgets', [1.0, 0.5, 0.2]))}")
 
 
 rule bench:

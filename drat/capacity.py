@@ -1,0 +1,320 @@
+"""`drat bench capacity`: the largest batch each strategy fits under a memory cap, and its speed.
+
+The long-context question of the performance issue: on a 40 GiB card, how many sequences of
+S=4096 does `large` train per step under `none`, `full`, compile-budget 0.5 and DRAT, and how
+many tokens/s does each then reach? More memory headroom only matters if it buys throughput.
+
+Each strategy is probed at a batch size by one training step under a hard allocator cap
+(`torch.cuda.set_per_process_memory_fraction`, so the card behaves like a 40 GiB one: an
+allocation past the cap raises OOM, fragmentation included). A probe fits when the step ran and
+its peak allocated memory is at most the cap. The search guesses from two small probes (peak is
+affine in the batch), then brackets and bisects, so it costs a handful of probes per strategy;
+the largest fitting batch is then timed like `drat bench frontier` (median CUDA-event step).
+
+DRAT plans per batch size in budget mode at the cap, closed on the measured peak; its guess
+comes from the ILP floor of the activation bytes at that batch. On the CPU (tests) "peak" is the
+fp32 model state plus exact saved-activation bytes, and the compiled row is skipped.
+
+Outputs in --out: capacity.csv, capacity.json (rows, every probe, provenance), capacity.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+from pathlib import Path
+
+import torch
+
+from .accounting import saved_activation_bytes
+from .bench import matmul_tflops, model_flops_per_step, plan_under_measured_peak
+from .costs import build_costs, model_state_bytes
+from .model import GPT, config_for
+from .oracle import activation_floor_bytes
+from .profile import autocast_ctx, measure_steps, random_batch
+from .provenance import provenance, resolve_device
+from .strategies import DRATGates, FullAC, NoneAC
+
+CAPACITY_STRATEGIES = ("none", "full", "compile-budget0.5", "drat")
+CAPACITY_FIELDS = ["name", "mode", "cap_gib", "batch_size", "tokens_per_step", "peak_gib", "step_ms",
+                   "tokens_per_s", "mfu", "n_probes", "n_recomputed", "recomputed_sites"]
+
+
+def largest_fitting(fits, guess: int, max_batch: int) -> int:
+    """Largest b in [1, max_batch] with fits(b), for a monotone `fits`; 0 if even 1 fails.
+    Starts at `guess`, brackets with doubling steps away from it, then bisects."""
+    b = min(max(1, guess), max_batch)
+    step = 1
+    if fits(b):  # lo fits; walk up until something fails or max_batch
+        lo, hi = b, max_batch + 1
+        while lo < max_batch:
+            b = min(lo + step, max_batch)
+            if not fits(b):
+                hi = b
+                break
+            lo, step = b, step * 2
+    else:  # hi fails; walk down until something fits or nothing can
+        lo, hi = 0, b
+        while hi > 1:
+            b = max(hi - step, 1)
+            if fits(b):
+                lo = b
+                break
+            hi, step = b, step * 2
+    while hi - lo > 1:
+        b = (lo + hi) // 2
+        if fits(b):
+            lo = b
+        else:
+            hi = b
+    return lo
+
+
+def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, device: str = "cpu",
+                 strategies=CAPACITY_STRATEGIES, vocab_size: int | None = None, n_layer: int | None = None,
+                 n_embd: int | None = None, n_head: int | None = None, max_batch: int = 256,
+                 steps: int = 10, warmup: int = 3, out: str | Path | None = None, log=print) -> list[dict]:
+    unknown = set(strategies) - set(CAPACITY_STRATEGIES)
+    if unknown:
+        raise ValueError(f"unknown capacity strategies {sorted(unknown)}; "
+                         f"choose from {', '.join(CAPACITY_STRATEGIES)}")
+    if cap_gib <= 0:
+        raise ValueError("--cap-gib must be positive")
+    dev = resolve_device(device)
+    cfg = config_for(size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
+                     block_size=max(seq_len, config_for(size).block_size))
+    torch.manual_seed(0)
+    model = GPT(cfg).to(dev)
+    cap_bytes = cap_gib * 2**30
+    if dev.type == "cuda":
+        total = torch.cuda.get_device_properties(dev).total_memory
+        if cap_bytes > total:
+            raise ValueError(f"--cap-gib {cap_gib} exceeds this GPU's {total / 2**30:.1f} GiB")
+        torch.cuda.set_per_process_memory_fraction(cap_bytes / total, dev)
+    peak_tflops = matmul_tflops(dev) if dev.type == "cuda" else float("nan")
+    meta = {"config": cfg.to_dict(), "seq_len": seq_len, "cap_gib": cap_gib, "matmul_tflops": peak_tflops,
+            "params": model.num_params(), "model_state_bytes": model_state_bytes(model), **provenance(dev)}
+    rows: list[dict] = []
+
+    def peak_bytes(b: int, compiled=None) -> float | None:
+        """Peak of one step at batch b (None on OOM)."""
+        idx, targets = random_batch(cfg.vocab_size, b, seq_len, dev)
+        try:
+            if dev.type == "cuda":
+                m = measure_steps(model, idx, targets, steps=1, warmup=1, compiled=compiled)
+                return m["peak_gib"] * 2**30
+            with autocast_ctx(dev):
+                saved, _ = saved_activation_bytes(model, idx, targets)
+            return float(model_state_bytes(model) + saved)
+        except torch.OutOfMemoryError:
+            return None
+        finally:
+            del idx, targets
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def search(name: str, mode: str, set_plan, compiled=None, guess=None):
+        """set_plan(b) installs the strategy for batch b (False: no plan fits)."""
+        probes = []
+        seen: dict[int, bool] = {}
+
+        def fits(b):
+            if b in seen:
+                return seen[b]
+            ok = set_plan(b)
+            p = peak_bytes(b, compiled) if ok else None
+            gib = None if p is None else p / 2**30
+            probes.append({"batch_size": b, "planned": bool(ok), "peak_gib": gib})
+            status = "no plan" if not ok else "OOM" if p is None else f"{gib:.2f} GiB"
+            log(f"  {name:<18} B={b:<4} {status}")
+            seen[b] = p is not None and p <= cap_bytes
+            return seen[b]
+
+        if guess is None:
+            p1 = p2 = None
+            if fits(1):
+                p1 = probes[-1]["peak_gib"] * 2**30
+                if fits(2):
+                    p2 = probes[-1]["peak_gib"] * 2**30
+            if p1 is None:
+                best = 0
+            elif p2 is None:
+                best = 1
+            else:
+                slope = max(p2 - p1, 1.0)
+                best = largest_fitting(fits, 2 + int((cap_bytes - p2) // slope), max_batch)
+        else:
+            best = largest_fitting(fits, guess, max_batch)
+        row = {"name": name, "mode": mode, "cap_gib": cap_gib, "batch_size": best,
+               "tokens_per_step": best * seq_len, "n_probes": len(probes), "probes": probes}
+        if best:
+            set_plan(best)
+            idx, targets = random_batch(cfg.vocab_size, best, seq_len, dev)
+            m = measure_steps(model, idx, targets, steps, warmup, compiled)
+            flops = model_flops_per_step(model, best, seq_len)
+            decisions = model.strategy.decisions(model) if hasattr(model.strategy, "decisions") else None
+            rec = ([k.label() for k, s in zip(model.graph.keys, decisions) if not s] if decisions else [])
+            probed = next(p["peak_gib"] for p in probes if p["batch_size"] == best)
+            row.update(peak_gib=m["peak_gib"] if dev.type == "cuda" else probed,
+                       step_ms=m["step_ms"], step_ms_all=m["step_ms_all"],
+                       tokens_per_s=best * seq_len / (m["step_ms"] / 1e3),
+                       mfu=(flops / (m["step_ms"] / 1e3) / (peak_tflops * 1e12)
+                            if dev.type == "cuda" else None),
+                       n_recomputed=len(rec),
+                       recomputed_sites=" ".join(sorted({r.split(".")[-1] for r in rec})))
+            del idx, targets
+        rows.append(row)
+        if out is not None:
+            write_capacity(rows, Path(out), meta)
+        log(f"{name:<18} largest batch {best} ({best * seq_len} tokens)  "
+            + (f"{row['tokens_per_s']:.0f} tok/s" if best else "nothing fits"))
+        return row
+
+    def fixed(strategy):
+        def set_plan(b):
+            model.set_strategy(strategy)
+            return True
+        return set_plan
+
+    none_probes = None
+    for name in strategies:
+        if name == "none":
+            none_probes = search("none", "eager", fixed(NoneAC()))["probes"]
+        elif name == "full":
+            search("full", "eager", fixed(FullAC()))
+        elif name == "compile-budget0.5":
+            if dev.type != "cuda":
+                log("compile-budget0.5: skipped on the CPU (torch.compile rows are measured on CUDA)")
+                continue
+            import torch._functorch.config as fconfig
+
+            torch._dynamo.reset()
+            model.set_strategy(NoneAC())
+            with fconfig.patch(activation_memory_budget=0.5):
+                compiled = torch.compile(model)  # recompiles once with a dynamic batch dimension
+                search("compile-budget0.5", "compiled", fixed(NoneAC()), compiled=compiled)
+            del compiled
+            torch._dynamo.reset()
+        elif name == "drat":
+            search("drat", "eager", _drat_planner(model, cfg, seq_len, cap_gib, dev, log),
+                   guess=_drat_guess(model, cfg, seq_len, cap_bytes, dev, none_probes))
+    return rows
+
+
+def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, log):
+    """set_plan(b): DRAT budget mode at the cap for batch b, closed on the measured peak (CUDA)."""
+
+    def set_plan(b: int) -> bool:
+        model.set_strategy(NoneAC())
+        idx, targets = random_batch(cfg.vocab_size, b, seq_len, dev)
+        try:
+            costs = build_costs(model, idx, targets, "measured")
+            base = model_state_bytes(model)
+            if dev.type == "cuda":  # transient working memory: what `none` holds beyond its activations
+                none_peak = measure_steps(model, idx, targets, steps=1, warmup=0)["peak_gib"] * 2**30
+                base = max(base, none_peak - costs.total_bytes)
+                (_, gates), _, _ = plan_under_measured_peak(model, idx, targets, costs, cap_gib, base, "drat")
+            else:
+                from .gates import budget_to_activation_bytes, fit_gates
+
+                gates = fit_gates(costs, budget_act_bytes=budget_to_activation_bytes(cap_gib, base),
+                                  base_bytes=base).gates
+            model.set_strategy(DRATGates(gates))
+            return True
+        except (ValueError, torch.OutOfMemoryError) as e:  # below the floor at this batch / no room
+            log(f"  drat B={b}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            model.set_strategy(NoneAC())
+            return False
+        finally:
+            del idx, targets
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+    return set_plan
+
+
+def _drat_guess(model: GPT, cfg, seq_len: int, cap_bytes: float, dev, none_probes) -> int:
+    """Batch at which the ILP floor of activation bytes (plus per-sample transients) meets the cap."""
+    model.set_strategy(NoneAC())
+    idx, targets = random_batch(cfg.vocab_size, 1, seq_len, dev)
+    costs = build_costs(model, idx, targets, "measured")
+    floor1 = activation_floor_bytes(costs)
+    state = model_state_bytes(model)
+    transient1 = 0.0
+    fitted = [p for p in (none_probes or []) if p["peak_gib"] is not None][:2]
+    if len(fitted) == 2:  # none: peak = s0 + b·(activations + transients)
+        slope = (fitted[1]["peak_gib"] - fitted[0]["peak_gib"]) * 2**30
+        state = fitted[0]["peak_gib"] * 2**30 - slope
+        transient1 = max(0.0, slope - costs.total_bytes)
+    del idx, targets
+    return max(1, int((cap_bytes - state) // max(floor1 + transient1, 1.0)))
+
+
+def write_capacity(rows: list[dict], out: Path, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "capacity.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CAPACITY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    tmp.replace(out / "capacity.csv")
+    tmp = out / "capacity.json.tmp"
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    tmp.replace(out / "capacity.json")
+    plot_capacity(rows, out / "capacity.png", meta)
+
+
+def plot_capacity(rows: list[dict], path: Path, meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.5))
+    a1.bar(names, [r["batch_size"] for r in rows], color="C0")
+    a1.set_ylabel(f"largest batch under {meta['cap_gib']:g} GiB")
+    tps = [r.get("tokens_per_s") or 0.0 for r in rows]
+    a2.bar(names, [t / 1e3 for t in tps], color=["C3" if n == "drat" else "C0" for n in names])
+    a2.set_ylabel("tokens/s (thousands)")
+    for ax in (a1, a2):
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    c = meta["config"]
+    fig.suptitle(f"{meta['device']}: L={c['n_layer']} h={c['n_embd']} V={c['vocab_size']} "
+                 f"S={meta['seq_len']}", fontsize=9)
+    fig.text(0.01, 0.01, f"torch {meta['torch_version']} · commit {meta['git_commit'][:10]}", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def add_capacity_parser(bsub) -> None:
+    c = bsub.add_parser("capacity", help="largest batch under a memory cap per strategy, and its tokens/s")
+    c.add_argument("--size", default="tiny")
+    c.add_argument("--layers", type=int, default=None)
+    c.add_argument("--hidden", type=int, default=None)
+    c.add_argument("--heads", type=int, default=None)
+    c.add_argument("--vocab-size", type=int, default=None)
+    c.add_argument("--seq-len", type=int, default=64)
+    c.add_argument("--cap-gib", type=float, default=40.0, help="memory cap (a 40 GiB card by default)")
+    c.add_argument("--strategies", default=",".join(CAPACITY_STRATEGIES))
+    c.add_argument("--max-batch", type=int, default=256)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--steps", type=int, default=10)
+    c.add_argument("--warmup", type=int, default=3)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=_cmd_capacity)
+
+
+def _cmd_capacity(args) -> int:
+    if args.steps < 10 and resolve_device(args.device).type == "cuda":
+        raise ValueError("--steps must be at least 10 on GPU (median of >=10 timed steps)")
+    run_capacity(args.size, args.seq_len, args.cap_gib, args.device,
+                 tuple(s for s in args.strategies.split(",") if s), args.vocab_size, args.layers, args.hidden,
+                 args.heads, args.max_batch, args.steps, args.warmup, out=args.out)
+    return 0
+
