@@ -133,11 +133,23 @@ def _rebuild_rows(costs: SiteCosts, r_cap) -> tuple[np.ndarray, np.ndarray]:
     return A, inst
 
 
+_FLOOR_CACHE: dict[tuple, float] = {}
+
+
 def activation_floor_bytes(costs: SiteCosts, max_time_frac: float = 1.0) -> float:
     """The fewest activation bytes any plan can keep while its recompute time stays within
     `max_time_frac` of a step. Below it a budget is infeasible: the only plans left rebuild
     chains whose cost grows exponentially with depth (all-recompute rebuilds the embedding ~4^L
-    times)."""
+    times). Memoised per cost table: budget mode asks for it on every (re)plan, and on measured,
+    noisy costs of ~100 sites HiGHS can take seconds to prove the optimum."""
+    key = (tuple(costs.mem_bytes), tuple(costs.time_ms), tuple(costs.instances), costs.step_ms,
+           tuple(map(tuple, costs.parents)), float(max_time_frac))
+    if key not in _FLOOR_CACHE:
+        _FLOOR_CACHE[key] = _activation_floor_bytes(costs, max_time_frac)
+    return _FLOOR_CACHE[key]
+
+
+def _activation_floor_bytes(costs: SiteCosts, max_time_frac: float) -> float:
     n = len(costs)
     _, T = (x.numpy() for x in costs.normalized())
     T = np.maximum(T, 1e-12)
@@ -151,7 +163,7 @@ def activation_floor_bytes(costs: SiteCosts, max_time_frac: float = 1.0) -> floa
                             LinearConstraint(time_row[None, :], lb=-np.inf, ub=max_time_frac)],
                integrality=np.concatenate([np.ones(n), np.zeros(n)]),
                bounds=Bounds(np.zeros(2 * n), np.concatenate([np.ones(n), np.full(n, np.inf)])),
-               options={"time_limit": 60.0})
+               options={"time_limit": 20.0, "mip_rel_gap": 1e-4})
     if res.x is None:
         return float(sum(costs.mem_bytes))
     stored = [bool(v > 0.5) for v in res.x[:n]]
