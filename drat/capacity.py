@@ -88,10 +88,10 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
     model = GPT(cfg).to(dev)
     cap_bytes = cap_gib * 2**30
     if dev.type == "cuda":
-        total = torch.cuda.get_device_properties(dev).total_memory
+        total = torch.cuda.get_device_properties(dev.index or 0).total_memory
         if cap_bytes > total:
             raise ValueError(f"--cap-gib {cap_gib} exceeds this GPU's {total / 2**30:.1f} GiB")
-        torch.cuda.set_per_process_memory_fraction(cap_bytes / total, dev)
+        torch.cuda.set_per_process_memory_fraction(cap_bytes / total, dev.index or 0)
     peak_tflops = matmul_tflops(dev) if dev.type == "cuda" else float("nan")
     meta = {"config": cfg.to_dict(), "seq_len": seq_len, "cap_gib": cap_gib, "matmul_tflops": peak_tflops,
             "params": model.num_params(), "model_state_bytes": model_state_bytes(model), **provenance(dev)}
