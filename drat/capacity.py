@@ -149,10 +149,21 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
             best = largest_fitting(fits, guess, max_batch)
         row = {"name": name, "mode": mode, "cap_gib": cap_gib, "batch_size": best,
                "tokens_per_step": best * seq_len, "n_probes": len(probes), "probes": probes}
-        if best:
+        m = None
+        while best and m is None:  # the timed run is longer than a probe: fragmentation can OOM it
             set_plan(best)
             idx, targets = random_batch(cfg.vocab_size, best, seq_len, dev)
-            m = measure_steps(model, idx, targets, steps, warmup, compiled)
+            try:
+                m = measure_steps(model, idx, targets, steps, warmup, compiled)
+            except torch.OutOfMemoryError:
+                log(f"  {name:<18} B={best} OOMed over {warmup + steps} steps: trying B={best - 1}")
+                probes.append({"batch_size": best, "planned": True, "peak_gib": None, "timed_run_oom": True})
+                del idx, targets
+                gc.collect()
+                torch.cuda.empty_cache()
+                best -= 1
+        row.update(batch_size=best, tokens_per_step=best * seq_len, n_probes=len(probes))
+        if best:
             flops = model_flops_per_step(model, best, seq_len)
             decisions = model.strategy.decisions(model) if hasattr(model.strategy, "decisions") else None
             rec = ([k.label() for k, s in zip(model.graph.keys, decisions) if not s] if decisions else [])
