@@ -158,16 +158,17 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
             except torch.OutOfMemoryError:
                 log(f"  {name:<18} B={best} OOMed over {warmup + steps} steps: trying B={best - 1}")
                 probes.append({"batch_size": best, "planned": True, "peak_gib": None, "timed_run_oom": True})
+                best -= 1
+            if m is None:  # outside the except block: the traceback no longer pins the step's tensors
                 del idx, targets
                 gc.collect()
                 torch.cuda.empty_cache()
-                best -= 1
         row.update(batch_size=best, tokens_per_step=best * seq_len, n_probes=len(probes))
         if best:
             flops = model_flops_per_step(model, best, seq_len)
             decisions = model.strategy.decisions(model) if hasattr(model.strategy, "decisions") else None
             rec = ([k.label() for k, s in zip(model.graph.keys, decisions) if not s] if decisions else [])
-            probed = next(p["peak_gib"] for p in probes if p["batch_size"] == best)
+            probed = next((p["peak_gib"] for p in probes if p["batch_size"] == best), None)
             row.update(peak_gib=m["peak_gib"] if dev.type == "cuda" else probed,
                        step_ms=m["step_ms"], step_ms_all=m["step_ms_all"],
                        tokens_per_s=best * seq_len / (m["step_ms"] / 1e3),
