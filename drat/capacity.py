@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import gc
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -94,7 +95,8 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
         torch.cuda.set_per_process_memory_fraction(cap_bytes / total, dev.index or 0)
     peak_tflops = matmul_tflops(dev) if dev.type == "cuda" else float("nan")
     meta = {"config": cfg.to_dict(), "seq_len": seq_len, "cap_gib": cap_gib, "matmul_tflops": peak_tflops,
-            "params": model.num_params(), "model_state_bytes": model_state_bytes(model), **provenance(dev)}
+            "params": model.num_params(), "model_state_bytes": model_state_bytes(model),
+            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), **provenance(dev)}
     rows: list[dict] = []
 
     def peak_bytes(b: int, compiled=None) -> float | None:
