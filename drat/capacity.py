@@ -21,6 +21,7 @@ Outputs in --out: capacity.csv, capacity.json (rows, every probe, provenance), c
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gc
 import json
 import os
@@ -212,59 +213,73 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
             del compiled
             torch._dynamo.reset()
         elif name == "drat":
-            search("drat", "eager", _drat_planner(model, cfg, seq_len, cap_gib, dev, log),
-                   guess=_drat_guess(model, cfg, seq_len, cap_bytes, dev, none_probes))
+            ref = _drat_reference(model, cfg, seq_len, dev, none_probes)
+            meta["drat_reference"] = {k: v for k, v in ref.items() if k != "costs"}
+            search("drat", "eager", _drat_planner(model, cfg, seq_len, cap_gib, dev, ref, log),
+                   guess=_drat_guess(ref, cap_bytes))
     return rows
 
 
-def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, log):
-    """set_plan(b): DRAT budget mode at the cap for batch b, closed on the measured peak (CUDA)."""
+def _drat_reference(model: GPT, cfg, seq_len: int, dev, none_probes, b_ref: int = 1) -> dict:
+    """What DRAT plans from, measured once at a small batch that fits anywhere: the site costs
+    (bytes and ms both scale linearly in the batch at a fixed S) and the affine `none` peak
+    model, peak(b) = s0 + b·(activations + transients), from none's first two probes. Measuring
+    `none` at the batch DRAT aims for would not fit under the cap: that is the point of DRAT."""
+    model.set_strategy(NoneAC())
+    idx, targets = random_batch(cfg.vocab_size, b_ref, seq_len, dev)
+    costs = build_costs(model, idx, targets, "measured")
+    del idx, targets
+    s0, transient = float(model_state_bytes(model)), 0.0
+    fitted = [p for p in (none_probes or []) if p["peak_gib"] is not None][:2]
+    if len(fitted) == 2 and fitted[1]["batch_size"] > fitted[0]["batch_size"]:
+        (b1, p1), (b2, p2) = ((p["batch_size"], p["peak_gib"] * 2**30) for p in fitted)
+        slope = (p2 - p1) / (b2 - b1)
+        s0 = p1 - b1 * slope
+        transient = max(0.0, slope - costs.total_bytes / b_ref)
+    return {"costs": costs, "b_ref": b_ref, "s0": s0, "transient_per_sample": transient,
+            "floor_per_sample": activation_floor_bytes(costs) / b_ref}
+
+
+def _scaled_costs(costs, factor: float):
+    return dataclasses.replace(costs, mem_bytes=[m * factor for m in costs.mem_bytes],
+                               time_ms=[t * factor for t in costs.time_ms], step_ms=costs.step_ms * factor)
+
+
+def _drat_guess(ref: dict, cap_bytes: float) -> int:
+    """Batch at which the ILP floor of activation bytes (plus per-sample transients) meets the cap."""
+    per_sample = max(ref["floor_per_sample"] + ref["transient_per_sample"], 1.0)
+    return max(1, int((cap_bytes - ref["s0"]) // per_sample))
+
+
+def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict, log):
+    """set_plan(b): DRAT budget mode at the cap for batch b on the scaled reference costs, closed
+    on the measured peak (CUDA). False when no plan fits (below the floor, or OOM)."""
+    from .gates import budget_to_activation_bytes, fit_gates
 
     def set_plan(b: int) -> bool:
-        model.set_strategy(NoneAC())
+        costs = _scaled_costs(ref["costs"], b / ref["b_ref"])
+        base = max(float(model_state_bytes(model)), ref["s0"] + b * ref["transient_per_sample"])
         idx, targets = random_batch(cfg.vocab_size, b, seq_len, dev)
         try:
-            costs = build_costs(model, idx, targets, "measured")
-            base = model_state_bytes(model)
-            if dev.type == "cuda":  # transient working memory: what `none` holds beyond its activations
-                none_peak = measure_steps(model, idx, targets, steps=1, warmup=0)["peak_gib"] * 2**30
-                base = max(base, none_peak - costs.total_bytes)
+            if dev.type == "cuda":
                 (_, gates), _, _ = plan_under_measured_peak(model, idx, targets, costs, cap_gib, base, "drat")
             else:
-                from .gates import budget_to_activation_bytes, fit_gates
-
                 gates = fit_gates(costs, budget_act_bytes=budget_to_activation_bytes(cap_gib, base),
                                   base_bytes=base).gates
             model.set_strategy(DRATGates(gates))
             return True
         except (ValueError, torch.OutOfMemoryError) as e:  # below the floor at this batch / no room
             log(f"  drat B={b}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-            model.set_strategy(NoneAC())
-            return False
+            ok = False
         finally:
             del idx, targets
-            gc.collect()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        model.set_strategy(NoneAC())
+        return ok
 
     return set_plan
-
-
-def _drat_guess(model: GPT, cfg, seq_len: int, cap_bytes: float, dev, none_probes) -> int:
-    """Batch at which the ILP floor of activation bytes (plus per-sample transients) meets the cap."""
-    model.set_strategy(NoneAC())
-    idx, targets = random_batch(cfg.vocab_size, 1, seq_len, dev)
-    costs = build_costs(model, idx, targets, "measured")
-    floor1 = activation_floor_bytes(costs)
-    state = model_state_bytes(model)
-    transient1 = 0.0
-    fitted = [p for p in (none_probes or []) if p["peak_gib"] is not None][:2]
-    if len(fitted) == 2:  # none: peak = s0 + b·(activations + transients)
-        slope = (fitted[1]["peak_gib"] - fitted[0]["peak_gib"]) * 2**30
-        state = fitted[0]["peak_gib"] * 2**30 - slope
-        transient1 = max(0.0, slope - costs.total_bytes)
-    del idx, targets
-    return max(1, int((cap_bytes - state) // max(floor1 + transient1, 1.0)))
 
 
 def write_capacity(rows: list[dict], out: Path, meta: dict) -> None:
