@@ -117,18 +117,24 @@ def test_paper_dry_run_lists_the_full_grid():
     r = snakemake("-n", "--forceall", "--configfile", str(PAPER))
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout)
-    # small: (4 baselines + 5 λ) × 3 seeds + 3 budgets × 2 seeds; medium, large: (4 + 2) × 2 seeds
-    assert counts["train"] == 27 + 6 + 12 + 12
+    # small: (none + 5 λ) × 3 seeds + 1 budget × 1 seed; medium, large: (none + 2 λ) × 2 seeds
+    assert counts["train"] == 18 + 1 + 6 + 6
     outputs = set(re.findall(r"results/paper/train/\S+/summary\.json", r.stdout))
     for lam in ("0", "0.01", "0.05", "0.1", "0.5"):
         for seed in (0, 1, 2):
             assert f"results/paper/train/small/drat-lam{lam}/seed{seed}/summary.json" in outputs
     for size in ("medium", "large"):
-        for run in ("none", "full", "selective", "sac", "drat-lam0", "drat-lam0.05"):
+        for run in ("none", "drat-lam0", "drat-lam0.05"):
             assert f"results/paper/train/{size}/{run}/seed1/summary.json" in outputs
         assert f"results/paper/train/{size}/drat-lam0.05/seed2/summary.json" not in outputs
-    assert "results/paper/train/small/drat-budget6/seed1/summary.json" in outputs
-    assert counts["profile"] > 0 and counts["bench"] == 3
+        # baselines are profiled, not trained (recomputation is exact: same loss as none)
+        assert f"results/paper/train/{size}/full/seed0/summary.json" not in outputs
+    assert "results/paper/train/small/drat-budget3/seed0/summary.json" in outputs
+    profiles = set(re.findall(r"results/paper/profile/\S+\.json", r.stdout))
+    for size in ("small", "medium", "large"):
+        for point in ("none", "full", "selective", "sac", "drat-lam0.05", "oracle-lam0.5"):
+            assert f"results/paper/profile/{size}/{point}.json" in profiles
+    assert counts["profile"] == 3 * 12 and counts["bench"] == 3
     # every train job asks for one GPU at paper scale
     train_blocks = [b for b in r.stdout.split("\n\n") if "rule train:" in b]
     assert train_blocks and all("gpu=1" in b for b in train_blocks)
@@ -142,10 +148,10 @@ def test_multi_gpu_size_trains_under_torchrun(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     r = snakemake("-n", "--forceall", "-p", "--resources", "gpu=8", "--configfile", str(path))
     assert r.returncode == 0, r.stderr + r.stdout
-    assert job_counts(r.stdout)["train"] == 27 + 6 + 12 + 12  # the grid is unchanged
+    assert job_counts(r.stdout)["train"] == 18 + 1 + 6 + 6  # the grid is unchanged
     blocks = [b for b in r.stdout.split("\n\n") if "rule train:" in b]
     large = [b for b in blocks if "size=large" in b]
-    assert len(large) == 12
+    assert len(large) == 6
     for b in large:  # prepare the folder, then one process per GPU, asking SLURM for 4 GPUs
         assert "train_run.py" in b and "--prepare-only" in b and "gpu=4" in b
         assert "torchrun --standalone --nproc_per_node 4 -m drat.cli train --config" in b
