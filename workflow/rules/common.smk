@@ -33,7 +33,7 @@ RES = config.get("resources", {})
 STATS = config["stats"]
 
 FIGURES = ["frontier", "lambda_sweep", "gate_heatmap", "loss_curves", "budget_tracking"]
-TABLES = ["results_table", "baselines_table", "setup_table", "frontier_table", "bench_table"]
+TABLES = ["results_table", "baselines_table", "setup_table", "frontier_table", "bench_table", "bench_verdicts"]
 NOTEBOOKS = {
     "frontier": ["frontier", "lambda_sweep"],
     "training": ["loss_curves", "gate_heatmap", "budget_tracking"],
