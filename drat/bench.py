@@ -203,18 +203,24 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
     return rows
 
 
-def write_outputs(rows: list[dict], out: Path, meta: dict) -> None:
+def write_rows(rows: list[dict], out: Path, stem: str, fields: list[str], meta: dict) -> None:
+    """`<stem>.csv` (the schema's columns) and `<stem>.json` (meta + full rows), each written to a
+    temporary file and renamed, so a reader never sees half a table."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "frontier.csv.tmp"
+    tmp = out / f"{stem}.csv.tmp"
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow(r)
-    tmp.replace(out / "frontier.csv")
-    tmp = out / "frontier.json.tmp"
+    tmp.replace(out / f"{stem}.csv")
+    tmp = out / f"{stem}.json.tmp"
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
-    tmp.replace(out / "frontier.json")
+    tmp.replace(out / f"{stem}.json")
+
+
+def write_outputs(rows: list[dict], out: Path, meta: dict) -> None:
+    write_rows(rows, out, "frontier", CSV_FIELDS, meta)
     plot_frontier(rows, out / "frontier.png", meta)
 
 

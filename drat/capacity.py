@@ -20,17 +20,15 @@ Outputs in --out: capacity.csv, capacity.json (rows, every probe, provenance), c
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import gc
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from .accounting import saved_activation_bytes
-from .bench import matmul_tflops, model_flops_per_step, plan_under_measured_peak
+from .bench import matmul_tflops, model_flops_per_step, plan_under_measured_peak, write_rows
 from .costs import build_costs, model_state_bytes
 from .model import GPT, config_for
 from .oracle import activation_floor_bytes
@@ -283,17 +281,7 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
 
 
 def write_capacity(rows: list[dict], out: Path, meta: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "capacity.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CAPACITY_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    tmp.replace(out / "capacity.csv")
-    tmp = out / "capacity.json.tmp"
-    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
-    tmp.replace(out / "capacity.json")
+    write_rows(rows, out, "capacity", CAPACITY_FIELDS, meta)
     plot_capacity(rows, out / "capacity.png", meta)
 
 
