@@ -419,6 +419,10 @@ class ResourceAwareTrainer:
         self.optimizer, self.scheduler, self.gate_optimizer = self._build_optimizer()
         self.step = 0  # optimizer steps completed
         self.lam = cfg.lam_value
+        # CUDA budget mode: the most any step held beyond its plan's activations (model states,
+        # gradients, working memory), measured; it shrinks the activations' share of the budget
+        self.other_bytes = 0.0
+        self._interval_peak_bytes = 0  # CUDA: largest step peak since the last log line
         self.train_time_s = 0.0  # time spent in train(), summed over resumed sessions
         self.initial_val: dict | None = None
         self.last_val: dict | None = None
@@ -617,6 +621,7 @@ class ResourceAwareTrainer:
             "scheduler": self.scheduler.state_dict(),
             "gates": self.gates.state_dict() if self.gates is not None else None,  # incl. generator
             "lam": self.lam,
+            "other_bytes": self.other_bytes,
             "costs": self.costs.to_dict() if self.costs is not None else None,
             "site_bytes": self.site_bytes,
             "plan_bytes": getattr(self, "plan_bytes", None),
@@ -669,6 +674,7 @@ class ResourceAwareTrainer:
         # gates must see the same costs as before the interruption.
         self._set_costs(state)
         self.lam = state["lam"]
+        self.other_bytes = state.get("other_bytes", 0.0)
         self.step = state["step"]
         self.train_time_s = state["train_time_s"]
         self.initial_val, self.last_val = state["initial_val"], state["last_val"]
@@ -712,6 +718,9 @@ class ResourceAwareTrainer:
             if self.dist.mode == "fsdp":
                 set_block_resharding(self.model, self.strategy.decisions(self.model))
         lrs = self.scheduler.get_last_lr()
+        cuda = self.device.type == "cuda"
+        if cuda:  # this step's own peak (the log interval's is the max of its steps')
+            torch.cuda.reset_peak_memory_stats(self.device)
         loss_sum = torch.zeros((), device=self.device)
         world, rank = self.dist.world, self.dist.rank
         for micro in range(cfg.grad_accum):
@@ -744,9 +753,19 @@ class ResourceAwareTrainer:
         if self.gate_optimizer is not None:
             self.gate_optimizer.step()
             self.gate_optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            step_peak = torch.cuda.max_memory_allocated(self.device)
+            self._interval_peak_bytes = max(self._interval_peak_bytes, step_peak)
         if self.dual is not None:
             # dual ascent on the bytes the executed (hard) plan kept, as a fraction of store-all
-            self.lam = self.dual.update(self._plan_bytes(plan) / max(sum(self.site_bytes), 1.0))
+            total, kept = max(sum(self.site_bytes), 1.0), self._plan_bytes(plan)
+            if cuda:
+                # closed on the measured peak (DESIGN §1): what the step held beyond the plan's
+                # activations comes off the budget; the max over ranks keeps every rank's λ equal
+                peak = float(self.dist.max(torch.tensor(float(step_peak), device=self.device)).item())
+                self.other_bytes = max(self.other_bytes, peak - kept)
+                self.dual.budget_frac = max(self.cfg.budget_gib * 2**30 - self.other_bytes, 0.0) / total
+            self.lam = self.dual.update(kept / total)
         self.step += 1
         return out
 
@@ -804,9 +823,11 @@ class ResourceAwareTrainer:
         if self.device.type == "cuda":
             # peak of this log interval (reset below), so later plans are not masked by early ones
             # the largest over ranks (FSDP2 ranks hold equal shards; the one that differs sets the limit)
-            peak = torch.tensor(float(torch.cuda.max_memory_allocated(self.device)), device=self.device)
+            peak = torch.tensor(float(self._interval_peak_bytes), device=self.device)
             rec["peak_memory_bytes"] = int(self.dist.max(peak).item())
-            torch.cuda.reset_peak_memory_stats(self.device)
+            self._interval_peak_bytes = 0
+            if self.dual is not None:
+                rec["other_bytes"] = int(self.other_bytes)
             rec["mfu"] = self._mfu(rec["tokens_per_s"])
         if self.gates is not None:
             probs = self.gates.probs().detach().cpu().tolist()
