@@ -145,11 +145,14 @@ def activation_floor_bytes(costs: SiteCosts, max_time_frac: float = 1.0) -> floa
     chains whose cost grows exponentially with depth (all-recompute rebuilds the embedding ~4^L
     times). Memoised per cost table: budget mode asks for it on every (re)plan, and on measured,
     noisy costs of ~100 sites HiGHS can take seconds to prove the optimum."""
-    key = (tuple(costs.mem_bytes), tuple(costs.time_ms), tuple(costs.instances), costs.step_ms,
+    # keyed on the normalised costs: a table scaled as a whole (the same model at another batch
+    # size) has the same optimal plan, so its floor is the same fraction of its total bytes
+    M, T = (x.numpy() for x in costs.normalized())
+    key = (M.round(12).tobytes(), T.round(12).tobytes(), tuple(costs.instances),
            tuple(map(tuple, costs.parents)), float(max_time_frac))
     if key not in _FLOOR_CACHE:
-        _FLOOR_CACHE[key] = _activation_floor_bytes(costs, max_time_frac)
-    return _FLOOR_CACHE[key]
+        _FLOOR_CACHE[key] = _activation_floor_bytes(costs, max_time_frac) / max(costs.total_bytes, 1.0)
+    return _FLOOR_CACHE[key] * max(costs.total_bytes, 1.0)
 
 
 def _activation_floor_bytes(costs: SiteCosts, max_time_frac: float) -> float:
