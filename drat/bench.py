@@ -278,8 +278,10 @@ def add_bench_parser(sub) -> None:
     f.add_argument("--out", required=True)
     f.set_defaults(func=_cmd_frontier)
     from .capacity import add_capacity_parser  # `drat bench capacity` (imports this module)
+    from .trace import add_trace_parser  # `drat bench trace`
 
     add_capacity_parser(bsub)
+    add_trace_parser(bsub)
 
 
 def _cmd_frontier(args) -> int:

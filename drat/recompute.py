@@ -53,6 +53,9 @@ def is_parameter(t: torch.Tensor, state_ptrs: frozenset[int] | set[int] = frozen
     return bool(state_ptrs) and t.untyped_storage().data_ptr() in state_ptrs
 
 
+PROFILE_REBUILDS = False  # set by `drat bench trace`: wrap each rebuild in a profiler range
+
+
 def model_state_ptrs(model: torch.nn.Module) -> set[int]:
     # FSDP2's sharded parameters (DTensors) have no storage to point at; what ops save is the
     # unsharded copy gathered at forward time, a leaf that requires grad (caught without this set)
@@ -315,6 +318,12 @@ class SiteRuntime:
 
     def _rebuild(self, inst: _Instance, capture: bool):
         """Re-run a site's forward. With `capture`, also return its saved internals by index."""
+        if PROFILE_REBUILDS:  # a named range per rebuild for `drat bench trace` (off: no overhead)
+            with torch.profiler.record_function("drat.rebuild"):
+                return self._rebuild_site(inst, capture)
+        return self._rebuild_site(inst, capture)
+
+    def _rebuild_site(self, inst: _Instance, capture: bool):
         self.rebuilds[inst.site] += 1
         for t, v in inst.versions:
             if t._version != v:

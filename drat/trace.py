@@ -1,0 +1,156 @@
+"""`drat bench trace`: where a plan's step time goes, from a torch.profiler trace.
+
+The eager frontier prices recomputation by the forward time of each site (T_i, timed once under
+no_grad). A measured step can cost more than that model says, for reasons the model leaves out:
+the CPU may not keep the GPU busy (launch-bound steps, where a rebuild costs its Python, hook
+and autograd bookkeeping rather than its FLOPs), rebuilds launch extra small kernels, or the
+allocator fragments. This command measures each of those per training step, side by side:
+
+    step_ms           median CUDA-event step time, measured without the profiler
+    gpu_busy_ms       sum of kernel time per step (one stream: the GPU's busy time)
+    gpu_busy_frac     gpu_busy_ms / step_ms; well below 1 means the CPU is the bottleneck
+    kernels           kernel launches per step
+    rebuilds          DRAT site rebuilds per step (profiler ranges "drat.rebuild")
+    rebuild_cpu_ms    CPU time inside rebuilds per step (inclusive: a parent rebuilt inside a
+    rebuild_gpu_ms    child's rebuild is counted in both), and the kernel time under them
+    reserved_minus_allocated_gib   the allocator's cached-but-unused memory at the peak
+
+Rows: `none`, `full` and DRAT at each λ (gates fitted on costs measured in the same process).
+On the CPU the GPU columns are NaN; rebuild counts and CPU times are still real.
+
+Outputs in --out: trace.csv, trace.json (rows + provenance).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from . import recompute
+from .bench import write_rows
+from .costs import build_costs
+from .gates import fit_gates
+from .model import config_for
+from .profile import autocast_ctx, measure_steps, random_batch
+from .provenance import provenance, resolve_device
+from .strategies import DRATGates, FullAC, NoneAC
+
+TRACE_FIELDS = ["name", "step_ms", "gpu_busy_ms", "gpu_busy_frac", "kernels", "rebuilds", "rebuild_cpu_ms",
+                "rebuild_gpu_ms", "peak_gib", "reserved_minus_allocated_gib", "n_recomputed"]
+LAUNCH_KEYS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+def _device_us(e, self_only: bool) -> float:
+    """Kernel time of a profiler average in µs (the attribute was renamed cuda -> device)."""
+    names = (("self_device_time_total", "self_cuda_time_total") if self_only
+             else ("device_time_total", "cuda_time_total"))
+    for n in names:
+        if hasattr(e, n):
+            return float(getattr(e, n))
+    return 0.0
+
+
+def profile_steps(model, idx, targets, steps: int = 3, warmup: int = 2) -> dict:
+    """Per-step breakdown of `steps` training steps (forward, backward, AdamW) under the profiler."""
+    dev = idx.device
+    cuda = dev.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
+
+    def step():
+        with autocast_ctx(dev):
+            loss = model(idx, targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    recompute.PROFILE_REBUILDS = True
+    try:
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            if cuda:
+                torch.cuda.synchronize()
+    finally:
+        recompute.PROFILE_REBUILDS = False
+    avgs = prof.key_averages()
+    rebuild = next((e for e in avgs if e.key == "drat.rebuild"), None)
+    rebuild_gpu_us = _device_us(rebuild, False) if rebuild else 0.0
+    out = {
+        "rebuilds": (rebuild.count if rebuild else 0) / steps,
+        "rebuild_cpu_ms": (rebuild.cpu_time_total / 1e3 / steps) if rebuild else 0.0,
+        "gpu_busy_ms": (sum(_device_us(e, True) for e in avgs) / 1e3 / steps) if cuda else math.nan,
+        "rebuild_gpu_ms": rebuild_gpu_us / 1e3 / steps if cuda else math.nan,
+        "kernels": (sum(e.count for e in avgs if e.key in LAUNCH_KEYS) / steps) if cuda else math.nan,
+    }
+    return out
+
+
+def run_trace(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device: str = "cpu",
+              n_layer: int | None = None, n_embd: int | None = None, n_head: int | None = None,
+              vocab_size: int | None = None, tie_weights: bool | None = None, lams=(0.5,),
+              steps: int = 10, warmup: int = 3, trace_steps: int = 3, out: str | Path | None = None,
+              log=print) -> list[dict]:
+    dev = resolve_device(device)
+    cfg = config_for(size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
+                     tie_weights=tie_weights, block_size=max(seq_len, config_for(size).block_size))
+    torch.manual_seed(0)
+    from .model import GPT
+
+    model = GPT(cfg).to(dev)
+    idx, targets = random_batch(cfg.vocab_size, batch_size, seq_len, dev)
+    meta = {"config": cfg.to_dict(), "batch_size": batch_size, "seq_len": seq_len, "trace_steps": trace_steps,
+            **provenance(dev)}
+    plans = [("none", NoneAC(), 0), ("full", FullAC(), 0)]
+    model.set_strategy(NoneAC())
+    costs = build_costs(model, idx, targets, "measured")
+    for lam in lams:
+        fit = fit_gates(costs, lam=lam)
+        plans.append((f"drat-lam{lam:g}", DRATGates(fit.gates), len(fit.stored) - sum(fit.stored)))
+    rows: list[dict] = []
+    for name, strategy, n_rec in plans:
+        model.set_strategy(strategy)
+        m = measure_steps(model, idx, targets, steps, warmup)  # timed without the profiler
+        row = {"name": name, "step_ms": m["step_ms"], "peak_gib": m["peak_gib"],
+               "reserved_minus_allocated_gib": m["reserved_gib"] - m["peak_gib"], "n_recomputed": n_rec,
+               **profile_steps(model, idx, targets, trace_steps)}
+        row["gpu_busy_frac"] = row["gpu_busy_ms"] / row["step_ms"]
+        rows.append(row)
+        if out is not None:
+            write_rows(rows, Path(out), "trace", TRACE_FIELDS, meta)
+        log(f"{name:<14} step {row['step_ms']:8.2f} ms  GPU busy {row['gpu_busy_ms']:8.2f} ms "
+            f"({row['gpu_busy_frac']:.0%})  kernels {row['kernels']:.0f}  rebuilds {row['rebuilds']:.0f} "
+            f"({row['rebuild_cpu_ms']:.1f} ms CPU, {row['rebuild_gpu_ms']:.1f} ms GPU)")
+    return rows
+
+
+def add_trace_parser(bsub) -> None:
+    t = bsub.add_parser("trace", help="per-step breakdown: GPU busy time, kernels, rebuild CPU/GPU time")
+    t.add_argument("--size", default="tiny")
+    t.add_argument("--layers", type=int, default=None)
+    t.add_argument("--hidden", type=int, default=None)
+    t.add_argument("--heads", type=int, default=None)
+    t.add_argument("--vocab-size", type=int, default=None)
+    t.add_argument("--untied", action="store_true")
+    t.add_argument("--seq-len", type=int, default=64)
+    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--lambdas", default="0.5")
+    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--warmup", type=int, default=3)
+    t.add_argument("--trace-steps", type=int, default=3)
+    t.add_argument("--out", required=True)
+    t.set_defaults(func=_cmd_trace)
+
+
+def _cmd_trace(args) -> int:
+    run_trace(args.size, args.seq_len, args.batch_size, args.device, args.layers, args.hidden, args.heads,
+              args.vocab_size, False if args.untied else None,
+              lams=tuple(float(x) for x in args.lambdas.split(",") if x), steps=args.steps,
+              warmup=args.warmup, trace_steps=args.trace_steps, out=args.out)
+    return 0
