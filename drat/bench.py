@@ -55,11 +55,14 @@ def compiled_costs(costs, pointwise_factor: float = 0.1):
     kernels around it, so its recompute time is a fraction of the eager kernel's."""
     import dataclasses
 
-    t = [ms * (pointwise_factor if lab.split(".")[-1] in POINTWISE_SITES else 1.0)
-         for lab, ms in zip(costs.labels, costs.time_ms)]
+    # no hooks under compile: the eager per-rebuild overhead does not apply
+    t = [(ms - costs.rebuild_overhead_ms * n) * (pointwise_factor if lab.split(".")[-1] in POINTWISE_SITES
+                                                  else 1.0)
+         for lab, ms, n in zip(costs.labels, costs.time_ms, costs.instances)]
     # embed and final_norm feed checkpoint regions, which keep their inputs: nothing to save
     m = [0.0 if lab in CompiledPlanAC.ALWAYS_STORED else b for lab, b in zip(costs.labels, costs.mem_bytes)]
-    return dataclasses.replace(costs, time_ms=t, mem_bytes=m, kind=costs.kind + "+compiled")
+    return dataclasses.replace(costs, time_ms=t, mem_bytes=m, kind=costs.kind + "+compiled",
+                               rebuild_overhead_ms=0.0)
 
 
 def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base_bytes: float, kind: str,

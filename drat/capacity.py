@@ -239,8 +239,12 @@ def _drat_reference(model: GPT, cfg, seq_len: int, dev, none_probes, b_ref: int 
 
 
 def _scaled_costs(costs, factor: float):
-    return dataclasses.replace(costs, mem_bytes=[m * factor for m in costs.mem_bytes],
-                               time_ms=[t * factor for t in costs.time_ms], step_ms=costs.step_ms * factor)
+    """The cost table at `factor` times the batch: bytes and kernel time scale, the measured
+    per-rebuild overhead (Python, hooks) does not."""
+    c = costs.rebuild_overhead_ms
+    t = [(ms - c * n) * factor + c * n for ms, n in zip(costs.time_ms, costs.instances)]
+    return dataclasses.replace(costs, mem_bytes=[m * factor for m in costs.mem_bytes], time_ms=t,
+                               step_ms=costs.step_ms * factor)
 
 
 def _drat_guess(ref: dict, cap_bytes: float) -> int:

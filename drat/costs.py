@@ -40,6 +40,10 @@ class SiteCosts:
     instances: list[int]
     step_ms: float  # time normaliser: one training step
     kind: str = "measured"
+    # per-rebuild cost that T_i (site forwards timed under no_grad) leaves out: the hooks, the
+    # rebuild's own autograd graph, autocast re-casts, Python; already added into time_ms as
+    # rebuild_overhead_ms × n_i (see measure_rebuild_overhead_ms)
+    rebuild_overhead_ms: float = 0.0
 
     @classmethod
     def build(cls, graph: SiteGraph, mem_bytes, time_ms, step_ms: float, kind: str) -> SiteCosts:
@@ -205,8 +209,66 @@ def measure_site_time_ms(model: GPT, idx, targets, reps: int = 5,
     return [sorted(s)[len(s) // 2] for s in samples]
 
 
-def build_costs(model: GPT, idx, targets, kind: str = "measured", step_ms: float | None = None) -> SiteCosts:
-    """Site costs under one of the cost models (`COST_MODELS`)."""
+def measure_rebuild_overhead_ms(model: GPT, idx, targets, costs: SiteCosts, steps: int = 5,
+                                warmup: int = 2) -> float:
+    """What one rebuild costs beyond its site's forward time, calibrated on this device.
+
+    Two plans run forward + backward side by side: store-all (no hooks) and one that recomputes
+    every norm and the MLP activation (many rebuilds of cheap sites). The second's extra time
+    minus what the cost model already charges for it (Σ_j R_j T_j / n_j), divided by its number
+    of rebuilds, is the per-rebuild overhead. In launch-bound eager steps it is what makes cheap
+    sites expensive to recompute. The model is left exactly as found: no optimizer step, the
+    gradients and the RNG state restored."""
+    import statistics
+    import time
+
+    from .strategies import PlanAC
+
+    dev = idx.device
+    cheap = [k.name not in ("attn_norm", "mlp_norm", "mlp_act") for k in model.graph.keys]
+    counts = rebuild_counts(cheap, costs)
+    n_rebuilds = sum(counts)
+    if n_rebuilds == 0:
+        return 0.0
+    modelled_ms = sum(r * t / n for r, t, n in zip(counts, costs.time_ms, costs.instances))
+    saved_strategy = model.strategy
+    grads = [p.grad for p in model.parameters()]
+    from .profile import autocast_ctx
+
+    def timed(plan) -> float:
+        model.set_strategy(PlanAC(stored=plan))
+        ms = []
+        for i in range(warmup + steps):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with autocast_ctx(dev):
+                loss = model(idx, targets)
+            loss.backward()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                ms.append(1e3 * (time.perf_counter() - t0))
+            for p in model.parameters():
+                p.grad = None
+        return statistics.median(ms)
+
+    devices = [dev] if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            t_store = timed([True] * len(cheap))
+            t_cheap = timed(cheap)
+    finally:
+        model.set_strategy(saved_strategy)
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+    return max(0.0, (t_cheap - t_store - modelled_ms) / n_rebuilds)
+
+
+def build_costs(model: GPT, idx, targets, kind: str = "measured", step_ms: float | None = None,
+                calibrate_rebuilds: bool | None = None) -> SiteCosts:
+    """Site costs under one of the cost models (`COST_MODELS`). `calibrate_rebuilds` (default:
+    on CUDA with measured costs) adds the measured per-rebuild overhead to every T_i."""
     if kind not in COST_MODELS:
         raise ValueError(f"unknown cost model {kind!r}; choose one of {', '.join(COST_MODELS)}")
     graph = model.graph
@@ -228,16 +290,25 @@ def build_costs(model: GPT, idx, targets, kind: str = "measured", step_ms: float
         mem = [an[k.name] for k in graph.keys]
         t = estimate_site_time_ms(model, batch, seq, act_bytes, rates=(1e12, 1e11))
         return SiteCosts.build(graph, mem, t, 3 * sum(t), kind)
-    # measured
-    if on_cuda:
-        with torch.autocast("cuda", torch.bfloat16):
+    # measured. The measuring forwards draw dropout masks: the RNG is forked so that a run that
+    # measures costs (drat) and one that does not (none) see the same random stream afterwards.
+    with torch.random.fork_rng(devices=[idx.device] if on_cuda else [], device_type="cuda"):
+        if on_cuda:
+            with torch.autocast("cuda", torch.bfloat16):
+                mem = measure_site_bytes(model, idx, targets)
+            t = measure_site_time_ms(model, idx, targets)
+        else:
             mem = measure_site_bytes(model, idx, targets)
-        t = measure_site_time_ms(model, idx, targets)
-    else:
-        mem = measure_site_bytes(model, idx, targets)
-        t = estimate_site_time_ms(model, batch, seq, act_bytes)
+            t = estimate_site_time_ms(model, batch, seq, act_bytes)
     # a step is ~3 forwards (forward + backward at twice the cost) unless measured
-    return SiteCosts.build(graph, mem, t, step_ms if step_ms else 3 * sum(t), kind)
+    costs = SiteCosts.build(graph, mem, t, step_ms if step_ms else 3 * sum(t), kind)
+    if calibrate_rebuilds is None:
+        calibrate_rebuilds = on_cuda
+    if calibrate_rebuilds:
+        c = measure_rebuild_overhead_ms(model, idx, targets, costs)
+        costs.time_ms = [ms + c * n for ms, n in zip(costs.time_ms, costs.instances)]
+        costs.rebuild_overhead_ms = c
+    return costs
 
 
 def model_state_bytes(model: GPT, optimizer_states: int = 2) -> int:
@@ -257,5 +328,6 @@ def fmt_gib(nbytes: float) -> str:
 __all__ = [
     "COST_MODELS", "SiteCosts", "build_costs", "expected_recompute", "plan_cost", "rebuild_counts",
     "measure_site_bytes", "measure_site_time_ms", "estimate_site_time_ms", "model_state_bytes",
+    "measure_rebuild_overhead_ms",
     "gib", "fmt_gib",
 ]

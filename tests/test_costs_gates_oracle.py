@@ -162,3 +162,52 @@ def test_oracle_is_optimal_when_times_are_tiny(seed):
     budget = 0.5 * c.total_bytes
     assert solve_oracle(c, budget_act_bytes=budget).objective == pytest.approx(
         brute_force(c, budget_act_bytes=budget).objective, rel=1e-9, abs=1e-15)
+
+
+def test_rebuild_overhead_calibration_leaves_the_model_untouched():
+    """The calibration runs real forward/backward passes; it must not step, keep gradients,
+    move the RNG or change the strategy (a training run measures costs before step 0)."""
+    from drat.costs import build_costs, measure_rebuild_overhead_ms
+    from drat.model import GPT, config_for
+    from drat.profile import random_batch
+    from drat.strategies import FullAC
+
+    torch.manual_seed(0)
+    model = GPT(config_for("tiny", vocab_size=128, dropout=0.1))
+    model.train()
+    idx, targets = random_batch(128, 2, 16, torch.device("cpu"))
+    strategy = FullAC()
+    model.set_strategy(strategy)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    costs = build_costs(model, idx, targets, "measured")  # CPU: roofline T_i, no calibration
+    assert costs.rebuild_overhead_ms == 0.0
+    c = measure_rebuild_overhead_ms(model, idx, targets, costs, steps=2, warmup=1)
+    assert c >= 0.0 and c == c
+    assert model.strategy is strategy
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # forced on: every T_i grows by c per rebuild unit, and compiled costs take it out again
+    import dataclasses
+
+    import drat.costs as costs_mod
+    from drat.bench import compiled_costs
+
+    fixed_t = [0.01 * (i + 1) for i in range(len(model.graph))]
+    orig = (costs_mod.estimate_site_time_ms, costs_mod.measure_rebuild_overhead_ms)
+    try:
+        costs_mod.estimate_site_time_ms = lambda *a, **k: list(fixed_t)
+        costs_mod.measure_rebuild_overhead_ms = lambda *a, **k: 0.25
+        cal = build_costs(model, idx, targets, "measured", calibrate_rebuilds=True)
+        base = build_costs(model, idx, targets, "measured")
+    finally:
+        costs_mod.estimate_site_time_ms, costs_mod.measure_rebuild_overhead_ms = orig
+    assert cal.rebuild_overhead_ms == 0.25 and base.rebuild_overhead_ms == 0.0
+    assert cal.step_ms == base.step_ms  # the step normaliser is the plain forward estimate
+    for t, t0, n in zip(cal.time_ms, base.time_ms, cal.instances):
+        assert abs(t - (t0 + 0.25 * n)) < 1e-12
+    for a, b in zip(compiled_costs(cal).time_ms, compiled_costs(base).time_ms):
+        assert abs(a - b) < 1e-12
+    assert dataclasses.asdict(compiled_costs(cal))["rebuild_overhead_ms"] == 0.0
