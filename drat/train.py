@@ -759,15 +759,22 @@ class ResourceAwareTrainer:
         if self.dual is not None:
             # dual ascent on the bytes the executed (hard) plan kept, as a fraction of store-all
             total, kept = max(sum(self.site_bytes), 1.0), self._plan_bytes(plan)
-            if cuda:
-                # closed on the measured peak (DESIGN §1): what the step held beyond the plan's
-                # activations comes off the budget; the max over ranks keeps every rank's λ equal
+            if cuda:  # the max over ranks keeps every rank's λ equal
                 peak = float(self.dist.max(torch.tensor(float(step_peak), device=self.device)).item())
-                self.other_bytes = max(self.other_bytes, peak - kept)
-                self.dual.budget_frac = max(self.cfg.budget_gib * 2**30 - self.other_bytes, 0.0) / total
+                self.close_budget_on_peak(peak, kept)
             self.lam = self.dual.update(kept / total)
         self.step += 1
         return out
+
+    def close_budget_on_peak(self, step_peak_bytes: float, kept_bytes: float) -> float:
+        """Budget mode closed on the measured peak (DESIGN §1): whatever a step held beyond its
+        plan's activations (model states, gradients, working memory) comes off the activations'
+        share of the budget. The largest such excess seen is kept, so the target only tightens.
+        Returns the new activation target as a fraction of store-all bytes."""
+        self.other_bytes = max(self.other_bytes, float(step_peak_bytes) - float(kept_bytes))
+        total = max(sum(self.site_bytes), 1.0)
+        self.dual.budget_frac = max(self.cfg.budget_gib * 2**30 - self.other_bytes, 0.0) / total
+        return self.dual.budget_frac
 
     def _agree_on_plan(self, plan: torch.Tensor) -> torch.Tensor:
         """Rank 0's hard plan. The ranks sample the same plan (same logits, same generator state);

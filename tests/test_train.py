@@ -230,6 +230,31 @@ def test_budget_mode_raises_lambda_until_the_plan_fits(tmp_path, tokenizer_path)
         ResourceAwareTrainer(low).close()
 
 
+def test_budget_closes_on_the_measured_peak(tmp_path, tokenizer_path):
+    """What CUDA steps measure beyond the plan's activations comes off the activation target
+    (the arithmetic of train_step's CUDA branch, driven by hand on the CPU)."""
+    probe = small_cfg(tmp_path / "probe", tokenizer_path, steps=1, strategy="none")
+    trainer = ResourceAwareTrainer(probe)
+    total = sum(trainer.site_bytes)
+    trainer.close()
+    budget_bytes = 1.5 * total
+    cfg = small_cfg(tmp_path / "c", tokenizer_path, steps=1, budget_gib=budget_bytes / 2**30, ckpt_every=0)
+    trainer = ResourceAwareTrainer(cfg)
+    try:
+        frac0 = trainer.dual.budget_frac
+        # a step held 0.8·total beyond a plan that kept 0.5·total: 0.7·total is left for activations
+        assert trainer.close_budget_on_peak(1.3 * total, 0.5 * total) == pytest.approx(0.7)
+        assert trainer.other_bytes == pytest.approx(0.8 * total)
+        # a later, leaner step does not loosen the target; a heavier one tightens it
+        assert trainer.close_budget_on_peak(0.9 * total, 0.5 * total) == pytest.approx(0.7)
+        assert trainer.close_budget_on_peak(1.5 * total, 0.4 * total) == pytest.approx(0.4)
+        # more than the budget outside the plan: nothing left, dual ascent pushes λ up
+        assert trainer.close_budget_on_peak(3.0 * total, 0.0) == 0.0
+        assert frac0 > 0
+    finally:
+        trainer.close()
+
+
 def test_wandb_missing_is_skipped_with_a_warning(tmp_path, tokenizer_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     summary = run(small_cfg(tmp_path / "w", tokenizer_path, steps=1, wandb=True))
