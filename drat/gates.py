@@ -131,7 +131,7 @@ def _sync_logits(gates: GateBank, stored: list[bool]) -> GateBank:
 
 def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: float | None = None,
               steps: int = 400, lr: float = 0.1, tau_start: float = 1.0, tau_end: float = 0.05,
-              seed: int = 0, gates: GateBank | None = None, polish_top: int = 8,
+              seed: int = 0, gates: GateBank | None = None, polish_top: int = 3,
               base_bytes: float = 0.0, max_time_frac: float = 1.0) -> GateFit:
     """Train gates on the resource objective alone (no model needed: L_task is gate-free).
 
@@ -181,10 +181,13 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
     # Rounding. Dual ascent oscillates around the budget and a Lagrangian plan of this
     # knapsack-like problem can sit well inside it (a duality gap), so the plans the trajectory
     # visited are made feasible (greedy) and polished with feasible flips and swaps.
-    ranked = sorted(candidates, key=lambda p: candidates[p])[:polish_top]
+    # Repair is cheap, the local search is not (~15k moves a round on 227 sites): every visited
+    # plan is repaired, and only the `polish_top` best repaired plans are polished.
+    repaired = {tuple(greedy_repair(list(plan), costs, budget_act_bytes)) for plan in candidates}
+    ranked = sorted(repaired, key=lambda p: plan_cost(list(p), costs, 0.0)[0])[:polish_top]
     best = None
     for plan in ranked:
-        cand = local_search(greedy_repair(list(plan), costs, budget_act_bytes), costs, 0.0, budget_act_bytes)
+        cand = local_search(list(plan), costs, 0.0, budget_act_bytes)
         c = plan_cost(cand, costs, 0.0)[0]
         if best is None or c < best[0]:
             best = (c, cand)
