@@ -72,14 +72,20 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
     measured peak is within 1% of the budget. Returns ((stored, gates), λ, trace)."""
     act = budget_to_activation_bytes(budget_gib, base_bytes)
     trace = []
-    for _ in range(max_rounds):
-        if kind == "drat":
-            fit = fit_gates(costs, budget_act_bytes=max(act, 0.0), base_bytes=base_bytes)
-            stored, gates, lam = fit.stored, fit.gates, fit.lam
-            model.set_strategy(DRATGates(gates))
-        else:
-            stored, gates, lam = solve_oracle(costs, budget_act_bytes=max(act, 0.0)).stored, None, None
-            model.set_strategy(PlanAC(stored=stored))
+    for rnd in range(max_rounds):
+        try:
+            if kind == "drat":
+                fit = fit_gates(costs, budget_act_bytes=max(act, 0.0), base_bytes=base_bytes)
+                plan = (fit.stored, fit.gates, fit.lam)
+            else:
+                plan = (solve_oracle(costs, budget_act_bytes=max(act, 0.0)).stored, None, None)
+        except ValueError as e:  # BudgetInfeasibleError: the shrunk budget is below the floor
+            if rnd == 0:
+                raise
+            trace.append({"activation_budget_bytes": act, "infeasible": str(e).splitlines()[0]})
+            break  # keep the last plan that could be made
+        stored, gates, lam = plan
+        model.set_strategy(DRATGates(gates) if kind == "drat" else PlanAC(stored=stored))
         peak = measure_steps(model, idx, targets, steps=1, warmup=1)["peak_gib"] * 2**30
         trace.append({"activation_budget_bytes": act, "measured_peak_bytes": peak})
         over = peak - budget_gib * 2**30
@@ -169,12 +175,18 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
             for kind in ("drat", "oracle"):
                 if not want(f"{kind}-budget"):
                     continue
-                (stored, gates), lam, trace = plan_under_measured_peak(
-                    model, idx, targets, costs, budget_gib, base, kind)
+                try:
+                    (stored, gates), lam, trace = plan_under_measured_peak(
+                        model, idx, targets, costs, budget_gib, base, kind)
+                except ValueError as e:  # below the floor on this device's costs: no row
+                    log(f"{kind}-budget{frac}: skipped, {str(e).splitlines()[0]}")
+                    continue
                 strat = DRATGates(gates) if kind == "drat" else PlanAC(stored=stored)
                 row = record(f"{kind}-budget{frac}", strat, "eager", lam=lam, budget=budget_gib,
                              stored=stored)
                 row["budget_trace"] = trace
+                if out is not None:
+                    write_outputs(rows, Path(out), meta)
     if dev.type == "cuda":
         # DRAT compiled: gate plans handed to the partitioner as SAC policies, fitted on costs
         # where the compiler fuses pointwise recomputation into neighbouring kernels

@@ -152,7 +152,9 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
                "tokens_per_step": best * seq_len, "n_probes": len(probes), "probes": probes}
         m = None
         while best and m is None:  # the timed run is longer than a probe: fragmentation can OOM it
-            set_plan(best)
+            if not set_plan(best):  # re-planning failed: never time `none` under DRAT's name
+                best -= 1
+                continue
             idx, targets = random_batch(cfg.vocab_size, best, seq_len, dev)
             try:
                 m = measure_steps(model, idx, targets, steps, warmup, compiled)
@@ -264,7 +266,18 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
         idx, targets = random_batch(cfg.vocab_size, b, seq_len, dev)
         try:
             if dev.type == "cuda":
-                (_, gates), _, _ = plan_under_measured_peak(model, idx, targets, costs, cap_gib, base, "drat")
+                # Planning is closed on the measured peak, which needs room to overshoot: under the
+                # cap a first plan that overshoots would only OOM, and the loop could not correct
+                # it. So the cap is lifted while planning (for 99% of it: the loop accepts 1%
+                # over) and restored for the probe that decides whether the batch fits.
+                torch.cuda.set_per_process_memory_fraction(1.0, dev.index or 0)
+                try:
+                    (_, gates), _, _ = plan_under_measured_peak(model, idx, targets, costs, 0.99 * cap_gib,
+                                                                base, "drat")
+                finally:
+                    torch.cuda.empty_cache()
+                    total = torch.cuda.get_device_properties(dev.index or 0).total_memory
+                    torch.cuda.set_per_process_memory_fraction(cap_gib * 2**30 / total, dev.index or 0)
             else:
                 gates = fit_gates(costs, budget_act_bytes=budget_to_activation_bytes(cap_gib, base),
                                   base_bytes=base).gates

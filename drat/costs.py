@@ -233,6 +233,8 @@ def measure_rebuild_overhead_ms(model: GPT, idx, targets, costs: SiteCosts, step
     modelled_ms = sum(r * t / n for r, t, n in zip(counts, costs.time_ms, costs.instances))
     saved_strategy = model.strategy
     grads = [p.grad for p in model.parameters()]
+    for p in model.parameters():  # backward would accumulate into the caller's gradients
+        p.grad = None
     from .profile import autocast_ctx
 
     def timed(plan) -> float:

@@ -64,6 +64,7 @@ def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, co
     fwd = compiled if compiled is not None else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     times = []
+    model.zero_grad(set_to_none=True)  # gradients a failed (OOM) step left behind
     gc.collect()  # nothing of the previous row may stay alive into this row's peak
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -24,6 +24,7 @@ Outputs in --out: trace.csv, trace.json (rows + provenance).
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,7 +41,6 @@ from .strategies import DRATGates, FullAC, NoneAC
 
 TRACE_FIELDS = ["name", "step_ms", "gpu_busy_ms", "gpu_busy_frac", "kernels", "rebuilds", "rebuild_cpu_ms",
                 "rebuild_gpu_ms", "peak_gib", "reserved_minus_allocated_gib", "n_recomputed"]
-LAUNCH_KEYS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 
 
 def _device_us(e, self_only: bool) -> float:
@@ -79,15 +79,27 @@ def profile_steps(model, idx, targets, steps: int = 3, warmup: int = 2) -> dict:
     finally:
         recompute.PROFILE_REBUILDS = False
     avgs = prof.key_averages()
-    rebuild = next((e for e in avgs if e.key == "drat.rebuild"), None)
+    cpu_t, cuda_t = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    # the CPU range (a GPU-side copy of each named range is listed separately)
+    rebuild = next((e for e in avgs if e.key == "drat.rebuild" and e.device_type == cpu_t), None)
+    # kernels: the device-side entries alone (each kernel's time is also charged, as self device
+    # time, to the CPU op that launched it, and named ranges have GPU copies: summing every
+    # entry would count kernels twice)
+    kernels = [e for e in avgs if e.device_type == cuda_t and not getattr(e, "is_user_annotation", False)]
+    kernel_us = sum(_device_us(e, True) for e in kernels)
     rebuild_gpu_us = _device_us(rebuild, False) if rebuild else 0.0
     out = {
         "rebuilds": (rebuild.count if rebuild else 0) / steps,
         "rebuild_cpu_ms": (rebuild.cpu_time_total / 1e3 / steps) if rebuild else 0.0,
-        "gpu_busy_ms": (sum(_device_us(e, True) for e in avgs) / 1e3 / steps) if cuda else math.nan,
+        "gpu_busy_ms": kernel_us / 1e3 / steps if cuda else math.nan,
         "rebuild_gpu_ms": rebuild_gpu_us / 1e3 / steps if cuda else math.nan,
-        "kernels": (sum(e.count for e in avgs if e.key in LAUNCH_KEYS) / steps) if cuda else math.nan,
+        "kernels": sum(e.count for e in kernels if not e.key.startswith(("Memcpy", "Memset"))) / steps
+        if cuda else math.nan,
     }
+    if cuda and not kernels:  # no CUPTI: the profiler saw no kernels at all
+        warnings.warn("the profiler recorded no CUDA kernels (CUPTI unavailable?): GPU columns are NaN",
+                      stacklevel=2)
+        out.update(gpu_busy_ms=math.nan, rebuild_gpu_ms=math.nan, kernels=math.nan)
     return out
 
 

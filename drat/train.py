@@ -760,7 +760,8 @@ class ResourceAwareTrainer:
             # dual ascent on the bytes the executed (hard) plan kept, as a fraction of store-all
             total, kept = max(sum(self.site_bytes), 1.0), self._plan_bytes(plan)
             if cuda:  # the max over ranks keeps every rank's λ equal
-                peak = float(self.dist.max(torch.tensor(float(step_peak), device=self.device)).item())
+                peak = float(self.dist.max(torch.tensor(float(step_peak), device=self.device,
+                                                        dtype=torch.float64)).item())
                 self.close_budget_on_peak(peak, kept)
             self.lam = self.dual.update(kept / total)
         self.step += 1
@@ -830,7 +831,7 @@ class ResourceAwareTrainer:
         if self.device.type == "cuda":
             # peak of this log interval (reset below), so later plans are not masked by early ones
             # the largest over ranks (FSDP2 ranks hold equal shards; the one that differs sets the limit)
-            peak = torch.tensor(float(self._interval_peak_bytes), device=self.device)
+            peak = torch.tensor(float(self._interval_peak_bytes), device=self.device, dtype=torch.float64)
             rec["peak_memory_bytes"] = int(self.dist.max(peak).item())
             self._interval_peak_bytes = 0
             if self.dual is not None:

@@ -100,8 +100,7 @@ def main(argv=None) -> int:
     if spec["kind"] == "baseline":
         strategy = make_strategy(spec["strategy"])
     else:
-        with autocast_ctx(device):
-            costs = build_costs(model, idx, targets, a.cost_model)
+        costs = build_costs(model, idx, targets, a.cost_model)  # sets its own autocast
         act = None if spec["budget_gib"] is None else budget_to_activation_bytes(spec["budget_gib"], base)
         if spec["kind"] == "drat":
             fit = (fit_gates(costs, lam=spec["lam"], seed=a.seed) if act is None
