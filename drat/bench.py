@@ -105,6 +105,48 @@ def model_flops_per_step(model: GPT, batch: int, seq: int) -> float:
     return batch * seq * (6 * n + 6 * cfg.n_layer * seq * cfg.n_embd)
 
 
+def bench_model(size: str, seq_len: int, batch_size: int, device: str, n_layer: int | None = None,
+                n_embd: int | None = None, n_head: int | None = None, vocab_size: int | None = None,
+                tie_weights: bool | None = None):
+    """The model every bench command measures: a named size with overrides, seed 0, and one
+    random batch. Returns (device, config, model, idx, targets); idx, targets: [B, S] int64."""
+    dev = resolve_device(device)
+    cfg = config_for(size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
+                     tie_weights=tie_weights, block_size=max(seq_len, config_for(size).block_size))
+    torch.manual_seed(0)
+    model = GPT(cfg).to(dev)
+    idx, targets = random_batch(cfg.vocab_size, batch_size, seq_len, dev)
+    return dev, cfg, model, idx, targets
+
+
+def add_model_args(p, batch_size: bool = True, steps: int = 12) -> None:
+    """The model, batch and timing flags shared by the bench commands."""
+    p.add_argument("--size", default="tiny")
+    p.add_argument("--layers", type=int, default=None)
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--heads", type=int, default=None)
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("--untied", action="store_true", help="untie embedding and LM head (ANCHORS.md)")
+    p.add_argument("--seq-len", type=int, default=64)
+    if batch_size:
+        p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=steps, help="timed steps (at least 10 on GPU)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", required=True)
+
+
+def model_kwargs(args) -> dict:
+    """add_model_args' flags as bench_model keyword arguments."""
+    return {"n_layer": args.layers, "n_embd": args.hidden, "n_head": args.heads,
+            "vocab_size": args.vocab_size, "tie_weights": False if args.untied else None}
+
+
+def check_steps(args) -> None:
+    if args.steps < 10 and resolve_device(args.device).type == "cuda":
+        raise ValueError("--steps must be at least 10 on GPU (median of >=10 timed steps)")
+
+
 def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device: str = "cpu",
                  n_layer: int | None = None, n_embd: int | None = None, n_head: int | None = None,
                  vocab_size: int | None = None, tie_weights: bool | None = None,
@@ -112,12 +154,8 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                  compile_budgets=(1.0, 0.5, 0.2), compiled_lams=(0.5, 1.0, 2.0, 5.0),
                  steps: int = 12, warmup: int = 3,
                  only: set[str] | None = None, out: str | Path | None = None, log=print) -> list[dict]:
-    dev = resolve_device(device)
-    cfg = config_for(size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
-                     tie_weights=tie_weights, block_size=max(seq_len, config_for(size).block_size))
-    torch.manual_seed(0)
-    model = GPT(cfg).to(dev)
-    idx, targets = random_batch(cfg.vocab_size, batch_size, seq_len, dev)
+    dev, cfg, model, idx, targets = bench_model(size, seq_len, batch_size, device, n_layer, n_embd, n_head,
+                                                vocab_size, tie_weights)
     tokens = batch_size * seq_len
     peak_tflops = matmul_tflops(dev) if dev.type == "cuda" else float("nan")
     flops = model_flops_per_step(model, batch_size, seq_len)
@@ -274,23 +312,12 @@ def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks")
     bsub = p.add_subparsers(dest="bench", required=True)
     f = bsub.add_parser("frontier", help="every strategy side by side: peak memory vs step time")
-    f.add_argument("--size", default="tiny")
-    f.add_argument("--layers", type=int, default=None)
-    f.add_argument("--hidden", type=int, default=None)
-    f.add_argument("--heads", type=int, default=None)
-    f.add_argument("--vocab-size", type=int, default=None)
-    f.add_argument("--untied", action="store_true", help="untie embedding and LM head (ANCHORS.md)")
-    f.add_argument("--seq-len", type=int, default=64)
-    f.add_argument("--batch-size", type=int, default=2)
-    f.add_argument("--device", default="auto")
-    f.add_argument("--steps", type=int, default=12)
-    f.add_argument("--warmup", type=int, default=3)
+    add_model_args(f)
     f.add_argument("--lambdas", default="0.05,0.2,0.5,1,2,5")
     f.add_argument("--compiled-lambdas", default="0.5,1,2,5", help="λ values run under torch.compile")
     f.add_argument("--compile-budgets", default="1,0.5,0.2",
                    help="torch.compile activation_memory_budget values (empty: none)")
     f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
-    f.add_argument("--out", required=True)
     f.set_defaults(func=_cmd_frontier)
     from .capacity import add_capacity_parser  # `drat bench capacity` (imports this module)
     from .trace import add_trace_parser  # `drat bench trace`
@@ -300,10 +327,8 @@ def add_bench_parser(sub) -> None:
 
 
 def _cmd_frontier(args) -> int:
-    if args.steps < 10 and resolve_device(args.device).type == "cuda":
-        raise ValueError("--steps must be at least 10 on GPU (median of >=10 timed steps)")
-    run_frontier(args.size, args.seq_len, args.batch_size, args.device, args.layers, args.hidden, args.heads,
-                 args.vocab_size, False if args.untied else None,
+    check_steps(args)
+    run_frontier(args.size, args.seq_len, args.batch_size, args.device, **model_kwargs(args),
                  lams=tuple(float(x) for x in args.lambdas.split(",")),
                  compiled_lams=tuple(float(x) for x in args.compiled_lambdas.split(",") if x),
                  compile_budgets=tuple(float(x) for x in args.compile_budgets.split(",") if x),

@@ -28,12 +28,21 @@ from pathlib import Path
 import torch
 
 from .accounting import saved_activation_bytes
-from .bench import matmul_tflops, model_flops_per_step, plan_under_measured_peak, write_rows
+from .bench import (
+    add_model_args,
+    bench_model,
+    check_steps,
+    matmul_tflops,
+    model_flops_per_step,
+    model_kwargs,
+    plan_under_measured_peak,
+    write_rows,
+)
 from .costs import build_costs, model_state_bytes
-from .model import GPT, config_for
+from .model import GPT
 from .oracle import activation_floor_bytes
 from .profile import autocast_ctx, measure_steps, random_batch
-from .provenance import provenance, resolve_device
+from .provenance import provenance
 from .strategies import DRATGates, FullAC, NoneAC
 
 CAPACITY_STRATEGIES = ("none", "full", "compile-budget0.5", "drat")
@@ -74,18 +83,16 @@ def largest_fitting(fits, guess: int, max_batch: int) -> int:
 def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, device: str = "cpu",
                  strategies=CAPACITY_STRATEGIES, vocab_size: int | None = None, n_layer: int | None = None,
                  n_embd: int | None = None, n_head: int | None = None, max_batch: int = 256,
-                 steps: int = 10, warmup: int = 3, out: str | Path | None = None, log=print) -> list[dict]:
+                 steps: int = 10, warmup: int = 3, out: str | Path | None = None, log=print,
+                 tie_weights: bool | None = None) -> list[dict]:
     unknown = set(strategies) - set(CAPACITY_STRATEGIES)
     if unknown:
         raise ValueError(f"unknown capacity strategies {sorted(unknown)}; "
                          f"choose from {', '.join(CAPACITY_STRATEGIES)}")
     if cap_gib <= 0:
         raise ValueError("--cap-gib must be positive")
-    dev = resolve_device(device)
-    cfg = config_for(size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
-                     block_size=max(seq_len, config_for(size).block_size))
-    torch.manual_seed(0)
-    model = GPT(cfg).to(dev)
+    dev, cfg, model, _, _ = bench_model(size, seq_len, 1, device, n_layer, n_embd, n_head, vocab_size,
+                                        tie_weights)  # the probes draw batches of their own size
     cap_bytes = cap_gib * 2**30
     if dev.type == "cuda":
         total = torch.cuda.get_device_properties(dev.index or 0).total_memory
@@ -328,27 +335,17 @@ def plot_capacity(rows: list[dict], path: Path, meta: dict) -> None:
 
 def add_capacity_parser(bsub) -> None:
     c = bsub.add_parser("capacity", help="largest batch under a memory cap per strategy, and its tokens/s")
-    c.add_argument("--size", default="tiny")
-    c.add_argument("--layers", type=int, default=None)
-    c.add_argument("--hidden", type=int, default=None)
-    c.add_argument("--heads", type=int, default=None)
-    c.add_argument("--vocab-size", type=int, default=None)
-    c.add_argument("--seq-len", type=int, default=64)
+    add_model_args(c, batch_size=False, steps=10)
     c.add_argument("--cap-gib", type=float, default=40.0, help="memory cap (a 40 GiB card by default)")
     c.add_argument("--strategies", default=",".join(CAPACITY_STRATEGIES))
     c.add_argument("--max-batch", type=int, default=256)
-    c.add_argument("--device", default="auto")
-    c.add_argument("--steps", type=int, default=10)
-    c.add_argument("--warmup", type=int, default=3)
-    c.add_argument("--out", required=True)
     c.set_defaults(func=_cmd_capacity)
 
 
 def _cmd_capacity(args) -> int:
-    if args.steps < 10 and resolve_device(args.device).type == "cuda":
-        raise ValueError("--steps must be at least 10 on GPU (median of >=10 timed steps)")
+    check_steps(args)
     run_capacity(args.size, args.seq_len, args.cap_gib, args.device,
-                 tuple(s for s in args.strategies.split(",") if s), args.vocab_size, args.layers, args.hidden,
-                 args.heads, args.max_batch, args.steps, args.warmup, out=args.out)
+                 strategies=tuple(s for s in args.strategies.split(",") if s), max_batch=args.max_batch,
+                 steps=args.steps, warmup=args.warmup, out=args.out, **model_kwargs(args))
     return 0
 

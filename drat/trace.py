@@ -31,12 +31,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from . import recompute
-from .bench import write_rows
+from .bench import add_model_args, bench_model, check_steps, model_kwargs, write_rows
 from .costs import build_costs
 from .gates import fit_gates
-from .model import config_for
-from .profile import autocast_ctx, measure_steps, random_batch
-from .provenance import provenance, resolve_device
+from .profile import autocast_ctx, measure_steps
+from .provenance import provenance
 from .strategies import DRATGates, FullAC, NoneAC
 
 TRACE_FIELDS = ["name", "step_ms", "gpu_busy_ms", "gpu_busy_frac", "kernels", "rebuilds", "rebuild_cpu_ms",
@@ -108,14 +107,8 @@ def run_trace(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device
               vocab_size: int | None = None, tie_weights: bool | None = None, lams=(0.5,),
               steps: int = 10, warmup: int = 3, trace_steps: int = 3, out: str | Path | None = None,
               log=print) -> list[dict]:
-    dev = resolve_device(device)
-    cfg = config_for(size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
-                     tie_weights=tie_weights, block_size=max(seq_len, config_for(size).block_size))
-    torch.manual_seed(0)
-    from .model import GPT
-
-    model = GPT(cfg).to(dev)
-    idx, targets = random_batch(cfg.vocab_size, batch_size, seq_len, dev)
+    dev, cfg, model, idx, targets = bench_model(size, seq_len, batch_size, device, n_layer, n_embd, n_head,
+                                                vocab_size, tie_weights)
     meta = {"config": cfg.to_dict(), "batch_size": batch_size, "seq_len": seq_len, "trace_steps": trace_steps,
             **provenance(dev)}
     plans = [("none", NoneAC(), 0), ("full", FullAC(), 0)]
@@ -143,26 +136,15 @@ def run_trace(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device
 
 def add_trace_parser(bsub) -> None:
     t = bsub.add_parser("trace", help="per-step breakdown: GPU busy time, kernels, rebuild CPU/GPU time")
-    t.add_argument("--size", default="tiny")
-    t.add_argument("--layers", type=int, default=None)
-    t.add_argument("--hidden", type=int, default=None)
-    t.add_argument("--heads", type=int, default=None)
-    t.add_argument("--vocab-size", type=int, default=None)
-    t.add_argument("--untied", action="store_true")
-    t.add_argument("--seq-len", type=int, default=64)
-    t.add_argument("--batch-size", type=int, default=2)
-    t.add_argument("--device", default="auto")
+    add_model_args(t, steps=10)
     t.add_argument("--lambdas", default="0.5")
-    t.add_argument("--steps", type=int, default=10)
-    t.add_argument("--warmup", type=int, default=3)
-    t.add_argument("--trace-steps", type=int, default=3)
-    t.add_argument("--out", required=True)
+    t.add_argument("--trace-steps", type=int, default=3, help="steps under the profiler")
     t.set_defaults(func=_cmd_trace)
 
 
 def _cmd_trace(args) -> int:
-    run_trace(args.size, args.seq_len, args.batch_size, args.device, args.layers, args.hidden, args.heads,
-              args.vocab_size, False if args.untied else None,
+    check_steps(args)
+    run_trace(args.size, args.seq_len, args.batch_size, args.device, **model_kwargs(args),
               lams=tuple(float(x) for x in args.lambdas.split(",") if x), steps=args.steps,
               warmup=args.warmup, trace_steps=args.trace_steps, out=args.out)
     return 0
