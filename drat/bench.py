@@ -299,9 +299,16 @@ def plot_frontier(rows: list[dict], path: Path, meta: dict) -> None:
         ax.legend()
     ax.set_xlabel("step time (ms)")
     ax.set_ylabel("peak allocated (GiB)" if on_gpu else "saved activations (MiB)")
+    save_stamped(fig, path, meta, f" B={meta['batch_size']}")
+
+
+def save_stamped(fig, path: Path, meta: dict, title_extra: str = "") -> None:
+    """Title with the device and model, a provenance footer (torch, commit), then save and close."""
+    import matplotlib.pyplot as plt
+
     c = meta["config"]
-    ax.set_title(f"{meta['device']}: L={c['n_layer']} h={c['n_embd']} V={c['vocab_size']} "
-                 f"S={meta['seq_len']} B={meta['batch_size']}", fontsize=9)
+    fig.suptitle(f"{meta['device']}: L={c['n_layer']} h={c['n_embd']} V={c['vocab_size']} "
+                 f"S={meta['seq_len']}{title_extra}", fontsize=9)
     fig.text(0.01, 0.01, f"torch {meta['torch_version']} · commit {meta['git_commit'][:10]}", fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=130)

@@ -36,6 +36,7 @@ from .bench import (
     model_flops_per_step,
     model_kwargs,
     plan_under_measured_peak,
+    save_stamped,
     write_rows,
 )
 from .costs import build_costs, model_state_bytes
@@ -324,13 +325,7 @@ def plot_capacity(rows: list[dict], path: Path, meta: dict) -> None:
     a2.set_ylabel("tokens/s (thousands)")
     for ax in (a1, a2):
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-    c = meta["config"]
-    fig.suptitle(f"{meta['device']}: L={c['n_layer']} h={c['n_embd']} V={c['vocab_size']} "
-                 f"S={meta['seq_len']}", fontsize=9)
-    fig.text(0.01, 0.01, f"torch {meta['torch_version']} · commit {meta['git_commit'][:10]}", fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_stamped(fig, path, meta)
 
 
 def add_capacity_parser(bsub) -> None:
