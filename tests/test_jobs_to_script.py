@@ -36,9 +36,9 @@ def test_script_keeps_commands_verbatim_makes_folders_and_survives_failures(tmp_
     script = to_script(jobs(DRY))
     lines = script.splitlines()
     # output-path order: bench before profile; each command copied exactly
-    cmds = [ln for ln in lines if ln.startswith("( ")]
+    cmds = [ln for ln in lines if ln.startswith("  ( ")]
     assert "drat bench frontier" in cmds[0] and "profile_point.py" in cmds[1]
-    assert "mkdir -p results/paper/bench/small results/paper/logs/bench" in lines
+    assert "  mkdir -p results/paper/bench/small results/paper/logs/bench" in lines
     # a failing job is reported and the rest still run
     fake = "\n".join([
         "rule a:", "    output: out/a.txt", "    log: logs/a.log", "Shell command: false",
@@ -46,7 +46,7 @@ def test_script_keeps_commands_verbatim_makes_folders_and_survives_failures(tmp_
     ])
     (tmp_path / "jobs.sh").write_text(to_script(jobs(fake)))
     r = subprocess.run(["bash", "jobs.sh"], cwd=tmp_path, capture_output=True, text=True)
-    assert "FAILED: out/a.txt" in r.stdout and "jobs failed: 1" in r.stdout
+    assert "FAILED: out/a.txt" in r.stdout and "jobs failed: 1," in r.stdout
     assert (tmp_path / "out" / "b.txt").read_text() == "ok\n"
 
 
@@ -54,3 +54,33 @@ def test_empty_dry_run_is_an_error():
     r = subprocess.run([sys.executable, str(ROOT / "workflow/scripts/jobs_to_script.py")], input="nothing",
                        capture_output=True, text=True)
     assert r.returncode != 0 and "snakemake with -n -p" in r.stderr
+
+
+FAKE3 = "\n".join([
+    "rule a:", "    output: out/a.txt", "    log: logs/a.log", "Shell command: echo a >> out/a.txt",
+    "rule b:", "    output: out/b.txt, out/b2.txt", "    log: logs/b.log",
+    "Shell command: echo b >> out/b.txt; echo b2 >> out/b2.txt",
+    "rule c:", "    output: out/c.txt", "    log: logs/c.log", "Shell command: sleep 1; echo c > out/c.txt",
+])
+
+
+def test_rerun_skips_finished_jobs_and_replaces_stale_outputs(tmp_path):
+    (tmp_path / "jobs.sh").write_text(to_script(jobs(FAKE3)))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.txt").write_text("a\n")          # finished earlier: kept, not rerun
+    (tmp_path / "out" / "b.txt").write_text("stale\n")      # half a job: removed, then rerun
+    r = subprocess.run(["bash", "jobs.sh"], cwd=tmp_path, capture_output=True, text=True)
+    assert "jobs failed: 0, skipped (done): 1, not started (time): 0" in r.stdout
+    assert (tmp_path / "out" / "a.txt").read_text() == "a\n"
+    assert (tmp_path / "out" / "b.txt").read_text() == "b\n"   # appended to nothing: stale was removed
+    assert (tmp_path / "out" / "c.txt").read_text() == "c\n"
+
+
+def test_stop_after_leaves_later_jobs_unstarted(tmp_path):
+    (tmp_path / "jobs.sh").write_text(to_script(jobs(FAKE3)))
+    env = {"PATH": "/usr/bin:/bin", "JOBS_STOP_AFTER_S": "1"}
+    fake = FAKE3.replace("echo a >> out/a.txt", "sleep 1.2; echo a >> out/a.txt")
+    (tmp_path / "jobs.sh").write_text(to_script(jobs(fake)))
+    r = subprocess.run(["bash", "jobs.sh"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert "not started (time): 2" in r.stdout, r.stdout
+    assert (tmp_path / "out" / "a.txt").exists() and not (tmp_path / "out" / "b.txt").exists()
