@@ -1,10 +1,17 @@
 # Source on a GPU machine that has torch but neither Snakemake nor a pip-installed drat (the H200
 # device machine): `drat` and `python` resolve to this checkout, and provenance records the commit.
-#   DRAT_GIT_COMMIT=<40-hex commit> source workflow/scripts/device_env.sh
-# The checkout there has no .git, hence the commit from the environment (drat/provenance.py).
+#   source workflow/scripts/device_env.sh <40-hex commit>
+# The checkout there has no history of the commit being run, hence the commit from the argument
+# (exported as DRAT_GIT_COMMIT, which drat/provenance.py prefers over `git rev-parse`). Not
+# `DRAT_GIT_COMMIT=<c> source ...`: bash drops a prefix assignment when `source` returns, and
+# provenance then silently falls back to whatever .git the copy has.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -d .corpora ]; then export DRAT_CACHE="$PWD/.corpora"; fi   # a carried corpus cache
-: "${DRAT_GIT_COMMIT:?set DRAT_GIT_COMMIT to the commit being run}"
+DRAT_GIT_COMMIT="${1:-${DRAT_GIT_COMMIT:-}}"
+case "$DRAT_GIT_COMMIT" in
+  [0-9a-f]*) [ ${#DRAT_GIT_COMMIT} -eq 40 ] || { echo "device_env.sh: give the 40-hex commit being run" >&2; return 1; } ;;
+  *) echo "device_env.sh: give the 40-hex commit being run: source $0 <commit>" >&2; return 1 ;;
+esac
 export DRAT_GIT_COMMIT
 mkdir -p /tmp/drat-bin
 printf '#!/bin/sh\nexec python3 -m drat.cli "$@"\n' > /tmp/drat-bin/drat
