@@ -69,9 +69,15 @@ class Dist:
         return box[0]
 
     def broadcast_(self, t: torch.Tensor) -> torch.Tensor:
-        """Overwrite `t` with rank 0's values, in place."""
+        """Overwrite `t` with rank 0's values, in place. NCCL moves device tensors only: a CPU
+        tensor (the gate logits and plans live on the CPU) is staged through this rank's GPU."""
         if self.mode:
-            dist.broadcast(t, src=0)
+            if t.device.type == "cpu" and dist.get_backend() == "nccl":
+                staged = t.to(torch.device("cuda", torch.cuda.current_device()))
+                dist.broadcast(staged, src=0)
+                t.copy_(staged.cpu())
+            else:
+                dist.broadcast(t, src=0)
         return t
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:

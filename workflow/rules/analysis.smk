@@ -38,6 +38,8 @@ rule aggregate:
     params:
         out=f"{R}/tables",
         allow=("--allow-missing" if ARCHIVED and config.get("allow_missing", False) else ""),
+        # archived: new or changed committed results rerun everything downstream (params trigger)
+        results_digest=archived_digest() if ARCHIVED else "",
     log:
         f"{R}/logs/aggregate.log",
     benchmark:
