@@ -4,15 +4,20 @@ For every site i:
     M_i  bytes the site holds for backward when stored (from saved-tensor accounting),
     T_i  time to run the site's forward once (CUDA events on GPU, a FLOP/byte roofline on CPU).
 
-Recompute semantics (mirroring `recompute.py`): a recomputed site is rebuilt once for its own
-saved slots, and additionally once, transiently, every time a recomputed *child* is rebuilt, since
-the child needs it as input. With s_j = 1 when site j is stored, the number of rebuilds is
+Recompute semantics (mirroring `recompute.py`). A recomputed site j has n_j rebuild units (1, or
+`loss_chunks` for the LM head). Each unit is rebuilt once *for its own saved slots* and cached
+until they are consumed. A child needs j as input whenever the child is rebuilt:
+  * a child in the same block (same layer; the model-level sites form one group) rebuilt for its
+    own slots uses j's cached rebuild, building it if need be: it costs j nothing extra;
+  * every other rebuild of a child (a child in another block, or a child's transient rebuild)
+    rebuilds j transiently, for that one use, and drops it: memory stays bounded by one block.
+So with s_j = 1 when j is stored, X(j) the children in other blocks and W(j) those in j's block,
 
-    R_j = (1 − s_j) · (n_j + Σ_{c ∈ children(j)} R_c)
+    R_j = (1 − s_j) · (n_j + Σ_{c ∈ X(j)} R_c + Σ_{c ∈ W(j)} (R_c − (1 − s_c) n_c)),
 
-(n_j = rebuild units: 1, or `loss_chunks` for the LM head), and the recompute time is
-Σ_j R_j · T_j / n_j. R is multilinear in s, so with gate probabilities g the same recursion gives
-the exact expected cost under independent gates. `SiteRuntime.rebuilds` counts the same R_j.
+and the recompute time is Σ_j R_j · T_j / n_j. R is multilinear in s, so with gate probabilities
+the same recursion gives the exact expected cost under independent gates. `SiteRuntime.rebuilds`
+counts the same R_j (tests/test_accounting.py checks it on random plans).
 """
 
 from __future__ import annotations
@@ -75,14 +80,24 @@ class SiteCosts:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def groups(self) -> list[int]:
+        """The block of each site (its layer; -1 for the model-level sites), from its label."""
+        return [int(lb[1:lb.index(".")]) if lb.startswith("L") and "." in lb else -1 for lb in self.labels]
+
+    @property
+    def same_block_children(self) -> list[list[int]]:
+        g = self.groups
+        return [[c for c in ch if g[c] == g[j]] for j, ch in enumerate(self.children)]
+
 
 def expected_recompute(s: torch.Tensor, T: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
     """Σ_j R_j(s) T_j / n_j for store probabilities (or hard flags) `s`; differentiable.
 
-    R_j = (1 − s_j)(n_j + Σ_{c ∈ children(j)} R_c) is linear in R: with C the child matrix
-    (C[j, c] = 1, strictly upper triangular because children come later in forward order) and
-    D = diag(1 − s), R = D(n + C R), i.e. (I − D C) R = D n, one triangular solve instead of a
-    scalar autograd graph of every edge (what made a 400-step gate fit of `large` take ~10 s)."""
+    The recursion of the module docstring is linear in R: with C the child matrix (C[j, c] = 1,
+    strictly upper triangular because children come later in forward order), W its same-block
+    part and D = diag(1 − s), R = D(n + C R − W D n), i.e. (I − D C) R = D (n − W D n): one
+    triangular solve instead of a scalar autograd graph of every edge."""
     n = len(costs)
     dtype = T.dtype
     s = s.to(dtype)
@@ -92,18 +107,25 @@ def expected_recompute(s: torch.Tensor, T: torch.Tensor, costs: SiteCosts) -> to
     cols = [c for ch in costs.children for c in ch]
     if rows:
         C[rows, cols] = 1.0
+    W = torch.zeros(n, n, dtype=dtype)
+    rows = [j for j, ch in enumerate(costs.same_block_children) for _ in ch]
+    cols = [c for ch in costs.same_block_children for c in ch]
+    if rows:
+        W[rows, cols] = 1.0
     d = 1 - s  # [n]
     A = torch.eye(n, dtype=dtype) - d[:, None] * C  # [n, n] unit upper triangular
-    R = torch.linalg.solve_triangular(A, (d * inst)[:, None], upper=True, unitriangular=True)[:, 0]
+    rhs = d * (inst - W @ (d * inst))  # [n]
+    R = torch.linalg.solve_triangular(A, rhs[:, None], upper=True, unitriangular=True)[:, 0]
     return (R * T / inst).sum()
 
 
 def rebuild_counts(stored: list[bool], costs: SiteCosts) -> list[float]:
     """R_j for hard decisions (what `SiteRuntime.rebuilds` should count)."""
-    children = costs.children
+    children, same, n = costs.children, costs.same_block_children, costs.instances
     R = [0.0] * len(costs)
     for j in reversed(range(len(costs))):
-        R[j] = 0.0 if stored[j] else costs.instances[j] + sum(R[c] for c in children[j])
+        if not stored[j]:  # a same-block child's own rebuilds reuse j's cached rebuild
+            R[j] = n[j] + sum(R[c] for c in children[j]) - sum(n[c] for c in same[j] if not stored[c])
     return R
 
 

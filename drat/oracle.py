@@ -37,7 +37,7 @@ class OraclePlan:
 def greedy_repair(stored: list[bool], costs: SiteCosts, budget_act_bytes: float) -> list[bool]:
     """Recompute sites, best bytes-freed per time-added first, until the plan fits the budget."""
     M, T = (x.numpy().astype(float) for x in costs.normalized())
-    inst, children = np.array(costs.instances, dtype=float), costs.children
+    inst, children = np.array(costs.instances, dtype=float), (costs.children, costs.same_block_children)
     raw = np.array(costs.mem_bytes, dtype=float)
     plan = np.array(stored, dtype=bool)
     while raw[plan].sum() > budget_act_bytes + 1e-9:
@@ -54,15 +54,19 @@ def greedy_repair(stored: list[bool], costs: SiteCosts, budget_act_bytes: float)
 def _batch_cost(S: np.ndarray, mem_n: np.ndarray, time_n: np.ndarray, inst: np.ndarray, children,
                 lam: float) -> np.ndarray:
     """The objective λ·M_stored + Σ_j R_j·T_j/n_j (normalised) of K plans at once.
-    S: [K, n] bool (True = store) -> [K] objective. One pass over the sites in reverse
-    topological order, vectorised over the plans."""
+    S: [K, n] bool (True = store) -> [K] objective; `children`: (all children, same-block
+    children), see costs.py. One pass over the sites in reverse topological order, vectorised
+    over the plans."""
     K, n = S.shape
+    children, same = children
     R = np.zeros((K, n))  # [K, n] rebuilds per step of each site under each plan
     t = np.zeros(K)
     rec = ~S
     for j in range(n - 1, -1, -1):
-        ch = children[j]
+        ch, w = children[j], same[j]
         r = inst[j] + (R[:, ch].sum(axis=1) if ch else 0.0)
+        if w:  # same-block children's own rebuilds reuse j's memoised rebuild
+            r = r - (rec[:, w] * inst[w]).sum(axis=1)
         R[:, j] = np.where(rec[:, j], r, 0.0)
         t += R[:, j] * (time_n[j] / inst[j])
     return lam * (S * mem_n).sum(axis=1) + t
@@ -83,7 +87,7 @@ def local_search(stored: list[bool], costs: SiteCosts, lam: float = 0.0,
     move of a round is priced in one vectorised pass (_batch_cost): on `large` (227 sites) a
     round has ~15k moves, which a per-move Python loop priced in seconds."""
     M, T = (x.numpy().astype(float) for x in costs.normalized())
-    inst, children = np.array(costs.instances, dtype=float), costs.children
+    inst, children = np.array(costs.instances, dtype=float), (costs.children, costs.same_block_children)
     raw = np.array(costs.mem_bytes, dtype=float)
     cap = float("inf") if budget_act_bytes is None else budget_act_bytes + 1e-9
     cur_plan = np.array(stored, dtype=bool)
@@ -122,18 +126,24 @@ def local_search(stored: list[bool], costs: SiteCosts, lam: float = 0.0,
 
 
 def _rebuild_rows(costs: SiteCosts, r_cap) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of R_j − Σ_c R_c + U_j s_j ≥ n_j over x = [s, R], with U_j from the caps on R."""
+    """Rows of R_j − Σ_c R_c − Σ_{c∈W(j)} n_c s_c + U_j s_j ≥ n_j − Σ_{c∈W(j)} n_c over
+    x = [s, R] (the recursion of costs.py, linear: (1 − s_c) n_c = n_c − n_c s_c), with U_j from
+    the caps on R. Returns (A, lower bounds)."""
     n = len(costs)
     inst = np.array(costs.instances, dtype=float)
-    children = costs.children
+    children, same = costs.children, costs.same_block_children
     U = np.array([inst[j] + sum(r_cap[c] for c in children[j]) for j in range(n)])
     A = np.zeros((n, 2 * n))
+    lb = inst.copy()
     for j in range(n):
         A[j, n + j] = 1.0
         A[j, j] = U[j]
         for ch in children[j]:
             A[j, n + ch] -= 1.0
-    return A, inst
+        for w in same[j]:
+            A[j, w] -= inst[w]
+            lb[j] -= inst[w]
+    return A, lb
 
 
 _FLOOR_CACHE: dict[tuple, float] = {}
@@ -161,11 +171,11 @@ def _activation_floor_bytes(costs: SiteCosts, max_time_frac: float) -> float:
     T = np.maximum(T, 1e-12)
     inst = np.array(costs.instances, dtype=float)
     r_all = np.array(rebuild_counts([False] * n, costs))
-    A, inst = _rebuild_rows(costs, np.minimum(r_all, max_time_frac * inst / T * (1 + 1e-6)))
+    A, lb = _rebuild_rows(costs, np.minimum(r_all, max_time_frac * inst / T * (1 + 1e-6)))
     time_row = np.concatenate([np.zeros(n), T / inst])
     scale = 1.0 / max(costs.mem_bytes)
     res = milp(np.concatenate([np.array(costs.mem_bytes) * scale, np.zeros(n)]),
-               constraints=[LinearConstraint(A, lb=inst, ub=np.inf),
+               constraints=[LinearConstraint(A, lb=lb, ub=np.inf),
                             LinearConstraint(time_row[None, :], lb=-np.inf, ub=max_time_frac)],
                integrality=np.concatenate([np.ones(n), np.zeros(n)]),
                bounds=Bounds(np.zeros(2 * n), np.concatenate([np.ones(n), np.full(n, np.inf)])),
@@ -188,13 +198,13 @@ def solve_oracle(costs: SiteCosts, lam: float = 0.0, budget_act_bytes: float | N
     c_ref = plan_cost(ref, costs, lam)[0]
     r_all = rebuild_counts([False] * n, costs)  # exact maximum of every R_j
     r_max = np.minimum(np.array(r_all), (c_ref + 1e-9) * inst / T * (1 + 1e-6))
-    A, inst = _rebuild_rows(costs, r_max)
+    A, lb = _rebuild_rows(costs, r_max)
 
     # x = [s_0..s_{n-1}, R_0..R_{n-1}]; the objective is rescaled to O(1): HiGHS's absolute gap
     # would otherwise accept visibly suboptimal plans when step-normalised times are ~1e-7
     c = np.concatenate([lam * M, T / inst])
     c = c / max(np.abs(c).max(), 1e-30)
-    constraints = [LinearConstraint(A, lb=inst, ub=np.inf)]
+    constraints = [LinearConstraint(A, lb=lb, ub=np.inf)]
     if budget_act_bytes is not None:
         row = np.concatenate([np.array(costs.mem_bytes), np.zeros(n)])
         constraints.append(LinearConstraint(row[None, :], lb=-np.inf, ub=budget_act_bytes))

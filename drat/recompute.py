@@ -14,11 +14,18 @@ the backward needs it again. `SiteRuntime` owns both hooks for one forward pass:
   bitwise exact by construction.
 
 Rebuild semantics (the cost model in `costs.py` mirrors them exactly):
-* The first unpack that needs a recomputed site rebuilds it with its internals captured; the
-  result is cached until every saved slot that refers to the site has been unpacked.
-* If an input of that site is itself recomputed, the input is rebuilt *transiently* for this one
-  rebuild and dropped at once, so memory stays minimal and the parent is paid again. This is why
-  the expected recompute cost is multilinear in the gates rather than a sum.
+* The first unpack that needs a recomputed site rebuilds it with its internals captured (its
+  *own* rebuild); the result is cached until every saved slot that refers to the site has been
+  unpacked.
+* If an input of an own rebuild is a recomputed site of the *same block* whose slots are still
+  pending, that parent gets its own rebuild now (cached, and reused when its slots come up). A
+  chain of recomputed sites inside a block is so rebuilt once, like a checkpointed block, and at
+  most about one block of rebuilt tensors is alive beyond what the unmemoised scheme holds.
+* Any other recomputed input (a parent in another block, or any parent of a transient rebuild)
+  is rebuilt *transiently* for this one use and dropped at once: memoising across blocks would
+  rebuild a whole recomputed residual stream at the first unpack and hold it, undoing the plan's
+  memory saving. The parent is paid again, which is why the expected recompute cost is
+  multilinear in the gates rather than a sum.
 
 The hooks run once per *saved tensor*, never per op (DESIGN §3): there is no dispatch mode. A model
 whose sites are all stored runs without the hooks at all.
@@ -179,8 +186,11 @@ class SiteRuntime:
     """
 
     def __init__(self, stored: Sequence[bool], site_has_dropout: Sequence[bool], device: torch.device,
-                 state_ptrs: set[int] | None = None):
+                 state_ptrs: set[int] | None = None, site_blocks: Sequence[int | None] | None = None):
         self.stored = list(stored)
+        # the block of each site (its layer, None at model level): own rebuilds memoise parents
+        # of the same block only (module docstring); without it every parent is transient
+        self.blocks = list(site_blocks) if site_blocks is not None else None
         self.state_ptrs = state_ptrs or set()
         self.has_dropout = list(site_has_dropout)
         self.device = device
@@ -297,16 +307,20 @@ class SiteRuntime:
         if isinstance(ref, _Kept):
             return ref.get()
         inst = ref.inst
-        if inst.cache is None:
-            inst.cache = self._rebuild(inst, capture=True)
-            self._track(inst.cache, +1)
-        y, internals = inst.cache
+        y, internals = self._own_rebuild(inst)
         out = ref.view_of(y) if isinstance(ref, _OutRef) else internals[ref.k]
         inst.slots -= 1
         if inst.slots <= 0:  # every saved slot of this site is consumed: free the rebuild
             self._track(inst.cache, -1)
             inst.cache = None
         return out
+
+    def _own_rebuild(self, inst: _Instance):
+        """The site's cached rebuild (output, internals), built with its internals on first use."""
+        if inst.cache is None:
+            inst.cache = self._rebuild(inst, capture=True)
+            self._track(inst.cache, +1)
+        return inst.cache
 
     def _track(self, cache, sign: int) -> None:
         y, internals = cache
@@ -333,8 +347,13 @@ class SiteRuntime:
                     f"expected {v})")
         args = []
         for x, needs_grad in zip(inst.inputs, inst.input_grad):
-            if isinstance(x, _OutRef):  # recomputed parent: rebuild it transiently
-                x = x.view_of(self._rebuild(x.inst, capture=False)[0])
+            if isinstance(x, _OutRef):  # a recomputed parent
+                parent = x.inst
+                if capture and parent.slots > 0 and self.blocks is not None \
+                        and self.blocks[parent.site] == self.blocks[inst.site]:
+                    x = x.view_of(self._own_rebuild(parent)[0])  # same block: memoised
+                else:
+                    x = x.view_of(self._rebuild(parent, capture=False)[0])  # transient
             args.append(x.detach().requires_grad_(needs_grad))
         captured: dict[int, torch.Tensor] = {}
         counter = [0]

@@ -125,7 +125,8 @@ class PlanAC(ActivationStrategy):
         if torch.compiler.is_compiling():
             raise RuntimeError(f"strategy {self.name!r} recomputes through saved-tensor hooks, which "
                                "torch.compile cannot trace; use CompiledPlanAC under torch.compile")
-        rt = SiteRuntime(stored, model.sites_with_dropout(), idx.device, model_state_ptrs(model))
+        rt = SiteRuntime(stored, model.sites_with_dropout(), idx.device, model_state_ptrs(model),
+                         site_blocks=[k.layer for k in model.graph.keys])
         rt.register_inputs(idx, targets)
         self.last_runtime = rt
         try:

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from drat.costs import COST_MODELS, SiteCosts, build_costs, expected_recompute, plan_cost
+from drat.costs import COST_MODELS, SiteCosts, build_costs, expected_recompute, plan_cost, rebuild_counts
 from drat.gates import BudgetInfeasibleError, GateBank, budget_to_activation_bytes, fit_gates, resource_loss
 from drat.oracle import brute_force, solve_oracle
 from drat.sites import SiteGraph
@@ -59,15 +59,27 @@ def test_expected_cost_is_the_exact_expectation_under_independent_gates():
 
 
 def test_recompute_cost_is_dependency_aware():
-    """Recomputing a child whose parent is also recomputed costs more than the two alone."""
-    c = synthetic_costs(2)
-    i_up, i_act = c.labels.index("L0.mlp_up"), c.labels.index("L0.mlp_act")
+    """A recomputed parent in another block is paid once more for each rebuild of a recomputed
+    child; inside a block the child's own rebuild reuses the parent's (memoised) rebuild."""
+    c = synthetic_costs(2, n_layer=2)
     n = len(c)
-    only = lambda *ks: [i not in ks for i in range(n)]  # noqa: E731
-    both = plan_cost(only(i_up, i_act), c, 0)[2]
-    separate = plan_cost(only(i_up), c, 0)[2] + plan_cost(only(i_act), c, 0)[2]
     _, T = c.normalized()
-    assert both == pytest.approx(separate + float(T[i_up]))  # the parent is paid once more
+    only = lambda *ks: [i not in ks for i in range(n)]  # noqa: E731
+
+    def pair(parent, child):
+        i, j = c.labels.index(parent), c.labels.index(child)
+        both = plan_cost(only(i, j), c, 0)[2]
+        return both, plan_cost(only(i), c, 0)[2] + plan_cost(only(j), c, 0)[2], float(T[i])
+
+    both, separate, t_parent = pair("L0.mlp_down", "L1.attn_norm")  # across blocks
+    assert both == pytest.approx(separate + t_parent)
+    both, separate, _ = pair("L0.mlp_up", "L0.mlp_act")  # one block: a chain costs its parts
+    assert both == pytest.approx(separate)
+    # a chain over two blocks: L1.attn_out's rebuild needs L0.mlp_down (transient), whose own
+    # block's recomputed parent L0.mlp_act is rebuilt again for that transient rebuild
+    i, j, k = (c.labels.index(x) for x in ("L0.mlp_act", "L0.mlp_down", "L1.attn_out"))
+    R = rebuild_counts(only(i, j, k), c)
+    assert (R[k], R[j], R[i]) == (1, 2, 2)
 
 
 def test_lambda_zero_stores_everything_and_memory_falls_as_lambda_grows():
