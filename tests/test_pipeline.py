@@ -114,7 +114,7 @@ def test_smoke_dry_run_has_the_whole_chain():
 
 @needs_snakemake
 def test_paper_dry_run_lists_the_full_grid():
-    r = snakemake("-n", "--forceall", "--configfile", str(PAPER))
+    r = snakemake("-n", "-p", "--forceall", "--configfile", str(PAPER))
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout)
     # small: (none + 5 λ) × 3 seeds + 1 budget × 1 seed; medium, large: (none + 2 λ) × 2 seeds
@@ -135,6 +135,12 @@ def test_paper_dry_run_lists_the_full_grid():
         for point in ("none", "full", "selective", "sac", "drat-lam0.05", "oracle-lam0.5"):
             assert f"results/paper/profile/{size}/{point}.json" in profiles
     assert counts["profile"] == 3 * 12 and counts["bench"] == 3
+    assert counts["costs"] == 3  # one cost table per size, shared by its drat and oracle points
+    block = next(b for b in r.stdout.split("\n\n") if "results/paper/profile/large/oracle-lam0.5.json" in b)
+    table = "results/paper/costs/large.json"
+    assert f"input: {table}" in block and f"--costs {table}" in block
+    block = next(b for b in r.stdout.split("\n\n") if "output: results/paper/profile/large/full.json" in b)
+    assert "--costs" not in block
     # every train job asks for one GPU at paper scale
     train_blocks = [b for b in r.stdout.split("\n\n") if "rule train:" in b]
     assert train_blocks and all("gpu=1" in b for b in train_blocks)
@@ -306,8 +312,32 @@ def test_profile_point_names():
     assert parse("sac") == {"kind": "baseline", "strategy": "sac", "lam": None, "budget_gib": None}
     assert parse("drat-lam0.05")["lam"] == 0.05
     assert parse("oracle-budget6") == {"kind": "oracle", "strategy": "fixed", "lam": None, "budget_gib": 6.0}
+    assert parse("costs")["kind"] == "costs"
     with pytest.raises(ValueError, match="unknown profile point"):
         parse("drat-0.05")
+
+
+def test_drat_and_oracle_points_plan_on_one_shared_cost_table(tmp_path):
+    """`--point costs` writes the table; drat and oracle points given it plan on it exactly (the
+    oracle's objective is then a true lower bound of the gates' on the same problem), and a table
+    of another setting is refused with an actionable message."""
+    main = _load_script("profile_point").main
+    flags = ["--size", "tiny", "--seq-len", "16", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+             "--cost-model", "activation_size"]
+    table = tmp_path / "costs.json"
+    assert main([*flags, "--point", "costs", "--out", str(table)]) == 0
+    d = json.loads(table.read_text())
+    assert len(d["costs"]["labels"]) == len(d["costs"]["mem_bytes"]) > 0 and "git_commit" in d
+    out = {}
+    for point in ("drat-lam0.5", "oracle-lam0.5"):
+        dest = tmp_path / f"{point}.json"
+        assert main([*flags, "--point", point, "--costs", str(table), "--out", str(dest)]) == 0
+        out[point] = json.loads((tmp_path / f"{point}.json").read_text())["plan"]
+        assert out[point]["costs_file"] == str(table)
+    assert out["oracle-lam0.5"]["objective"] <= out["drat-lam0.5"]["objective"] + 1e-12
+    with pytest.raises(SystemExit, match="another setting .*batch_size.*rerun its `--point costs` job"):
+        main([*flags[:4], "--batch-size", "4", *flags[6:], "--point", "drat-lam0.5", "--costs", str(table),
+              "--out", str(tmp_path / "x.json")])
 
 
 def test_rule_files_have_docstrings_and_heavy_rules_log_and_benchmark():

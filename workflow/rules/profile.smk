@@ -1,6 +1,7 @@
 """Profiling: memory and step time of every plan, per {size} × {point}; and the one-process bench.
 
-    profile -> {R}/profile/{size}/{point}.json     workflow/scripts/profile_point.py
+    costs   -> {R}/costs/{size}.json               the site cost table (workflow/scripts/profile_point.py)
+    profile -> {R}/profile/{size}/{point}.json     workflow/scripts/profile_point.py (drat/oracle: on costs)
     bench   -> {R}/bench/{size}/frontier.{json,csv,png}   `drat bench frontier` (side by side)
 
 {point}: none | full | selective | sac | drat-lam<λ> | drat-budget<GiB> | oracle-lam<λ> |
@@ -18,12 +19,40 @@ def _profile_flags(wc):
             f"--cost-model {p.get('cost_model', 'measured')} --device {config['device']}")
 
 
+rule costs:
+    """The site cost table of one size, measured once; every drat/oracle point plans on it."""
+    output:
+        f"{R}/costs/{{size}}.json",
+    params:
+        flags=_profile_flags,
+    threads: threads_of("threads_profile")
+    resources:
+        gpu=RES.get("gpu", 0),
+        mem_mb=RES.get("mem_mb_profile", 4000),
+        runtime=RES.get("runtime_profile", 10),
+    log:
+        f"{R}/logs/costs/{{size}}.log",
+    benchmark:
+        f"{R}/benchmarks/costs/{{size}}.tsv"
+    shell:
+        "python workflow/scripts/profile_point.py --size {wildcards.size} --point costs "
+        "{params.flags} --threads {threads} --out {output} > {log} 2>&1"
+
+
+def _plan_costs(wc):
+    """drat and oracle points plan on the size's one cost table; baselines need none."""
+    return [f"{R}/costs/{wc.size}.json"] if wc.point.startswith(("drat-", "oracle-")) else []
+
+
 rule profile:
     """One plan on one size: saved bytes, (CUDA) peak memory, step times."""
+    input:
+        costs=_plan_costs,
     output:
         f"{R}/profile/{{size}}/{{point}}.json",
     params:
         flags=_profile_flags,
+        costs=lambda wc, input: f"--costs {input.costs}" if input.costs else "",
     threads: threads_of("threads_profile")
     resources:
         gpu=RES.get("gpu", 0),
@@ -35,7 +64,7 @@ rule profile:
         f"{R}/benchmarks/profile/{{size}}/{{point}}.tsv"
     shell:
         "python workflow/scripts/profile_point.py --size {wildcards.size} --point {wildcards.point} "
-        "{params.flags} --threads {threads} --out {output} > {log} 2>&1"
+        "{params.flags} {params.costs} --threads {threads} --out {output} > {log} 2>&1"
 
 
 def _bench_flags(wc):

@@ -4,7 +4,14 @@
 
 Points: `none`, `full`, `selective`, `sac` (baselines), `drat-lam<λ>` / `drat-budget<GiB>` (gates
 fitted on this device's measured site costs), `oracle-lam<λ>` / `oracle-budget<GiB>` (the exact
-ILP on the same costs, executed as a fixed plan). The JSON has the keys of `drat profile --json`
+ILP on the same costs, executed as a fixed plan).
+
+`--point costs` measures the site cost table once and writes it (`SiteCosts.to_dict()` plus the
+model, batch and provenance); the pipeline hands it to every drat/oracle point of the size with
+`--costs`. Measured costs are noisy (CUDA timings, the per-rebuild overhead calibration), and a
+drat point and an oracle point that each measured their own could disagree about which plan is
+cheaper: with one table, the oracle is the optimum of the very problem the gates were fitted on.
+Without `--costs` a point measures its own. The JSON has the keys of `drat profile --json`
 (saved_activation_bytes, sites, provenance, and on CUDA peak_memory_bytes, step_ms, step_ms_all,
 tokens_per_s), plus `point`, `kind` and `step_ms_all` on the CPU as well (wall clock of full
 training steps: forward, backward, AdamW). `drat profile` has no oracle and no CPU timing, hence
@@ -25,15 +32,18 @@ POINT_RE = re.compile(r"^(?:(none|full|selective|sac)|(drat|oracle)-(lam|budget)
 
 
 def parse_point(point: str) -> dict:
+    if point == "costs":
+        return {"kind": "costs", "strategy": None, "lam": None, "budget_gib": None}
     m = POINT_RE.match(point)
     if not m:
         raise ValueError(f"unknown profile point {point!r}: use none|full|selective|sac, "
-                         f"drat-lam<λ>, drat-budget<GiB>, oracle-lam<λ> or oracle-budget<GiB>")
+                         f"drat-lam<λ>, drat-budget<GiB>, oracle-lam<λ>, oracle-budget<GiB> or costs")
     if m.group(1):
         return {"kind": "baseline", "strategy": m.group(1), "lam": None, "budget_gib": None}
     value = float(m.group(4))
     return {"kind": m.group(2), "strategy": "drat" if m.group(2) == "drat" else "fixed",
-            "lam": value if m.group(3) == "lam" else None, "budget_gib": value if m.group(3) == "budget" else None}
+            "lam": value if m.group(3) == "lam" else None,
+            "budget_gib": value if m.group(3) == "budget" else None}
 
 
 def time_cpu_steps(model, idx, targets, steps: int, warmup: int) -> dict:
@@ -69,13 +79,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cost-model", default="measured")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--costs", default=None, help="a cost table from `--point costs` (drat/oracle points)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
     import torch
 
     from drat.accounting import saved_activation_bytes
-    from drat.costs import build_costs, measure_site_bytes, model_state_bytes
+    from drat.costs import SiteCosts, build_costs, measure_site_bytes, model_state_bytes
     from drat.gates import budget_to_activation_bytes, fit_gates
     from drat.model import GPT, config_for
     from drat.oracle import solve_oracle
@@ -96,24 +107,40 @@ def main(argv=None) -> int:
     idx, targets = random_batch(cfg.vocab_size, a.batch_size, a.seq_len, device, a.seed)
     base = model_state_bytes(model)
 
+    if spec["kind"] == "costs":
+        costs = build_costs(model, idx, targets, a.cost_model)  # sets its own autocast
+        out = {"point": a.point, "size": a.size, "config": cfg.to_dict(), "batch_size": a.batch_size,
+               "seq_len": a.seq_len, "cost_model": a.cost_model, "costs": costs.to_dict(),
+               **provenance(device)}
+        write_json(Path(a.out), out)
+        print(json.dumps({"point": a.point, "sites": len(costs), "step_ms": costs.step_ms,
+                          "rebuild_overhead_ms": costs.rebuild_overhead_ms}))
+        return 0
+
     plan_info = None
     if spec["kind"] == "baseline":
         strategy = make_strategy(spec["strategy"])
     else:
-        costs = build_costs(model, idx, targets, a.cost_model)  # sets its own autocast
+        if a.costs:
+            costs = load_costs(Path(a.costs), model, cfg.to_dict(), a, SiteCosts)
+        else:
+            costs = build_costs(model, idx, targets, a.cost_model)  # sets its own autocast
         act = None if spec["budget_gib"] is None else budget_to_activation_bytes(spec["budget_gib"], base)
         if spec["kind"] == "drat":
             fit = (fit_gates(costs, lam=spec["lam"], seed=a.seed) if act is None
                    else fit_gates(costs, budget_act_bytes=act, seed=a.seed))
             strategy = DRATGates(fit.gates)
-            plan_info = {"lambda": fit.lam, "objective": fit.objective, "planned_activation_bytes": fit.mem_bytes,
+            plan_info = {"lambda": fit.lam, "objective": fit.objective,
+                         "planned_activation_bytes": fit.mem_bytes,
                          "recompute_time_frac": fit.time_frac}
         else:
             plan = solve_oracle(costs, lam=spec["lam"] or 0.0, budget_act_bytes=act)
             strategy = PlanAC(stored=plan.stored)
             plan_info = {"objective": plan.objective, "planned_activation_bytes": plan.mem_bytes,
                          "recompute_time_frac": plan.time_frac, "method": plan.method}
-        plan_info.update({"cost_model": a.cost_model, "activation_budget_bytes": act})
+        plan_info.update({"cost_model": a.cost_model, "activation_budget_bytes": act,
+                          "costs_file": a.costs, "rebuild_overhead_ms": costs.rebuild_overhead_ms,
+                          "cost_step_ms": costs.step_ms})
     model.set_strategy(strategy)
     with autocast_ctx(device):
         total, per_site = saved_activation_bytes(model, idx, targets)
@@ -140,10 +167,33 @@ def main(argv=None) -> int:
         out.update(time_training_steps(model, idx, targets, a.steps, a.warmup))
     else:
         out.update(time_cpu_steps(model, idx, targets, a.steps, a.warmup))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_json(Path(a.out), out)
     print(json.dumps({k: out[k] for k in ("point", "saved_activation_bytes", "step_ms")}))
     return 0
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomically: a job killed mid-write must not leave a truncated result behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def load_costs(path: Path, model, cfg: dict, a, site_costs_cls):
+    """The shared cost table, checked against this point's model and batch."""
+    try:
+        d = json.loads(path.read_text())
+        costs = site_costs_cls(**d["costs"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"cannot read the cost table {path}: {e}; rerun its `--point costs` job") from e
+    mine = {"config": cfg, "batch_size": a.batch_size, "seq_len": a.seq_len, "cost_model": a.cost_model}
+    diff = sorted(k for k, v in mine.items() if d.get(k) != v)
+    if diff or costs.labels != [k.label() for k in model.graph.keys]:
+        what = ", ".join(diff) or "sites"
+        raise SystemExit(f"the cost table {path} was measured for another setting ({what} differ); "
+                         f"rerun its `--point costs` job")
+    return costs
 
 
 if __name__ == "__main__":
