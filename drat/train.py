@@ -418,7 +418,7 @@ class ResourceAwareTrainer:
         self.train_model = wrap_model(self.model, self.dist, self.device)
         self.optimizer, self.scheduler, self.gate_optimizer = self._build_optimizer()
         self.step = 0  # optimizer steps completed
-        self.lam = cfg.lam_value
+        self.lam = cfg.lam_value if cfg.strategy == "drat" else None  # no gates: no price of memory
         # CUDA budget mode: the most any step held beyond its plan's activations (model states,
         # gradients, working memory), measured; it shrinks the activations' share of the budget
         self.other_bytes = 0.0
