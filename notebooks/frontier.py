@@ -63,7 +63,7 @@ for ax, size in zip(axes[0], sizes or [None]):
         continue
     div, ylabel = mem_scale(d)
 
-    def pts(sel):
+    def pts(sel, d=d, div=div):  # this panel's rows (bound now: the loop moves on)
         return (d[sel]["step_ms"], d[sel]["memory_bytes"] / div,
                 [d[sel]["step_ms"] - d[sel]["step_ms_lo"], d[sel]["step_ms_hi"] - d[sel]["step_ms"]])
 
@@ -72,11 +72,13 @@ for ax, size in zip(axes[0], sizes or [None]):
         if sel.any():
             x, y, xerr = pts(sel)
             ax.errorbar(x, y, xerr=np.nan_to_num(xerr), fmt=marker, color=color, label=name, capsize=2)
-    for kind, color, mfc, label in [("drat", "C3", "C3", "DRAT λ curve"), ("oracle", "k", "none", "oracle (ILP), λ")]:
+    for kind, color, mfc, label in [("drat", "C3", "C3", "DRAT λ curve"),
+                                    ("oracle", "k", "none", "oracle (ILP), λ")]:
         lam = d[(d["kind"] == kind) & d["lam"].notna()].sort_values("lam")
         if len(lam):
             ax.errorbar(lam["step_ms"], lam["memory_bytes"] / div,
-                        xerr=np.nan_to_num([lam["step_ms"] - lam["step_ms_lo"], lam["step_ms_hi"] - lam["step_ms"]]),
+                        xerr=np.nan_to_num([lam["step_ms"] - lam["step_ms_lo"],
+                                            lam["step_ms_hi"] - lam["step_ms"]]),
                         fmt="-o" if kind == "drat" else "s", color=color, mfc=mfc, label=label, capsize=2,
                         lw=1 if kind == "drat" else 0, ms=5)
             for _, r in lam.iterrows():
@@ -86,7 +88,8 @@ for ax, size in zip(axes[0], sizes or [None]):
         bud = d[(d["kind"] == kind) & d["budget_gib"].notna()]
         if len(bud):
             ax.scatter(bud["step_ms"], bud["memory_bytes"] / div, marker="v", color=color,
-                       facecolors=mfc if kind == "drat" else "none", label=f"{'DRAT' if kind == 'drat' else 'oracle'}, budget")
+                       facecolors=mfc if kind == "drat" else "none",
+                       label=f"{'DRAT' if kind == 'drat' else 'oracle'}, budget")
     ax.set_xscale("log")  # one slow outlier (a busy CPU) must not squash the rest
     ax.set_xlabel("step time (ms, median; bootstrap CI; log scale)")
     ax.set_ylabel(ylabel)
@@ -116,7 +119,8 @@ else:
             ax.plot(d["lam"], y, "-o", color=f"C{i}", label=f"{size}: DRAT", ms=4)
             ax.fill_between(d["lam"], lo.fillna(y), hi.fillna(y), color=f"C{i}", alpha=0.2)
             if len(ref):
-                ax.axhline(float(ref[col].iloc[0]) / div, color=f"C{i}", ls="--", lw=0.8, label=f"{size}: none")
+                ax.axhline(float(ref[col].iloc[0]) / div, color=f"C{i}", ls="--", lw=0.8,
+                           label=f"{size}: none")
             ax.set_xscale("symlog", linthresh=linthresh)
             ax.set_xlim(-0.3 * linthresh, 1.6 * float(drat_runs["lam"].max()) + linthresh)
             ax.set_xlabel("λ (price of memory)")

@@ -41,8 +41,20 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(notebooks_dir).resolve()))
-from nbcommon import (BASELINE_ORDER, Macros, booktabs, data_provenance, finite, num, read_csv, size_word,
-                      sizes_in, tex_escape, with_ci, write_tex)
+from nbcommon import (
+    BASELINE_ORDER,
+    Macros,
+    booktabs,
+    data_provenance,
+    finite,
+    num,
+    read_csv,
+    size_word,
+    sizes_in,
+    tex_escape,
+    with_ci,
+    write_tex,
+)
 
 cfg = json.loads(config_json)
 gen = Path(generated_dir)
@@ -60,7 +72,8 @@ conf_pct = f"{100 * P['confidence']:g}"
 def headline_rows(df):
     if df.empty:
         return df
-    return df[(df["strategy"] == "drat") & df["budget_gib"].isna() & ((df["lam"] - headline_lambda).abs() < 1e-12)]
+    return df[(df["strategy"] == "drat") & df["budget_gib"].isna()
+              & ((df["lam"] - headline_lambda).abs() < 1e-12)]
 
 
 head = headline_rows(paired)
@@ -78,8 +91,8 @@ for size in sizes_in(head):
     rows.append([size_word(size), f"{num(params / 1e6, 2)}M" if finite(params) else "--",
                  with_ci(r["mem_reduction"], r["mem_reduction_lo"], r["mem_reduction_hi"], 1, pct=True),
                  with_ci(r["val_loss_diff"], r["val_loss_diff_lo"], r["val_loss_diff_hi"], 4),
-                 with_ci(r["step_time_ratio"] - 1, r["step_time_ratio_lo"] - 1, r["step_time_ratio_hi"] - 1, 1,
-                         pct=True),
+                 with_ci(r["step_time_ratio"] - 1, r["step_time_ratio_lo"] - 1, r["step_time_ratio_hi"] - 1,
+                         1, pct=True),
                  tost, str(int(r["n_pairs"]))])
 write_tex(gen / "results_table.tex", booktabs(
     ["size", "params", r"memory red. (\%)", r"$\Delta$ val loss", r"step time (\%)", "TOST", "seeds"], rows,
@@ -104,9 +117,10 @@ for run in sorted(set(s_head["run"]) if len(s_head) else [], key=run_key):
     p = paired[(paired["size"] == headline_size) & (paired["run"] == run)] if len(paired) else paired
     p = p.iloc[0] if len(p) else None
     rows.append([tex_escape(run),
-                 with_ci(s["memory_bytes"] / 2**20, s["memory_bytes_lo"] / 2**20, s["memory_bytes_hi"] / 2**20, 2),
-                 "--" if p is None else with_ci(p["mem_reduction"], p["mem_reduction_lo"], p["mem_reduction_hi"], 1,
-                                                pct=True),
+                 with_ci(s["memory_bytes"] / 2**20, s["memory_bytes_lo"] / 2**20,
+                         s["memory_bytes_hi"] / 2**20, 2),
+                 "--" if p is None else with_ci(p["mem_reduction"], p["mem_reduction_lo"],
+                                                p["mem_reduction_hi"], 1, pct=True),
                  "--" if p is None else with_ci(p["step_time_ratio"], p["step_time_ratio_lo"],
                                                 p["step_time_ratio_hi"], 3),
                  with_ci(s["val_loss"], s["val_loss_lo"], s["val_loss_hi"], 4), str(int(s["n_seeds"]))])
@@ -120,12 +134,14 @@ print(open(gen / "baselines_table.tex").read())
 
 # %%
 rows = []
-f_head = frontier[(frontier["source"] == "profile") & (frontier["size"] == headline_size)] if len(frontier) else frontier
+f_head = (frontier[(frontier["source"] == "profile") & (frontier["size"] == headline_size)]
+          if len(frontier) else frontier)
 gpu = len(f_head) and (f_head["memory_metric"] == "peak_memory_bytes").any()
 div, unit = (2**30, "peak (GiB)") if gpu else (2**20, "activations (MiB)")
 for _, r in (f_head.sort_values(["kind", "lam", "budget_gib"]) if len(f_head) else f_head).iterrows():
     rows.append([tex_escape(r["point"]), num(r["memory_bytes"] / div, 3),
-                 with_ci(r["step_ms"], r["step_ms_lo"], r["step_ms_hi"], 2), r"\checkmark" if r["pareto"] else ""])
+                 with_ci(r["step_ms"], r["step_ms_lo"], r["step_ms_hi"], 2),
+                 r"\checkmark" if r["pareto"] else ""])
 write_tex(gen / "frontier_table.tex", booktabs(["plan", unit, "step time (ms)", "Pareto"], rows, align="lrrc",
                                                caption_note=f"size {headline_size}"))
 
@@ -147,7 +163,8 @@ if len(b_head) and (b_head["name"] == "none").any():
     mem_unit = "peak (GiB)" if gpu_b else "activations (MiB)"
 else:
     mem_unit = "memory"
-write_tex(gen / "bench_table.tex", booktabs(["row", "mode", mem_unit, "mem / none", "step (ms)", "time / none"],
+write_tex(gen / "bench_table.tex", booktabs(["row", "mode", mem_unit, "mem / none", "step (ms)",
+                                             "time / none"],
                                             rows, align="llrrrr", caption_note=f"size {headline_size}"))
 
 # %% [markdown]
@@ -158,7 +175,8 @@ write_tex(gen / "bench_table.tex", booktabs(["row", "mode", mem_unit, "mem / non
 # DRAT point (compiled or eager) with memory *and* step time no higher (domination).
 
 # %%
-def bench_verdicts(b: "pd.DataFrame") -> list[str]:
+def bench_verdicts(b) -> list[str]:
+    """b: the bench rows of one size (a DataFrame)."""
     gpu_v = finite(b["peak_gib"].iloc[0]) if len(b) else False
     mem = (b["peak_gib"] if gpu_v else b["saved_activation_bytes"] / 2**20).astype(float)
     unit = "GiB" if gpu_v else "MiB of activations"
@@ -178,7 +196,8 @@ def bench_verdicts(b: "pd.DataFrame") -> list[str]:
             verdict = "beats" if d["step_ms"] <= f["step_ms"] else "does not beat"
             out.append(f"Eager DRAT {verdict} \\texttt{{full}}: at no more memory "
                        f"(\\texttt{{{tex_escape(d['name'])}}}: {pt(d)}) its step is "
-                       f"{num(100 * (d['step_ms'] / f['step_ms'] - 1), 1)}\\% against \\texttt{{full}}'s ({pt(f)}).")
+                       f"{num(100 * (d['step_ms'] / f['step_ms'] - 1), 1)}\\% against "
+                       f"\\texttt{{full}}'s ({pt(f)}).")
         else:
             d = drat_e.sort_values("mem").iloc[0]
             out.append(f"No eager DRAT point keeps as little memory as \\texttt{{full}} ({pt(f)}); the "
@@ -197,8 +216,10 @@ def bench_verdicts(b: "pd.DataFrame") -> list[str]:
         else:
             near = drat_any.assign(gap=(drat_any["step_ms"] / c["step_ms"]))
             near = near[near["mem"] <= c["mem"] * 1.001]
-            tail = (f"; the fastest DRAT point with no more memory, \\texttt{{{tex_escape(near.sort_values('gap').iloc[0]['name'])}}}, "
-                    f"is {num(100 * (near['gap'].min() - 1), 1)}\\% slower") if len(near) else "; no DRAT point keeps as little memory"
+            tail = ((f"; the fastest DRAT point with no more memory, "
+                     f"\\texttt{{{tex_escape(near.sort_values('gap').iloc[0]['name'])}}}, "
+                     f"is {num(100 * (near['gap'].min() - 1), 1)}\\% slower") if len(near)
+                    else "; no DRAT point keeps as little memory")
             out.append(f"DRAT does not dominate \\texttt{{{name}}} ({pt(c)}){tail}.")
     return out
 
@@ -273,8 +294,8 @@ if len(hs):
     M.add("HeadSeeds", str(int(r["n_pairs"])))
 else:
     for name in ["HeadMemRed", "HeadMemRedLo", "HeadMemRedHi", "HeadTimeChange", "HeadTimeChangeLo",
-                 "HeadTimeChangeHi", "HeadLossDiff", "HeadTostLo", "HeadTostHi", "HeadTostP", "HeadTostMethod",
-                 "HeadSeeds"]:
+                 "HeadTimeChangeHi", "HeadLossDiff", "HeadTostLo", "HeadTostHi", "HeadTostP",
+                 "HeadTostMethod", "HeadSeeds"]:
         M.add(name, "--", "no headline run")
     M.add("HeadTostVerdict", "not tested")
 # the strongest baseline memory saver (full AC) at the headline size: from the paired statistics
@@ -300,11 +321,11 @@ else:
 gaps, spreads = [], []
 if len(runs):
     fin = runs.dropna(subset=["final_val_loss"])
-    for (size, seed), g in fin.groupby(["size", "seed"]):
+    for _, g in fin.groupby(["size", "seed"]):
         a, b = g[g["run"] == "none"], g[g["run"] == "drat-lam0"]
         if len(a) and len(b):
             gaps.append(abs(float(a["final_val_loss"].iloc[0]) - float(b["final_val_loss"].iloc[0])))
-    for size, g in fin[fin["run"] == "none"].groupby("size"):
+    for _, g in fin[fin["run"] == "none"].groupby("size"):
         if len(g) > 1:
             spreads.append(float(g["final_val_loss"].max() - g["final_val_loss"].min()))
 M.add("StoreAllLossGapMax", num(max(gaps), 4) if gaps else "--", "nats, |drat-lam0 - none| at equal seed")

