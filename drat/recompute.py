@@ -84,10 +84,25 @@ def _sdp_flags() -> tuple[bool, ...]:
     return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled())
 
 
+def _params_of(m: torch.nn.Module) -> list[torch.Tensor]:
+    """The parameters registered now in `m` and below. A plain walk over `_parameters` and
+    `_modules`: `Module.parameters()` goes through generator layers that cost ~90 µs per
+    recomputed site and forward on the CPU that launches the GPU's kernels. Not cached: FSDP2
+    swaps the registered parameters between sharded and unsharded ones."""
+    out = [t for t in m._parameters.values() if t is not None]
+    for child in m._modules.values():
+        if child is not None:
+            out += _params_of(child)
+    return out
+
+
 @contextlib.contextmanager
 def _sdp_flags_restored(flags: tuple[bool, ...]):
-    b = torch.backends.cuda
     old = _sdp_flags()
+    if old == flags:  # the common case: nothing to set, nothing to restore
+        yield
+        return
+    b = torch.backends.cuda
     setters = (b.enable_flash_sdp, b.enable_mem_efficient_sdp, b.enable_math_sdp, b.enable_cudnn_sdp)
     try:
         for fn, v in zip(setters, flags):
@@ -235,7 +250,7 @@ class SiteRuntime:
             # In-place changes between forward and backward must fail as they do without hooks
             # (autograd skips its own version check when hooks are installed).
             owner = getattr(fn, "__self__", None)
-            weights = list(owner.parameters()) if isinstance(owner, torch.nn.Module) else []
+            weights = _params_of(owner) if isinstance(owner, torch.nn.Module) else []
             inst.versions = [(t, t._version) for t in weights] + [
                 (x, x._version) for x in inst.inputs if isinstance(x, torch.Tensor)]
         prev, self._current = self._current, inst
