@@ -288,8 +288,16 @@ class CompiledPlanAC(ActivationStrategy):
             return fn(*inputs)
 
         ctx_fns = self._ctx_fns
+        # A block that stores every site is no checkpoint region at all: compiled as is, it gets
+        # the partitioner's default plan, so store-all DRAT compiles to what plain torch.compile
+        # (compile-budget 1.0) runs, instead of a region whose MUST_SAVE marks constrain fusion.
+        keys = model.graph.keys
+        plain = {b.layer for b in model.blocks
+                 if all(self.stored[i] for i, k in enumerate(keys) if k.layer == b.layer)}
 
         def block_fn(block, x, run):
+            if block.layer in plain:
+                return block(x, run)
             return checkpoint(block, x, run, use_reentrant=False, context_fn=ctx_fns[block.layer])
 
         return model.forward_sites(idx, targets, run=run, block_fn=block_fn)

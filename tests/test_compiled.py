@@ -58,3 +58,26 @@ def test_compiled_plan_is_one_graph_and_matches_eager():
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-5)
+
+
+def test_a_block_that_stores_everything_is_no_checkpoint_region(monkeypatch):
+    """Store-all blocks are left to the compiler's default plan (what compile-budget 1.0 runs);
+    only blocks with a recomputed site become checkpoint regions with the gates' policy."""
+    import drat.strategies as strategies
+
+    model = make_model(n_layer=3)
+    idx, tgt = make_batch()
+    stored = [True] * len(model.graph)
+    stored[model.graph.idx(1, "mlp_act")] = False  # only block 1 recomputes
+    strat = CompiledPlanAC(stored).prepare(model, idx, autocast_ctx(idx.device))
+    model.set_strategy(strat)
+    regions = []
+    real = strategies.checkpoint
+
+    def counting(fn, *args, **kw):
+        regions.append(getattr(fn, "layer", None))
+        return real(fn, *args, **kw)
+
+    monkeypatch.setattr(strategies, "checkpoint", counting)
+    model(idx, tgt).backward()  # eager: the same forward the compiler traces
+    assert regions == [1]
