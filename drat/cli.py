@@ -110,7 +110,7 @@ def cmd_train(args) -> int:
     from .train import ResourceAwareTrainer, resolve_training_config
 
     overrides = {field: getattr(args, field) for _, field, _, _ in _TRAIN_FLAGS if hasattr(args, field)}
-    for field in ("lam", "budget_gib", "wandb", "tensorboard", "gate_warm_start"):
+    for field in ("lam", "budget_gib", "wandb", "tensorboard", "gate_warm_start", "deterministic"):
         if hasattr(args, field):
             overrides[field] = getattr(args, field)
     resume = getattr(args, "resume", None)
@@ -171,6 +171,8 @@ def _add_train_parsers(sub) -> None:
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="skip tb/ event files")
     p.add_argument("--no-gate-warm-start", dest="gate_warm_start", action="store_false",
                    help="start every gate on store instead of from the cost model's plan")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels where they exist (slower; warns per op without one)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="validation/test loss and perplexity of a checkpoint (JSON)")

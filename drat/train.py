@@ -37,6 +37,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,10 @@ class TrainingConfig:
     # does not need the model), so the run executes a good plan from its first step and training
     # refines it. Off: every gate starts at +gate_init_logit (store).
     gate_warm_start: bool = True
+    # Bitwise-reproducible GPU runs where the kernels allow it: deterministic algorithms (a
+    # warning names every op that has none), a fixed cuBLAS workspace, no cuDNN autotuning. Off
+    # by default: it costs speed. On the CPU, runs are deterministic anyway.
+    deterministic: bool = False
     tau_start: float = 1.0
     tau_end: float = 0.05
     cost_model: str = "measured"
@@ -332,6 +337,7 @@ class ResourceAwareTrainer:
         """`resume`: None, "latest" (newest checkpoint in cfg.out) or a checkpoint path."""
         cfg.validate()
         self.cfg = cfg
+        self._restore_determinism = set_deterministic() if cfg.deterministic else None
         self.dist, self.device = init_distributed(cfg.distributed, cfg.device)
         self.out = Path(cfg.out)
         try:
@@ -982,6 +988,34 @@ class ResourceAwareTrainer:
         self._handlers = []
         if hasattr(self, "dist"):
             self.dist.close()  # the process group, if this trainer created it
+        if getattr(self, "_restore_determinism", None) is not None:
+            self._restore_determinism()  # process-wide switches: leave them as they were found
+            self._restore_determinism = None
+
+
+def set_deterministic():
+    """Ask for deterministic kernels (TrainingConfig.deterministic); returns the undo.
+    warn_only: an op without a deterministic implementation warns (in the run's log) instead of
+    stopping the run, so the log says exactly which op keeps two GPU runs apart. cuBLAS reads
+    its workspace setting when its handle is created: set here, before the model touches the GPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized() \
+            and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+        warnings.warn("CUDA was initialised before `deterministic` took effect: set "
+                      "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment for deterministic cuBLAS",
+                      stacklevel=2)
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+    def restore() -> None:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+    return restore
 
 
 def _rank_seed(seed: int, rank: int) -> int:

@@ -351,6 +351,24 @@ def test_resume_without_a_run_or_checkpoint_is_refused(tmp_path, tokenizer_path)
         ResourceAwareTrainer(small_cfg(tmp_path / "empty", tokenizer_path), resume="latest")
 
 
+def test_deterministic_mode_is_recorded_same_losses_and_undone_on_close(tmp_path, tokenizer_path):
+    """`deterministic` switches process-wide flags for the run and puts them back at close; on
+    the CPU (deterministic anyway) it changes no number."""
+    assert not torch.are_deterministic_algorithms_enabled()
+    cfg = small_cfg(tmp_path / "det", tokenizer_path, steps=3, ckpt_every=0, deterministic=True)
+    trainer = ResourceAwareTrainer(cfg)
+    try:
+        assert torch.are_deterministic_algorithms_enabled()
+        trainer.train()
+    finally:
+        trainer.close()
+    assert not torch.are_deterministic_algorithms_enabled()
+    run(small_cfg(tmp_path / "plain", tokenizer_path, steps=3, ckpt_every=0))
+    assert [r["loss"] for r in records(tmp_path / "det")] == [r["loss"] for r in records(tmp_path / "plain")]
+    stored = json.loads((tmp_path / "det" / "config.json").read_text())
+    assert stored["training"]["deterministic"] is True
+
+
 # ----------------------------------------------------------------------------- GPU (skipped on CI)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kw", [dict(strategy="drat", lam=0.5), dict(strategy="drat", budget_gib=1.0)])
