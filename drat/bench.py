@@ -327,10 +327,12 @@ def add_bench_parser(sub) -> None:
     f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
     f.set_defaults(func=_cmd_frontier)
     from .capacity import add_capacity_parser  # `drat bench capacity` (imports this module)
+    from .exactness import add_exactness_parser  # `drat bench exactness`
     from .trace import add_trace_parser  # `drat bench trace`
 
     add_capacity_parser(bsub)
     add_trace_parser(bsub)
+    add_exactness_parser(bsub)
 
 
 def _cmd_frontier(args) -> int:

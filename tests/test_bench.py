@@ -45,3 +45,31 @@ def test_model_flops_count_matmuls_only():
     assert model_flops_per_step(tied, 2, 8) == model_flops_per_step(untied, 2, 8)
     n_params = 12 * 16 * 16 + 3 * 2 * 16 + 100 * 16  # block matmuls, three LayerNorms, the head
     assert model_flops_per_step(tied, 2, 8) == 2 * 8 * (6 * n_params + 6 * 8 * 16)
+
+
+def test_exactness_bench_rows_schema_and_bitwise_verdicts_on_cpu(tmp_path):
+    """`drat bench exactness` on a tiny CPU model: every strategy's loss and gradients are
+    bitwise those of `none` (float32, CPU), the recomputing rows really rebuilt, the CSV has
+    the schema's columns, and the exit status reports the verdict."""
+    from drat.exactness import EXACTNESS_FIELDS
+
+    rc = main(["bench", "exactness", "--size", "tiny", "--device", "cpu", "--seq-len", "16",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "exactness.csv")))
+    assert list(rows[0]) == EXACTNESS_FIELDS
+    assert [r["name"] for r in rows] == ["none", "none-repeat", "full", "selective", "drat-lam0.5",
+                                         "drat-blocks"]
+    assert all(r["loss_equal"] == "True" and r["grads_equal"] == "True" for r in rows)
+    assert int(rows[-1]["rebuilds"]) > 0 and float(rows[-1]["max_abs_grad_diff"]) == 0.0
+
+
+def test_exactness_compare_reports_a_near_miss():
+    import torch
+
+    from drat.exactness import compare
+
+    g = {"w": torch.ones(3)}
+    res = compare((torch.tensor(1.0), g), (torch.tensor(1.0), {"w": torch.tensor([1.0, 1.0, 1.5])}))
+    assert res["loss_equal"] and not res["grads_equal"] and res["n_params_differing"] == 1
+    assert res["max_abs_grad_diff"] == 0.5
