@@ -225,6 +225,12 @@ def test_archived_stats_from_the_fixture_name_the_missing_runs(tmp_path):
     assert "drat-lam0.05" in paired
     # nothing was trained or profiled: the archived inputs are untouched
     assert not (results / "data").exists()
+    # a session commits another run: the archived build sees it (the results digest is a param)
+    again = ("-n", "--configfile", str(cfg), "--config", "archived=true", "--", "stats")
+    assert "Nothing to be done" in snakemake(*again).stdout
+    runs = results / "train" / "tiny" / "none"
+    shutil.copytree(runs / "seed1", runs / "seed2")
+    assert job_counts(snakemake(*again).stdout).get("aggregate") == 1
 
 
 @needs_snakemake
