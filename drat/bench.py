@@ -151,7 +151,7 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                  n_layer: int | None = None, n_embd: int | None = None, n_head: int | None = None,
                  vocab_size: int | None = None, tie_weights: bool | None = None,
                  lams=(0.05, 0.2, 0.5, 1.0, 2.0, 5.0), budget_fracs=(0.25, 0.5, 0.75),
-                 compile_budgets=(1.0, 0.5, 0.2), compiled_lams=(0.5, 1.0, 2.0, 5.0),
+                 compile_budgets=(1.0, 0.5, 0.2), compiled_lams=(0.0, 0.2, 0.5, 1.0, 2.0, 5.0),
                  steps: int = 12, warmup: int = 3,
                  only: set[str] | None = None, out: str | Path | None = None, log=print) -> list[dict]:
     dev, cfg, model, idx, targets = bench_model(size, seq_len, batch_size, device, n_layer, n_embd, n_head,
@@ -321,7 +321,8 @@ def add_bench_parser(sub) -> None:
     f = bsub.add_parser("frontier", help="every strategy side by side: peak memory vs step time")
     add_model_args(f)
     f.add_argument("--lambdas", default="0.05,0.2,0.5,1,2,5")
-    f.add_argument("--compiled-lambdas", default="0.5,1,2,5", help="λ values run under torch.compile")
+    f.add_argument("--compiled-lambdas", default="0,0.2,0.5,1,2,5",
+                   help="λ values run under torch.compile (0: store-all, i.e. plain torch.compile)")
     f.add_argument("--compile-budgets", default="1,0.5,0.2",
                    help="torch.compile activation_memory_budget values (empty: none)")
     f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
