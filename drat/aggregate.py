@@ -76,6 +76,12 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else math.nan
 
 
+def cut_off(path: Path) -> bool:
+    """A job killed mid-way leaves `<output>.incomplete` (workflow/scripts/jobs_to_script.py):
+    its output may hold only part of the rows."""
+    return Path(str(path) + ".incomplete").exists()
+
+
 def run_complete(run_dir: Path) -> tuple[bool, str]:
     """(complete, why not): a finished run has config.json, metrics.jsonl and summary.json(finished)."""
     for name in ("config.json", "metrics.jsonl", "summary.json"):
@@ -190,8 +196,8 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
         gates += g
     for meta in manifest.get("profiles", []):
         p = Path(meta["path"])
-        if not p.is_file():
-            missing["profiles"].append(str(p))
+        if not p.is_file() or cut_off(p):
+            missing["profiles"].append(str(p) + (" (cut off)" if p.is_file() else ""))
             continue
         r, s, st = summarize_profile(p, meta)
         profiles.append(r)
@@ -199,8 +205,8 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
         sites += st
     for meta in manifest.get("bench", []):
         p = Path(meta["path"])
-        if not p.is_file():
-            missing["bench"].append(str(p))
+        if not p.is_file() or cut_off(p):
+            missing["bench"].append(str(p) + (" (cut off)" if p.is_file() else ""))
             continue
         data = json.loads(p.read_text())
         m = data.get("meta", {})

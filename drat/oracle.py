@@ -1,15 +1,17 @@
 """The exact optimum over the same sites and costs: a mixed-integer program (scipy `milp`/HiGHS).
 
 Variables: s_i ∈ {0,1} (site i stored) and R_j ≥ 0 (rebuild count, see `costs.py`). Because the
-objective weights every R_j positively, the recursion R_j = (1 − s_j)(n_j + Σ_c R_c) can be
-written as the linear lower bounds
+objective weights every R_j positively, the recursion
+R_j = (1 − s_j)(n_j + Σ_{c ∈ X(j)} R_c + Σ_{c ∈ W(j)} (R_c − (1 − s_c) n_c)) (children in other
+blocks, and in j's own block, whose own rebuilds reuse j's memoised one) can be written as the
+linear lower bounds
 
-    R_j ≥ n_j + Σ_{c ∈ children(j)} R_c − U_j·s_j
+    R_j ≥ n_j + Σ_{c ∈ children(j)} R_c − Σ_{c ∈ W(j)} n_c (1 − s_c) − U_j·s_j
 
-which are tight at the optimum. U_j must exceed n_j + Σ_c R_c at any plan that could be optimal;
-a child whose rebuild cost alone exceeds a known feasible plan's cost cannot be part of an
-optimum, so R_c ≤ C_ref·n_c/T_c bounds it and keeps U finite even where the all-recompute plan's
-rebuild counts explode exponentially.
+which are tight at the optimum. U_j must exceed n_j + Σ_c R_c at any plan that could be optimal
+(the W term only lowers the bound, so it needs no more); a child whose rebuild cost alone exceeds
+a known feasible plan's cost cannot be part of an optimum, so R_c ≤ C_ref·n_c/T_c bounds it and
+keeps U finite even where the all-recompute plan's rebuild counts explode exponentially.
 
     minimise  λ·Σ M_i s_i + Σ_j T_j R_j / n_j      subject to  Σ bytes_i s_i ≤ budget
 """
@@ -153,13 +155,14 @@ def activation_floor_bytes(costs: SiteCosts, max_time_frac: float = 1.0) -> floa
     """The fewest activation bytes any plan can keep while its recompute time stays within
     `max_time_frac` of a step. Below it a budget is infeasible: the only plans left rebuild
     chains whose cost grows exponentially with depth (all-recompute rebuilds the embedding ~4^L
-    times). Memoised per cost table: budget mode asks for it on every (re)plan, and on measured,
-    noisy costs of ~100 sites HiGHS can take seconds to prove the optimum."""
+    times: across blocks rebuilds are transient). Memoised per cost table: budget mode asks for
+    it on every (re)plan, and on measured, noisy costs of ~100 sites HiGHS can take seconds to
+    prove the optimum."""
     # keyed on the normalised costs: a table scaled as a whole (the same model at another batch
     # size) has the same optimal plan, so its floor is the same fraction of its total bytes
     M, T = (x.numpy() for x in costs.normalized())
     key = (M.round(12).tobytes(), T.round(12).tobytes(), tuple(costs.instances),
-           tuple(map(tuple, costs.parents)), float(max_time_frac))
+           tuple(map(tuple, costs.parents)), tuple(costs.groups), float(max_time_frac))
     if key not in _FLOOR_CACHE:
         _FLOOR_CACHE[key] = _activation_floor_bytes(costs, max_time_frac) / max(costs.total_bytes, 1.0)
     return _FLOOR_CACHE[key] * max(costs.total_bytes, 1.0)

@@ -91,8 +91,17 @@ ADAM_BETAS = (0.9, 0.95)  # nanoGPT/GPT-3 values; β2=0.95 is steadier than 0.99
 # of the steps already taken. (`steps` re-stretches the schedules from the resume point on.)
 RESUMABLE_CHANGES = frozenset({
     "steps", "eval_every", "eval_batches", "log_every", "ckpt_every", "keep_last_k", "device",
-    "tensorboard", "wandb", "wandb_project", "out",
+    "tensorboard", "wandb", "wandb_project", "out", "deterministic",
 })
+
+
+def config_changes(mine: dict, theirs: dict) -> list[str]:
+    """Fields of `mine` that differ from a stored config `theirs`, beyond RESUMABLE_CHANGES. A
+    field the stored config lacks (written before the field existed) counts as its default, so
+    adding a field never makes older runs unresumable."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig)
+                if f.default is not dataclasses.MISSING}
+    return sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k, defaults.get(k)))
 
 
 class TrainingError(ValueError):
@@ -338,7 +347,11 @@ class ResourceAwareTrainer:
         cfg.validate()
         self.cfg = cfg
         self._restore_determinism = set_deterministic() if cfg.deterministic else None
-        self.dist, self.device = init_distributed(cfg.distributed, cfg.device)
+        try:
+            self.dist, self.device = init_distributed(cfg.distributed, cfg.device)
+        except BaseException:
+            self.close()
+            raise
         self.out = Path(cfg.out)
         try:
             # rank 0 owns the run folder; the other ranks learn what it decided (or its error)
@@ -373,7 +386,7 @@ class ResourceAwareTrainer:
         if stored is None:
             raise TrainingError(f"nothing to resume: {self.out} holds no run (no config.json)")
         mine, theirs = self.cfg.to_dict(), stored["training"]
-        changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k))
+        changed = config_changes(mine, theirs)
         if changed:
             diffs = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine[k]!r}" for k in changed)
             raise TrainingError(f"cannot resume the run in {self.out} with a different config ({diffs}); "
@@ -659,7 +672,7 @@ class ResourceAwareTrainer:
 
     def _restore(self, state: dict, path: Path) -> None:
         mine, theirs = self.cfg.to_dict(), state["config"]
-        changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs.get(k))
+        changed = config_changes(mine, theirs)
         if changed:  # e.g. --resume CKPT of another run
             raise TrainingError(f"checkpoint {path} belongs to a run with another config (differs in "
                                 f"{', '.join(changed)})")

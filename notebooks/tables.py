@@ -316,7 +316,8 @@ else:
 # of trained runs, or, where baselines are profiled rather than trained (the paper grid: they are
 # exact, so they would train to the loss of none), from its profiled plan against none's
 full = paired[(paired["size"] == headline_size) & (paired["run"] == "full")] if len(paired) else paired
-fp = frontier[frontier["size"] == headline_size].set_index("point") if len(frontier) else None
+fp = (frontier[(frontier["source"] == "profile") & (frontier["size"] == headline_size)].set_index("point")
+      if len(frontier) else None)
 if len(full):
     M.add("FullMemRed", num(full.iloc[0]["mem_reduction"], 1, pct=True))
     M.add("FullTimeChange", num(full.iloc[0]["step_time_ratio"] - 1, 1, pct=True))

@@ -84,3 +84,26 @@ def test_stop_after_leaves_later_jobs_unstarted(tmp_path):
     r = subprocess.run(["bash", "jobs.sh"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert "not started (time): 2" in r.stdout, r.stdout
     assert (tmp_path / "out" / "a.txt").exists() and not (tmp_path / "out" / "b.txt").exists()
+
+
+def test_a_job_cut_off_mid_way_is_rerun_not_taken_as_done(tmp_path):
+    """A bench rewrites its outputs after every row: killed by a timeout, it leaves complete-
+    looking files. The `.incomplete` marker makes the next call rerun it."""
+    fake = "\n".join(["rule a:", "    output: out/a.txt", "    log: logs/a.log",
+                      "Shell command: for i in 1 2 3 4 5 6; do echo row$i >> out/a.txt; sleep 0.4; done"])
+    (tmp_path / "jobs.sh").write_text(to_script(jobs(fake)))
+    r = subprocess.run(["timeout", "1", "bash", "jobs.sh"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 124 and (tmp_path / "out" / "a.txt.incomplete").exists()
+    r = subprocess.run(["bash", "jobs.sh"], cwd=tmp_path, capture_output=True, text=True)
+    assert "skipped (done): 0" in r.stdout
+    assert (tmp_path / "out" / "a.txt").read_text().split() == [f"row{i}" for i in range(1, 7)]
+    assert not (tmp_path / "out" / "a.txt.incomplete").exists()
+    r = subprocess.run(["bash", "jobs.sh"], cwd=tmp_path, capture_output=True, text=True)
+    assert "skipped (done): 1" in r.stdout
+
+
+def test_stop_after_must_be_whole_seconds(tmp_path):
+    (tmp_path / "jobs.sh").write_text(to_script(jobs(FAKE3)))
+    r = subprocess.run(["bash", "jobs.sh"], cwd=tmp_path, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "JOBS_STOP_AFTER_S": "4.5"})
+    assert r.returncode == 2 and "whole seconds" in r.stderr

@@ -303,6 +303,13 @@ def test_aggregate_lists_missing_runs_and_reads_present_ones(tmp_path):
     with pytest.raises(AggregateError, match="no results at all"):
         aggregate({"runs": [{**runs[0], "dir": str(tmp_path / "nowhere")}]}, tmp_path / "none",
                   allow_missing=True)
+    # a profile or bench that a job script saw cut off mid-way (`.incomplete`) counts as missing
+    prof = tmp_path / "none.json"
+    shutil.copy(res / "profile" / "tiny" / "none.json", prof)
+    (tmp_path / "none.json.incomplete").touch()
+    cut = {**manifest, "profiles": [{**manifest["profiles"][0], "path": str(prof)}]}
+    out = aggregate(cut, tmp_path / "cut", allow_missing=True, log=warnings.append)
+    assert f"{prof} (cut off)" in out["missing"]["profiles"]
 
 
 # ------------------------------------------------------------------------------------------ scripts

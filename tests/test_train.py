@@ -77,6 +77,22 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, tokenizer
     assert ckpts == ["ckpt_0000003.pt", "ckpt_0000006.pt"]
 
 
+def test_a_run_written_before_a_config_field_existed_still_resumes(tmp_path, tokenizer_path):
+    """A stored config (config.json, checkpoint) without a newer field means that field's default:
+    adding a TrainingConfig field must not make older runs unresumable."""
+    cfg = small_cfg(tmp_path / "old", tokenizer_path, steps=4, ckpt_every=2)
+    run(cfg, stop_after=2)
+    stored = json.loads((tmp_path / "old" / "config.json").read_text())
+    del stored["training"]["deterministic"]  # as written before the field existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(stored))
+    ckpt = tmp_path / "old" / "checkpoints" / "ckpt_0000002.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["config"]["deterministic"]
+    torch.save(state, ckpt)
+    (ckpt.parent / (ckpt.name + ".sha256")).unlink(missing_ok=True)
+    assert run(cfg, resume="latest")["finished"]
+
+
 def test_resume_discards_metrics_logged_after_the_checkpoint(tmp_path, tokenizer_path):
     cfg = small_cfg(tmp_path / "r", tokenizer_path, ckpt_every=2)
     run(cfg, stop_after=3)  # checkpoints at 2 and 3; then pretend 3 never got saved

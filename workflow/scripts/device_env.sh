@@ -8,10 +8,10 @@
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -d .corpora ]; then export DRAT_CACHE="$PWD/.corpora"; fi   # a carried corpus cache
 DRAT_GIT_COMMIT="${1:-${DRAT_GIT_COMMIT:-}}"
-case "$DRAT_GIT_COMMIT" in
-  [0-9a-f]*) [ ${#DRAT_GIT_COMMIT} -eq 40 ] || { echo "device_env.sh: give the 40-hex commit being run" >&2; return 1; } ;;
-  *) echo "device_env.sh: give the 40-hex commit being run: source $0 <commit>" >&2; return 1 ;;
-esac
+if ! [[ "$DRAT_GIT_COMMIT" =~ ^[0-9a-f]{40}$ ]]; then
+  echo "device_env.sh: give the 40-hex commit being run: source workflow/scripts/device_env.sh <commit>" >&2
+  return 1
+fi
 export DRAT_GIT_COMMIT
 mkdir -p /tmp/drat-bin
 printf '#!/bin/sh\nexec python3 -m drat.cli "$@"\n' > /tmp/drat-bin/drat
