@@ -348,6 +348,17 @@ M.add("StoreAllPairs", str(len(gaps)))
 M.add("NoneSeedSpreadMax", num(max(spreads), 4) if spreads else "--", "nats, max-min of none over seeds")
 on_gpu = len(runs) and not runs["device"].astype(str).str.lower().str.startswith("cpu").all()
 M.add("RunDevice", "GPU" if on_gpu else "CPU")
+# Store-all DRAT (λ=0) recomputes nothing: its step-time change against none, paired by seed, is
+# what the gate machinery itself costs in training, to be read against the headline's
+sa = paired[(paired["size"] == headline_size) & (paired["run"] == "drat-lam0")] if len(paired) else paired
+if len(sa):
+    r = sa.iloc[0]
+    M.add("StoreAllTimeChange", num(r["step_time_ratio"] - 1, 1, pct=True), "% step time, drat-lam0 vs none")
+    M.add("StoreAllTimeChangeLo", num(r["step_time_ratio_lo"] - 1, 1, pct=True))
+    M.add("StoreAllTimeChangeHi", num(r["step_time_ratio_hi"] - 1, 1, pct=True))
+else:
+    for name in ("StoreAllTimeChange", "StoreAllTimeChangeLo", "StoreAllTimeChangeHi"):
+        M.add(name, "--", "no store-all run")
 # DRAT's fitted plan against the oracle at the headline λ (profiled plans of the headline size)
 fh = f_head.set_index("point") if len(f_head) else None
 key_d, key_o = f"drat-lam{headline_lambda:g}", f"oracle-lam{headline_lambda:g}"
