@@ -105,6 +105,16 @@ def model_flops_per_step(model: GPT, batch: int, seq: int) -> float:
     return batch * seq * (6 * n + 6 * cfg.n_layer * seq * cfg.n_embd)
 
 
+def lambda_plans(costs, lams) -> list[tuple[str, DRATGates, int]]:
+    """(name, strategy, sites recomputed) of DRAT fitted at each λ on one cost table: the DRAT
+    rows of `bench trace` and `bench exactness`."""
+    out = []
+    for lam in lams:
+        fit = fit_gates(costs, lam=lam)
+        out.append((f"drat-lam{lam:g}", DRATGates(fit.gates), len(fit.stored) - sum(fit.stored)))
+    return out
+
+
 def bench_model(size: str, seq_len: int, batch_size: int, device: str, n_layer: int | None = None,
                 n_embd: int | None = None, n_head: int | None = None, vocab_size: int | None = None,
                 tie_weights: bool | None = None):

@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-from .bench import add_model_args, bench_model, model_kwargs, write_rows
+from .bench import add_model_args, bench_model, lambda_plans, model_kwargs, write_rows
 from .costs import build_costs
-from .gates import fit_gates
 from .profile import autocast_ctx
 from .provenance import provenance
-from .strategies import DRATGates, FullAC, NoneAC, PlanAC, SelectiveAC
+from .strategies import FullAC, NoneAC, PlanAC, SelectiveAC
 
 EXACTNESS_FIELDS = ["name", "n_recomputed", "loss", "loss_equal", "grads_equal", "n_params_differing",
                     "max_abs_grad_diff", "rebuilds"]
@@ -76,9 +75,7 @@ def run_exactness(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, de
         n = len(model.graph)
         plans = [("none", NoneAC(), 0), ("none-repeat", NoneAC(), 0), ("full", FullAC(), None),
                  ("selective", SelectiveAC(), None)]
-        for lam in lams:
-            fit = fit_gates(costs, lam=lam)
-            plans.append((f"drat-lam{lam:g}", DRATGates(fit.gates), n - sum(fit.stored)))
+        plans += lambda_plans(costs, lams)
         blocks = [k.layer is None or k.name == "mlp_down" for k in model.graph.keys]
         plans.append(("drat-blocks", PlanAC(stored=blocks), n - sum(blocks)))
         rows, ref = [], None

@@ -31,12 +31,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from . import recompute
-from .bench import add_model_args, bench_model, check_steps, model_kwargs, write_rows
+from .bench import add_model_args, bench_model, check_steps, lambda_plans, model_kwargs, write_rows
 from .costs import build_costs
-from .gates import fit_gates
 from .profile import autocast_ctx, measure_steps
 from .provenance import provenance
-from .strategies import DRATGates, FullAC, NoneAC
+from .strategies import FullAC, NoneAC
 
 TRACE_FIELDS = ["name", "step_ms", "gpu_busy_ms", "gpu_busy_frac", "kernels", "rebuilds", "rebuild_cpu_ms",
                 "rebuild_gpu_ms", "peak_gib", "reserved_minus_allocated_gib", "n_recomputed"]
@@ -114,9 +113,7 @@ def run_trace(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device
     plans = [("none", NoneAC(), 0), ("full", FullAC(), 0)]
     model.set_strategy(NoneAC())
     costs = build_costs(model, idx, targets, "measured")
-    for lam in lams:
-        fit = fit_gates(costs, lam=lam)
-        plans.append((f"drat-lam{lam:g}", DRATGates(fit.gates), len(fit.stored) - sum(fit.stored)))
+    plans += lambda_plans(costs, lams)
     rows: list[dict] = []
     for name, strategy, n_rec in plans:
         model.set_strategy(strategy)
