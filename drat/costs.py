@@ -22,6 +22,7 @@ counts the same R_j (tests/test_accounting.py checks it on random plans).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 
@@ -98,25 +99,35 @@ def expected_recompute(s: torch.Tensor, T: torch.Tensor, costs: SiteCosts) -> to
     strictly upper triangular because children come later in forward order), W its same-block
     part and D = diag(1 − s), R = D(n + C R − W D n), i.e. (I − D C) R = D (n − W D n): one
     triangular solve instead of a scalar autograd graph of every edge."""
-    n = len(costs)
     dtype = T.dtype
     s = s.to(dtype)
-    inst = torch.tensor(costs.instances, dtype=dtype)
-    C = torch.zeros(n, n, dtype=dtype)
+    C, W, inst = (m.to(dtype) for m in _structure(tuple(costs.labels), tuple(map(tuple, costs.parents)),
+                                                  tuple(costs.instances)))
+    d = 1 - s  # [n]
+    A = torch.eye(len(d), dtype=dtype) - d[:, None] * C  # [n, n] unit upper triangular
+    rhs = d * (inst - W @ (d * inst))  # [n]
+    R = torch.linalg.solve_triangular(A, rhs[:, None], upper=True, unitriangular=True)[:, 0]
+    return (R * T / inst).sum()
+
+
+@functools.lru_cache(maxsize=16)
+def _structure(labels: tuple, parents: tuple, instances: tuple) -> tuple[torch.Tensor, ...]:
+    """(C, W, n) of `expected_recompute`, built once per site graph: the gates' resource loss runs
+    every training step on the host, and rebuilding these from the labels was half its time."""
+    costs = SiteCosts(list(labels), [0.0] * len(labels), [0.0] * len(labels), [list(p) for p in parents],
+                      list(instances), 1.0)
+    n = len(costs)
+    C = torch.zeros(n, n, dtype=torch.float64)
     rows = [j for j, ch in enumerate(costs.children) for _ in ch]
     cols = [c for ch in costs.children for c in ch]
     if rows:
         C[rows, cols] = 1.0
-    W = torch.zeros(n, n, dtype=dtype)
+    W = torch.zeros(n, n, dtype=torch.float64)
     rows = [j for j, ch in enumerate(costs.same_block_children) for _ in ch]
     cols = [c for ch in costs.same_block_children for c in ch]
     if rows:
         W[rows, cols] = 1.0
-    d = 1 - s  # [n]
-    A = torch.eye(n, dtype=dtype) - d[:, None] * C  # [n, n] unit upper triangular
-    rhs = d * (inst - W @ (d * inst))  # [n]
-    R = torch.linalg.solve_triangular(A, rhs[:, None], upper=True, unitriangular=True)[:, 0]
-    return (R * T / inst).sum()
+    return C, W, torch.tensor(costs.instances, dtype=torch.float64)
 
 
 def rebuild_counts(stored: list[bool], costs: SiteCosts) -> list[float]:

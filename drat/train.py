@@ -1008,8 +1008,13 @@ class ResourceAwareTrainer:
 
 def set_deterministic():
     """Ask for deterministic kernels (TrainingConfig.deterministic); returns the undo.
-    warn_only: an op without a deterministic implementation warns (in the run's log) instead of
-    stopping the run, so the log says exactly which op keeps two GPU runs apart. cuBLAS reads
+
+    Strict (warn_only=False), because warn_only is not "deterministic where possible": PyTorch's
+    attention backwards (flash, cuDNN, memory-efficient) read the flag and take their
+    deterministic path only when it is strict; under warn_only they warn and stay
+    non-deterministic. Measured on the H200 (results/bench/exactness_small_h200_det): with
+    warn_only, two identical `none` steps still differed in 49 gradients. An op that has no
+    deterministic implementation now stops the run with PyTorch's error naming it. cuBLAS reads
     its workspace setting when its handle is created: set here, before the model touches the GPU."""
     if torch.cuda.is_available() and torch.cuda.is_initialized() \
             and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
@@ -1020,7 +1025,7 @@ def set_deterministic():
               torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True, warn_only=False)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
 

@@ -375,6 +375,8 @@ def test_deterministic_mode_is_recorded_same_losses_and_undone_on_close(tmp_path
     trainer = ResourceAwareTrainer(cfg)
     try:
         assert torch.are_deterministic_algorithms_enabled()
+        # strict: attention backwards take their deterministic path only then (set_deterministic)
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
         trainer.train()
     finally:
         trainer.close()
