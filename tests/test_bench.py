@@ -3,9 +3,13 @@
 import csv
 import json
 
+import pytest
+
 from drat.bench import CSV_FIELDS, model_flops_per_step
 from drat.cli import main
+from drat.costs import SiteCosts
 from drat.model import GPT, GPTConfig
+from drat.oracle import activation_floor_bytes
 
 
 def test_frontier_writes_csv_json_and_plot(tmp_path, capsys):
@@ -28,6 +32,17 @@ def test_frontier_writes_csv_json_and_plot(tmp_path, capsys):
     meta = json.load(open(out / "frontier.json"))["meta"]
     assert {"torch_version", "device", "git_commit", "config"} <= set(meta)
     assert (out / "frontier.png").stat().st_size > 0
+    # the cost table the DRAT rows were planned on travels with them, and the oracle's predicted
+    # frontier on it: from the floor (first point) to store-all (last), time never rises with memory
+    costs = SiteCosts(**meta["costs"])
+    assert len(costs) == len(GPT(GPTConfig(**meta["config"])).graph)
+    curve = meta["oracle_curve"]
+    assert curve[0]["activation_bytes"] == pytest.approx(activation_floor_bytes(costs))
+    assert curve[-1]["activation_bytes"] == pytest.approx(costs.total_bytes) and curve[-1]["time_frac"] == 0
+    assert all(a["time_frac"] >= b["time_frac"] - 1e-12 for a, b in zip(curve, curve[1:]))
+    assert all(p["activation_bytes"] <= p["activation_budget_bytes"] * (1 + 1e-6) for p in curve)
+    assert all(p["predicted_step_ms"] == pytest.approx(float(by["none"]["step_ms"]) * (1 + p["time_frac"]))
+               for p in curve)
 
 
 def test_bench_rejects_too_few_gpu_steps(capsys, monkeypatch):
