@@ -9,7 +9,7 @@ notebooks → paper.
                                                                          # committed raw results
 
 Every path comes from the config (`results_dir`, `paper.*`); the rules live in workflow/rules/.
-Compute rules (train, profile, bench) are separate from the cheap rules that only read their
+Compute rules (train, profile, bench, exactness, repeat) are separate from the cheap rules that only read their
 outputs (aggregate, stats, notebooks, paper), so a figure tweak never retrains anything.
 """
 
@@ -22,6 +22,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/profile.smk"
+include: "workflow/rules/exactness.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/notebooks.smk"
 include: "workflow/rules/paper.smk"

@@ -12,6 +12,10 @@ profile JSON and bench frontier. Outputs in --out:
     profile_steps.csv  every timed step of every profiled plan (the bootstrap resamples these)
     profile_sites.csv  per-site decision and bytes of every profiled plan
     bench.csv          the rows of `drat bench frontier` (one process, side by side), per size
+    exactness.csv      the rows of `drat bench exactness` per mode: each strategy's loss and
+                       gradients against `none`, bitwise, on the run device
+    repeats.csv        a training run run again against the original: final losses, first
+                       logged step whose training loss differs
     provenance.json    the devices, torch versions and commits the results came from
     missing.json       expected results that are absent or unfinished
 
@@ -43,6 +47,13 @@ PROFILE_FIELDS = ["size", "point", "kind", "strategy", "lam", "budget_gib", "sav
                   "model_state_bytes", "peak_memory_bytes", "reserved_memory_bytes", "step_ms",
                   "tokens_per_s", "n_recomputed", "n_sites", "params", "batch_size", "seq_len", "device",
                   "torch_version", "git_commit", "path"]
+
+
+EXACTNESS_FIELDS = ["size", "mode", "name", "n_recomputed", "loss", "loss_equal", "grads_equal",
+                    "n_params_differing", "max_abs_grad_diff", "rebuilds", "deterministic", "device",
+                    "torch_version", "git_commit"]
+REPEAT_FIELDS = ["size", "run", "seed", "dir", "of", "final_val_loss", "of_final_val_loss", "abs_gap",
+                 "initial_val_loss_equal", "first_differing_step", "logged_steps", "device", "git_commit"]
 
 
 class AggregateError(RuntimeError):
@@ -166,6 +177,23 @@ def summarize_profile(path: Path, meta: dict) -> tuple[dict, list[dict], list[di
     return row, steps, site_rows
 
 
+def summarize_repeat(meta: dict) -> dict:
+    """repeats.csv row: a run and its repeat, compared record by record (train losses, bitwise)."""
+    mine, orig = Path(meta["dir"]), Path(meta["of"])
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (mine, orig))
+    ta = {r["step"]: r.get("loss") for r in read_jsonl(mine / "metrics.jsonl") if r.get("kind") == "train"}
+    tb = {r["step"]: r.get("loss") for r in read_jsonl(orig / "metrics.jsonl") if r.get("kind") == "train"}
+    common = sorted(set(ta) & set(tb))
+    first = next((k for k in common if ta[k] != tb[k]), None)
+    prov = a.get("provenance", {})
+    return {**{k: meta.get(k) for k in ("size", "run", "seed")}, "dir": str(mine), "of": str(orig),
+            "final_val_loss": a.get("final_val_loss"), "of_final_val_loss": b.get("final_val_loss"),
+            "abs_gap": abs(a["final_val_loss"] - b["final_val_loss"]),
+            "initial_val_loss_equal": a.get("initial_val_loss") == b.get("initial_val_loss"),
+            "first_differing_step": first, "logged_steps": len(common), "device": prov.get("device"),
+            "git_commit": prov.get("git_commit")}
+
+
 def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
     fields = fields or sorted({k for r in rows for k in r})
     tmp = path.with_name(path.name + ".tmp")
@@ -214,8 +242,28 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
             bench.append({"size": meta["size"], **{k: v for k, v in row.items() if k != "step_ms_all"},
                           "device": m.get("device"), "torch_version": m.get("torch_version"),
                           "git_commit": m.get("git_commit")})
+    exact, repeats = [], []
+    missing.update(exactness=[], repeats=[])
+    for meta in manifest.get("exactness", []):
+        p = Path(meta["path"])
+        if not p.is_file() or cut_off(p):
+            missing["exactness"].append(str(p) + (" (cut off)" if p.is_file() else ""))
+            continue
+        data = json.loads(p.read_text())
+        m = data.get("meta", {})
+        exact += [{"size": meta["size"], "mode": meta["mode"], **row, "deterministic": m.get("deterministic"),
+                   "device": m.get("device"), "torch_version": m.get("torch_version"),
+                   "git_commit": m.get("git_commit")} for row in data.get("rows", [])]
+    for meta in manifest.get("repeats", []):
+        for d in (Path(meta["dir"]), Path(meta["of"])):
+            ok, why = run_complete(d)
+            if not ok:
+                missing["repeats"].append(f"{d} ({why})")
+                break
+        else:
+            repeats.append(summarize_repeat(meta))
     n_missing = sum(len(v) for v in missing.values())
-    n_found = len(runs) + len(profiles) + len(bench)
+    n_found = len(runs) + len(profiles) + len(bench) + len(exact) + len(repeats)
     if n_missing:
         lines = [f"  {kind}: {item}" for kind, items in missing.items() for item in items]
         where = manifest.get("results_dir", "?")
@@ -234,6 +282,8 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
     _write_csv(out / "profile_sites.csv", sites, ["size", "point", "layer", "site", "decision", "bytes"])
     bench_fields = ["size"] + [f for f in sorted({k for r in bench for k in r}) if f != "size"]
     _write_csv(out / "bench.csv", bench, bench_fields if bench else ["size"])
+    _write_csv(out / "exactness.csv", exact, EXACTNESS_FIELDS)
+    _write_csv(out / "repeats.csv", repeats, REPEAT_FIELDS)
     prov: dict[str, Any] = {k: sorted({str(r.get(k)) for r in runs + profiles if r.get(k) is not None})
                             for k in ("device", "torch_version", "git_commit")}
     prov.update({"scale": manifest.get("scale"), "results_dir": manifest.get("results_dir"),

@@ -446,3 +446,46 @@ def test_ci_runs_the_readme_test_command_and_the_smoke_pipeline():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest -q" in ci and "workflow/config/smoke.yaml" in ci and "latexmk" in ci
     assert "python -m pytest -q" in (ROOT / "README.md").read_text()
+
+
+def test_aggregate_reads_exactness_and_compares_a_repeated_run(tmp_path):
+    """exactness.csv carries the bench rows per mode; repeats.csv compares a run with its repeat
+    record by record (first differing logged loss, final gap); a missing half is listed."""
+    import csv
+
+    from drat.aggregate import aggregate
+
+    orig = FIXTURE / "results" / "train" / "tiny" / "none" / "seed0"
+    rep = tmp_path / "repeat" / "tiny" / "none" / "seed0"
+    shutil.copytree(orig, rep)
+    lines = (rep / "metrics.jsonl").read_text().splitlines()
+    train_at = [i for i, line in enumerate(lines) if json.loads(line)["kind"] == "train"]
+    changed = json.loads(lines[train_at[1]])
+    changed["loss"] += 1e-3  # the second logged step drifts
+    lines[train_at[1]] = json.dumps(changed)
+    (rep / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    summary = json.loads((rep / "summary.json").read_text())
+    summary["final_val_loss"] += 0.25
+    (rep / "summary.json").write_text(json.dumps(summary))
+    bench = tmp_path / "exactness.json"
+    rows = [{"name": "none", "n_recomputed": 0, "loss": 1.0, "loss_equal": True, "grads_equal": True,
+             "n_params_differing": 0, "max_abs_grad_diff": 0.0, "rebuilds": 0},
+            {"name": "full", "n_recomputed": None, "loss": 1.0, "loss_equal": True, "grads_equal": False,
+             "n_params_differing": 3, "max_abs_grad_diff": 3e-5, "rebuilds": 0}]
+    bench.write_text(json.dumps({"meta": {"device": "GPU-X", "deterministic": False, "git_commit": "c" * 40},
+                                 "rows": rows}))
+    manifest = {"runs": [], "exactness": [
+        {"size": "tiny", "mode": "plain", "path": str(bench)},
+        {"size": "tiny", "mode": "deterministic", "path": str(tmp_path / "nowhere.json")}],
+        "repeats": [{"size": "tiny", "run": "none", "seed": 0, "dir": str(rep), "of": str(orig)},
+                    {"size": "tiny", "run": "none", "seed": 1, "dir": str(tmp_path / "absent"), "of": str(orig)}]}
+    out = aggregate(manifest, tmp_path / "t", allow_missing=True, log=lambda m: None)
+    assert out["missing"]["exactness"] == [str(tmp_path / "nowhere.json")]
+    assert out["missing"]["repeats"] == [f"{tmp_path / 'absent'} (no config.json)"]
+    ex = list(csv.DictReader(open(tmp_path / "t" / "exactness.csv")))
+    assert [(r["mode"], r["name"], r["grads_equal"], r["device"]) for r in ex] == [
+        ("plain", "none", "True", "GPU-X"), ("plain", "full", "False", "GPU-X")]
+    (r,) = list(csv.DictReader(open(tmp_path / "t" / "repeats.csv")))
+    step = json.loads(lines[train_at[1]])["step"]
+    assert int(r["first_differing_step"]) == step and r["initial_val_loss_equal"] == "True"
+    assert float(r["abs_gap"]) == pytest.approx(0.25)

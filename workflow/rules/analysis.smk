@@ -17,20 +17,22 @@ rule manifest:
     params:
         manifest=json.dumps({"scale": config["scale"], "results_dir": R, "device": config["device"],
                              "archived": ARCHIVED, "runs": TRAIN_RUNS, "profiles": PROFILE_POINTS,
-                             "bench": BENCH}, sort_keys=True),
+                             "bench": BENCH, "exactness": EXACTNESS, "repeats": REPEATS}, sort_keys=True),
     run:
         Path(output[0]).parent.mkdir(parents=True, exist_ok=True)
         Path(output[0]).write_text(json.dumps(json.loads(params.manifest), indent=1) + "\n")
 
 
-AGG_TABLES = ["runs", "curves", "gates", "profile", "profile_steps", "profile_sites", "bench"]
+AGG_TABLES = ["runs", "curves", "gates", "profile", "profile_steps", "profile_sites", "bench", "exactness",
+              "repeats"]
 
 
 rule aggregate:
     """Per-run summary.json/metrics.jsonl and profile/bench JSON -> tidy CSVs."""
     input:
         manifest=f"{R}/manifest.json",
-        results=[] if ARCHIVED else TRAIN_OUTPUTS + PROFILE_OUTPUTS + BENCH_OUTPUTS,
+        results=[] if ARCHIVED else (TRAIN_OUTPUTS + PROFILE_OUTPUTS + BENCH_OUTPUTS + EXACTNESS_OUTPUTS
+                                     + REPEAT_OUTPUTS),
     output:
         [f"{R}/tables/{t}.csv" for t in AGG_TABLES],
         provenance=f"{R}/tables/provenance.json",

@@ -33,7 +33,8 @@ RES = config.get("resources", {})
 STATS = config["stats"]
 
 FIGURES = ["frontier", "lambda_sweep", "gate_heatmap", "loss_curves", "budget_tracking"]
-TABLES = ["results_table", "baselines_table", "setup_table", "frontier_table", "bench_table", "bench_verdicts"]
+TABLES = ["results_table", "baselines_table", "setup_table", "frontier_table", "bench_table", "bench_verdicts",
+          "exactness_text"]
 NOTEBOOKS = {
     "frontier": ["frontier", "lambda_sweep"],
     "training": ["loss_curves", "gate_heatmap", "budget_tracking"],
@@ -90,9 +91,25 @@ PROFILE_POINTS = [dict(size=size, point=pt, kind=k, strategy=st, lam=lam, budget
 BENCH = ([dict(size=size, path=f"{R}/bench/{size}/frontier.json") for size in config["sizes"]]
          if config.get("bench", {}).get("enabled", True) else [])
 
+# Exactness on the device (workflow/rules/exactness.smk): `drat bench exactness` on one size, per
+# mode (plain kernels; deterministic ones), and one training run repeated into its own folder.
+EXACT = config.get("exactness", {})
+EXACT_SIZE = EXACT.get("size") or next(iter(config["sizes"]))
+EXACTNESS = ([dict(size=EXACT_SIZE, mode=m, path=f"{R}/exactness/{EXACT_SIZE}/{m}/exactness.json")
+              for m in EXACT.get("modes", ["plain", "deterministic"])] if EXACT.get("enabled", False) else [])
+REPEATS = ([dict(size=EXACT_SIZE, run="none", seed=int(EXACT.get("repeat_seed", 0)),
+                 dir=f"{R}/repeat/{EXACT_SIZE}/none/seed{int(EXACT.get('repeat_seed', 0))}",
+                 of=f"{R}/train/{EXACT_SIZE}/none/seed{int(EXACT.get('repeat_seed', 0))}")]
+           if EXACT.get("enabled", False) else [])
+if REPEATS and not any(r["dir"] == REPEATS[0]["of"] for r in TRAIN_RUNS):
+    raise ValueError(f"exactness: the repeated run {REPEATS[0]['of']} is not in the training grid; "
+                     f"give size {EXACT_SIZE!r} the baseline `none` and seed {REPEATS[0]['seed']}")
+
 TRAIN_OUTPUTS = [f"{r['dir']}/summary.json" for r in TRAIN_RUNS]
 PROFILE_OUTPUTS = [p["path"] for p in PROFILE_POINTS]
 BENCH_OUTPUTS = [b["path"] for b in BENCH]
+EXACTNESS_OUTPUTS = [e["path"] for e in EXACTNESS]
+REPEAT_OUTPUTS = [f"{r['dir']}/summary.json" for r in REPEATS]
 
 
 def archived_digest():
@@ -102,8 +119,9 @@ def archived_digest():
     import hashlib
 
     h = hashlib.sha256()
-    for out in sorted(TRAIN_OUTPUTS + PROFILE_OUTPUTS + BENCH_OUTPUTS):
-        folder = Path(out).parent if out in TRAIN_OUTPUTS else None
+    folders = set(TRAIN_OUTPUTS + REPEAT_OUTPUTS)
+    for out in sorted(TRAIN_OUTPUTS + PROFILE_OUTPUTS + BENCH_OUTPUTS + EXACTNESS_OUTPUTS + REPEAT_OUTPUTS):
+        folder = Path(out).parent if out in folders else None
         files = sorted(folder.glob("*.json*")) if folder and folder.is_dir() else [Path(out)]
         for f in files:
             if f.is_file():
@@ -118,6 +136,7 @@ wildcard_constraints:
     run=rf"(none|full|selective|sac|drat-lam{NUM}|drat-budget{NUM})",
     point=rf"(none|full|selective|sac|(drat|oracle)-(lam|budget){NUM})",
     seed=r"\d+",
+    mode=r"(plain|deterministic)",
 
 
 def threads_of(key):

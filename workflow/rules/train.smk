@@ -18,15 +18,16 @@ def train_gpus(wc):
     return int(size_cfg(wc.size).get("gpus", 1))
 
 
-def train_command(wc, input, threads):
-    """train_run.py for one process; for several, train_run.py --prepare-only, then torchrun."""
-    out = run_dir(wc.size, wc.run, wc.seed)
+def train_command(wc, input, threads, out=None):
+    """train_run.py for one process; for several, train_run.py --prepare-only, then torchrun.
+    `out`: another folder for the same run (the exactness rules' repeat)."""
+    out = out or run_dir(wc.size, wc.run, wc.seed)
     script = (f"python workflow/scripts/train_run.py --config-json {shlex.quote(train_fields(wc))} "
               f"--tokenizer {input.tokenizer} --tokens {input.tokens} --out {out} --threads {threads}")
     n = train_gpus(wc)
     if n == 1:
         return script
-    fields = f"{R}/logs/train/{wc.size}/{wc.run}/seed{wc.seed}.config.json"
+    fields = f"{out}.config.json".replace(f"{R}/", f"{R}/logs/", 1)
     mode = size_cfg(wc.size).get("distributed", "ddp")
     return (f"{script} --prepare-only {fields} && "
             f"torchrun --standalone --nproc_per_node {n} -m drat.cli train --config {fields} "
