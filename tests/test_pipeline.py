@@ -478,7 +478,8 @@ def test_aggregate_reads_exactness_and_compares_a_repeated_run(tmp_path):
         {"size": "tiny", "mode": "plain", "path": str(bench)},
         {"size": "tiny", "mode": "deterministic", "path": str(tmp_path / "nowhere.json")}],
         "repeats": [{"size": "tiny", "run": "none", "seed": 0, "dir": str(rep), "of": str(orig)},
-                    {"size": "tiny", "run": "none", "seed": 1, "dir": str(tmp_path / "absent"), "of": str(orig)}]}
+                    {"size": "tiny", "run": "none", "seed": 1, "dir": str(tmp_path / "absent"),
+                     "of": str(orig)}]}
     out = aggregate(manifest, tmp_path / "t", allow_missing=True, log=lambda m: None)
     assert out["missing"]["exactness"] == [str(tmp_path / "nowhere.json")]
     assert out["missing"]["repeats"] == [f"{tmp_path / 'absent'} (no config.json)"]
