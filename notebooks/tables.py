@@ -453,6 +453,31 @@ else:
     M.add("HeadDratActMiB", "--")
     M.add("HeadOracleActMiB", "--")
 M.add("ProfileMemUnit", "peak GiB" if gpu else "MiB of saved activations")
+# DRAT's fitted plan against the oracle's, site by site, at every λ and budget profiled for both
+# (they plan on one cost table per size), and how far one plan's median step time moves between
+# the separate processes that profiled it: the resolution of any time comparison between points
+psites = read_csv(Path(tables_dir) / "profile_sites.csv")
+prof = read_csv(Path(tables_dir) / "profile.csv")
+n_pairs = n_same = 0
+spread_pct = []
+if len(psites) and len(prof):
+    for (size, point), g in psites.groupby(["size", "point"]):
+        if not str(point).startswith("drat-"):
+            continue
+        twin = "oracle-" + str(point)[len("drat-"):]
+        o = psites[(psites["size"] == size) & (psites["point"] == twin)]
+        if not len(o):
+            continue
+        n_pairs += 1
+        if list(g["decision"]) == list(o["decision"]):
+            n_same += 1
+            t = prof[(prof["size"] == size) & prof["point"].isin([point, twin])]["step_ms"]
+            if len(t) == 2:
+                spread_pct.append(100 * (t.max() / t.min() - 1))
+M.add("NumOraclePairs", str(n_pairs), "profiled (size, λ or budget) with both a DRAT and an oracle plan")
+M.add("NumOracleSame", str(n_same), "of them, DRAT's plan equals the oracle's at every site")
+M.add("SamePlanTimeSpreadMax", num(max(spread_pct), 1) if spread_pct else "--",
+      "% max/min - 1 of the median step time of one plan profiled in two processes")
 n_equiv = int(paired["tost_equivalent"].sum()) if len(paired) else 0
 M.add("NumEquivalent", str(n_equiv), "run groups whose loss is TOST-equivalent to none")
 M.add("NumCompared", str(len(paired)))
