@@ -65,17 +65,19 @@ PROFILE_REBUILDS = False  # set by `drat bench trace`: wrap each rebuild in a pr
 
 def model_state_ptrs(model: torch.nn.Module) -> set[int]:
     # FSDP2's sharded parameters (DTensors) have no storage to point at; what ops save is the
-    # unsharded copy gathered at forward time, a leaf that requires grad (caught without this set)
-    return {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())
-            if not _is_dtensor(t)}
+    # unsharded copy gathered at forward time, a leaf that requires grad (caught without this set).
+    # A plain walk (see _params_of): `model.parameters()` cost ~2 ms per forward on the host.
+    dtensor = _dtensor_type()
+    return {t.untyped_storage().data_ptr() for t in _params_of(model, buffers=True)
+            if dtensor is None or not isinstance(t, dtensor)}
 
 
-def _is_dtensor(t: torch.Tensor) -> bool:
+def _dtensor_type():
     if not torch.distributed.is_available():
-        return False
+        return None
     from torch.distributed.tensor import DTensor
 
-    return isinstance(t, DTensor)
+    return DTensor
 
 
 def _sdp_flags() -> tuple[bool, ...]:
@@ -84,15 +86,17 @@ def _sdp_flags() -> tuple[bool, ...]:
     return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled())
 
 
-def _params_of(m: torch.nn.Module) -> list[torch.Tensor]:
-    """The parameters registered now in `m` and below. A plain walk over `_parameters` and
-    `_modules`: `Module.parameters()` goes through generator layers that cost ~90 µs per
-    recomputed site and forward on the CPU that launches the GPU's kernels. Not cached: FSDP2
-    swaps the registered parameters between sharded and unsharded ones."""
+def _params_of(m: torch.nn.Module, buffers: bool = False) -> list[torch.Tensor]:
+    """The parameters (and buffers) registered now in `m` and below. A plain walk over
+    `_parameters` and `_modules`: `Module.parameters()` goes through generator layers that cost
+    ~90 µs per recomputed site and forward on the CPU that launches the GPU's kernels. Not
+    cached: FSDP2 swaps the registered parameters between sharded and unsharded ones."""
     out = [t for t in m._parameters.values() if t is not None]
+    if buffers:
+        out += [t for t in m._buffers.values() if t is not None]
     for child in m._modules.values():
         if child is not None:
-            out += _params_of(child)
+            out += _params_of(child, buffers)
     return out
 
 
@@ -130,7 +134,7 @@ class _Instance:
         self.rng: tuple | None = None
         self.slots = 0  # saved slots still waiting for their unpack
         self.n_packs = 0  # pack calls seen while this site's forward ran
-        self.cache: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
+        self.cache: tuple[torch.Tensor, dict[int, torch.Tensor], int] | None = None  # y, internals, bytes
         self.needs_rng = needs_rng
         self.internal_ks: set[int] = set()  # pack indices that are this site's own internals
         self.sdp: tuple[bool, ...] | None = None
@@ -214,6 +218,7 @@ class SiteRuntime:
         self._owner: dict[int, tuple[_Instance, weakref.ref, int]] = {}
         self._current: _Instance | None = None
         self._inputs: set[int] = set()  # storages of model inputs (token ids, targets)
+        self._weights: dict[int, list[torch.Tensor]] = {}  # id(owner module) -> its parameters
         self.rebuilds = [0] * len(self.stored)  # rebuild count per site, for tests and cost checks
         self.live_rebuilt_bytes = 0
         self.peak_rebuilt_bytes = 0
@@ -232,6 +237,7 @@ class SiteRuntime:
         packed references) keeps recipes alive, so they die with the graph: a runtime kept for
         its statistics must not pin a step's activations."""
         self._owner.clear()
+        self._weights.clear()
         self._current = None
         self.accountant = None
 
@@ -250,7 +256,7 @@ class SiteRuntime:
             # In-place changes between forward and backward must fail as they do without hooks
             # (autograd skips its own version check when hooks are installed).
             owner = getattr(fn, "__self__", None)
-            weights = _params_of(owner) if isinstance(owner, torch.nn.Module) else []
+            weights = self._weights_of(owner) if isinstance(owner, torch.nn.Module) else []
             inst.versions = [(t, t._version) for t in weights] + [
                 (x, x._version) for x in inst.inputs if isinstance(x, torch.Tensor)]
         prev, self._current = self._current, inst
@@ -263,6 +269,14 @@ class SiteRuntime:
         if self.accountant is not None and not stored and inst.rng is not None:
             self.accountant.record_extra(site, sum(s.numel() * s.element_size() for s in inst.rng))
         return y
+
+    def _weights_of(self, owner: torch.nn.Module) -> list[torch.Tensor]:
+        """`_params_of(owner)`, once per owner and forward: a block's sites share it. Per forward,
+        not longer: FSDP2 registers the unsharded parameters only around the block's forward."""
+        key = id(owner)
+        if key not in self._weights:
+            self._weights[key] = _params_of(owner)
+        return self._weights[key]
 
     def _ref_for_input(self, x: torch.Tensor):
         """Recipes hold stored inputs strongly and recomputed ones by reference.
@@ -322,7 +336,7 @@ class SiteRuntime:
         if isinstance(ref, _Kept):
             return ref.get()
         inst = ref.inst
-        y, internals = self._own_rebuild(inst)
+        y, internals, _ = self._own_rebuild(inst)
         out = ref.view_of(y) if isinstance(ref, _OutRef) else internals[ref.k]
         inst.slots -= 1
         if inst.slots <= 0:  # every saved slot of this site is consumed: free the rebuild
@@ -331,17 +345,18 @@ class SiteRuntime:
         return out
 
     def _own_rebuild(self, inst: _Instance):
-        """The site's cached rebuild (output, internals), built with its internals on first use."""
+        """The site's cached rebuild (output, internals, bytes), built with its internals on
+        first use; the bytes (distinct storages) are counted once, for the live/peak statistics."""
         if inst.cache is None:
-            inst.cache = self._rebuild(inst, capture=True)
+            y, internals = self._rebuild(inst, capture=True)
+            storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                        for t in (y, *internals.values())}
+            inst.cache = (y, internals, sum(storages.values()))
             self._track(inst.cache, +1)
         return inst.cache
 
     def _track(self, cache, sign: int) -> None:
-        y, internals = cache
-        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                    for t in (y, *internals.values())}
-        nbytes = sum(storages.values())
+        y, internals, nbytes = cache
         self.live_rebuilt_bytes += sign * nbytes
         self.peak_rebuilt_bytes = max(self.peak_rebuilt_bytes, self.live_rebuilt_bytes)
 
@@ -376,13 +391,16 @@ class SiteRuntime:
         def pack(t):
             k = counter[0]
             counter[0] += 1
+            d = t.detach()
             if capture and k in inst.internal_ks:
-                captured[k] = t.detach()
-            return t.detach()
+                captured[k] = d
+            return d
 
         device_type, ac_enabled, ac_dtype = inst.autocast
         rng_ctx = _rng_restored(self.device, inst.rng) if inst.rng is not None else contextlib.nullcontext()
-        with rng_ctx, _sdp_flags_restored(inst.sdp), torch.enable_grad(), \
+        # the SDPA flags differ only if the user changed them between forward and backward
+        sdp_ctx = contextlib.nullcontext() if _sdp_flags() == inst.sdp else _sdp_flags_restored(inst.sdp)
+        with rng_ctx, sdp_ctx, torch.enable_grad(), \
                 torch.autocast(device_type, ac_dtype, enabled=ac_enabled):
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 y = inst.fn(*args)
@@ -392,7 +410,7 @@ class SiteRuntime:
             raise RuntimeError(
                 f"recomputing site {inst.site} saved different tensors than its forward (was the model "
                 "switched to eval, or compiled, between forward and backward?)")
-        return y.detach(), {k: v.detach() for k, v in captured.items()}
+        return y.detach(), captured  # captured: detached at pack
 
 
 # ----------------------------------------------------------------------------- RNG
