@@ -222,38 +222,41 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
         runs.append(r)
         curves += c
         gates += g
-    for meta in manifest.get("profiles", []):
+    missing.update(exactness=[], repeats=[])
+
+    def present(meta: dict, kind: str) -> Path | None:
+        """The output a manifest entry names, or None (then listed as missing or cut off)."""
         p = Path(meta["path"])
         if not p.is_file() or cut_off(p):
-            missing["profiles"].append(str(p) + (" (cut off)" if p.is_file() else ""))
+            missing[kind].append(str(p) + (" (cut off)" if p.is_file() else ""))
+            return None
+        return p
+
+    def provenance_of(data: dict) -> dict:
+        m = data.get("meta", {})
+        return {k: m.get(k) for k in ("device", "torch_version", "git_commit")}
+
+    for meta in manifest.get("profiles", []):
+        if (p := present(meta, "profiles")) is None:
             continue
         r, s, st = summarize_profile(p, meta)
         profiles.append(r)
         steps += s
         sites += st
     for meta in manifest.get("bench", []):
-        p = Path(meta["path"])
-        if not p.is_file() or cut_off(p):
-            missing["bench"].append(str(p) + (" (cut off)" if p.is_file() else ""))
+        if (p := present(meta, "bench")) is None:
             continue
         data = json.loads(p.read_text())
-        m = data.get("meta", {})
-        for row in data.get("rows", []):
-            bench.append({"size": meta["size"], **{k: v for k, v in row.items() if k != "step_ms_all"},
-                          "device": m.get("device"), "torch_version": m.get("torch_version"),
-                          "git_commit": m.get("git_commit")})
+        bench += [{"size": meta["size"], **{k: v for k, v in row.items() if k != "step_ms_all"},
+                   **provenance_of(data)} for row in data.get("rows", [])]
     exact, repeats = [], []
-    missing.update(exactness=[], repeats=[])
     for meta in manifest.get("exactness", []):
-        p = Path(meta["path"])
-        if not p.is_file() or cut_off(p):
-            missing["exactness"].append(str(p) + (" (cut off)" if p.is_file() else ""))
+        if (p := present(meta, "exactness")) is None:
             continue
         data = json.loads(p.read_text())
-        m = data.get("meta", {})
-        exact += [{"size": meta["size"], "mode": meta["mode"], **row, "deterministic": m.get("deterministic"),
-                   "device": m.get("device"), "torch_version": m.get("torch_version"),
-                   "git_commit": m.get("git_commit")} for row in data.get("rows", [])]
+        exact += [{"size": meta["size"], "mode": meta["mode"], **row,
+                   "deterministic": data.get("meta", {}).get("deterministic"), **provenance_of(data)}
+                  for row in data.get("rows", [])]
     for meta in manifest.get("repeats", []):
         for d in (Path(meta["dir"]), Path(meta["of"])):
             ok, why = run_complete(d)
