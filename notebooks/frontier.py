@@ -17,7 +17,10 @@
 # Reads the statistics of the pipeline (`stats/frontier.csv`, `stats/summary.csv`) and draws
 #
 # * **frontier**: memory of every profiled plan against its step time — the baselines, DRAT's λ
-#   curve, DRAT under budgets and the ILP oracle at the same λ/budgets. On CUDA memory is the
+#   curve, DRAT under budgets and the ILP oracle at the same λ/budgets, and (dashed) the oracle's
+#   frontier *predicted* on the size's cost table (`stats/oracle_curve.csv`): the best any gate
+#   setting can do on those costs, so the distance of a measured point from it is cost-model
+#   error and host noise, and a target below it is out of reach. On CUDA memory is the
 #   peak allocated; on the CPU the exact saved-activation bytes. Error bars: bootstrap CI of the
 #   median step time over the timed steps.
 # * **lambda_sweep**: final-plan activation memory, step time and final validation loss of the
@@ -41,6 +44,7 @@ import numpy as np
 from nbcommon import data_provenance, empty_panel, read_csv, save_figure, sizes_in
 
 frontier = read_csv(Path(stats_dir) / "frontier.csv")
+ocurve = read_csv(Path(stats_dir) / "oracle_curve.csv")
 summary = read_csv(Path(stats_dir) / "summary.csv")
 prov = data_provenance(tables_dir)
 prof = frontier[frontier["source"] == "profile"] if len(frontier) else frontier
@@ -90,6 +94,10 @@ for ax, size in zip(axes[0], sizes or [None]):
             ax.scatter(bud["step_ms"], bud["memory_bytes"] / div, marker="v", color=color,
                        facecolors=mfc if kind == "drat" else "none",
                        label=f"{'DRAT' if kind == 'drat' else 'oracle'}, budget")
+    oc = ocurve[ocurve["size"] == size].sort_values("activation_bytes") if len(ocurve) else ocurve
+    if len(oc):
+        ax.plot(oc["step_ms"], oc["memory_bytes"] / div, ls="--", lw=1, color="0.45",
+                label="oracle, predicted (cost model)")
     ax.set_xscale("log")  # one slow outlier (a busy CPU) must not squash the rest
     ax.set_xlabel("step time (ms, median; bootstrap CI; log scale)")
     ax.set_ylabel(ylabel)
@@ -97,8 +105,9 @@ for ax, size in zip(axes[0], sizes or [None]):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 fig.tight_layout(rect=(0, 0.03, 1, 1))
-save_figure(fig, "frontier", figures_dir, prov, [f"{stats_dir}/frontier.csv"],
-            note="profiled plans: memory vs median step time")
+save_figure(fig, "frontier", figures_dir, prov,
+            [f"{stats_dir}/frontier.csv", f"{stats_dir}/oracle_curve.csv"],
+            note="profiled plans: memory vs median step time; dashed: the oracle predicted on the cost table")
 
 # %%
 drat_runs = summary[(summary["strategy"] == "drat") & summary["lam"].notna()] if len(summary) else summary

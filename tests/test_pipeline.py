@@ -490,3 +490,36 @@ def test_aggregate_reads_exactness_and_compares_a_repeated_run(tmp_path):
     step = json.loads(lines[train_at[1]])["step"]
     assert int(r["first_differing_step"]) == step and r["initial_val_loss_equal"] == "True"
     assert float(r["abs_gap"]) == pytest.approx(0.25)
+
+
+def test_oracle_curve_script_places_the_predicted_frontier_in_the_profiles_units(tmp_path):
+    """From a size's cost table and its profiled `none`: CPU units (saved bytes, base 0), floor to
+    store-all, time never rising with memory, the store-all end at `none`'s step time."""
+    import csv
+
+    from drat.costs import build_costs
+
+    from .conftest import make_batch, make_model
+
+    model = make_model()
+    idx, targets = make_batch()
+    costs = build_costs(model, idx, targets, "activation_size")
+    (tmp_path / "tiny.json").write_text(json.dumps({"size": "tiny", "costs": costs.to_dict()}))
+    with open(tmp_path / "profile.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["size", "point", "peak_memory_bytes", "step_ms"])
+        w.writeheader()
+        w.writerow({"size": "tiny", "point": "none", "peak_memory_bytes": "", "step_ms": 10.0})
+        w.writerow({"size": "other", "point": "none", "peak_memory_bytes": "", "step_ms": 99.0})
+    mod = _load_script("oracle_curve")
+    out = tmp_path / "curve.csv"
+    assert mod.main(["--costs", str(tmp_path / "tiny.json"), "--profile", str(tmp_path / "profile.csv"),
+                     "--points", "5", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 5 and {r["memory_metric"] for r in rows} == {"saved_activation_bytes"}
+    mem = [float(r["memory_bytes"]) for r in rows]
+    t = [float(r["step_ms"]) for r in rows]
+    assert mem == sorted(mem) and mem[-1] == pytest.approx(costs.total_bytes)
+    assert all(a >= b - 1e-9 for a, b in zip(t, t[1:])) and t[-1] == pytest.approx(10.0)
+    # no costs at all (an archived build before any were committed): a header-only table
+    assert mod.main(["--profile", str(tmp_path / "profile.csv"), "--out", str(out)]) == 0
+    assert list(csv.DictReader(open(out))) == []

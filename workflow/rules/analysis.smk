@@ -3,6 +3,7 @@
     manifest  -> {R}/manifest.json     every expected run folder / profile / bench file (from the config)
     aggregate -> {R}/tables/*.csv      python -m drat.aggregate (missing runs are listed by folder)
     stats     -> {R}/stats/*           python -m drat.stats (bootstrap CIs, TOST, frontier, budgets)
+    oracle_curve -> {R}/stats/oracle_curve.csv   the oracle's predicted frontier per cost table
 
 With `archived: true` the aggregate rule does not depend on the compute rules: it reads what is
 committed under results_dir and names every expected run that is absent (an error unless
@@ -71,3 +72,25 @@ rule stats:
         "python -m drat.stats --tables {params.tables} --out {params.out} --margin {params.s[tost_margin]} "
         "--alpha {params.s[alpha]} --confidence {params.s[confidence]} --n-resamples {params.s[n_resamples]} "
         "--seed {params.s[seed]} --headline-lambda {params.s[headline_lambda]} > {log} 2>&1"
+
+
+# every size whose drat/oracle points plan on a cost table
+COSTS_OUTPUTS = sorted({f"{R}/costs/{p['size']}.json" for p in PROFILE_POINTS if p["kind"] in ("drat", "oracle")})
+
+
+rule oracle_curve:
+    """The ILP oracle's predicted memory/time frontier on each size's cost table: what no gate
+    setting can beat on those costs (drawn next to the measured plans in the frontier figure)."""
+    input:
+        # archived: the committed tables only (the costs rule must not run)
+        costs=[c for c in COSTS_OUTPUTS if Path(c).is_file()] if ARCHIVED else COSTS_OUTPUTS,
+        profile=f"{R}/tables/profile.csv",
+    output:
+        f"{R}/stats/oracle_curve.csv",
+    log:
+        f"{R}/logs/oracle_curve.log",
+    benchmark:
+        f"{R}/benchmarks/oracle_curve.tsv"
+    shell:
+        "python workflow/scripts/oracle_curve.py --costs {input.costs} --profile {input.profile} "
+        "--out {output} > {log} 2>&1"

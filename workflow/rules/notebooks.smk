@@ -10,7 +10,7 @@ its data (and of the rendering); the executed notebooks and their HTML copies st
 {R}/notebooks/. These rules only read aggregate/stats outputs: plotting never recomputes.
 """
 
-NB_INPUTS = [f"{R}/stats/{f}" for f in STATS_FILES] + [f"{R}/tables/{t}.csv" for t in AGG_TABLES] + [
+NB_INPUTS = [f"{R}/stats/{f}" for f in STATS_FILES + ["oracle_curve.csv"]] + [f"{R}/tables/{t}.csv" for t in AGG_TABLES] + [
     f"{R}/tables/provenance.json", f"{R}/tables/missing.json", f"{R}/notebooks/kernel.json",
     "notebooks/nbcommon.py"]
 
