@@ -172,7 +172,7 @@ def _add_train_parsers(sub) -> None:
     p.add_argument("--no-gate-warm-start", dest="gate_warm_start", action="store_false",
                    help="start every gate on store instead of from the cost model's plan")
     p.add_argument("--deterministic", action="store_true",
-                   help="deterministic GPU kernels where they exist (slower; warns per op without one)")
+                   help="deterministic GPU kernels, strictly (slower; an op without one stops the run)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="validation/test loss and perplexity of a checkpoint (JSON)")

@@ -141,9 +141,9 @@ class TrainingConfig:
     # does not need the model), so the run executes a good plan from its first step and training
     # refines it. Off: every gate starts at +gate_init_logit (store).
     gate_warm_start: bool = True
-    # Bitwise-reproducible GPU runs where the kernels allow it: deterministic algorithms (a
-    # warning names every op that has none), a fixed cuBLAS workspace, no cuDNN autotuning. Off
-    # by default: it costs speed. On the CPU, runs are deterministic anyway.
+    # Bitwise-reproducible GPU runs: deterministic algorithms, strictly (an op that has none
+    # stops the run, naming it), a fixed cuBLAS workspace, no cuDNN autotuning. Off by default:
+    # it costs speed. On the CPU, runs are deterministic anyway.
     deterministic: bool = False
     tau_start: float = 1.0
     tau_end: float = 0.05
@@ -1012,7 +1012,7 @@ def set_deterministic():
     Strict (warn_only=False), because warn_only is not "deterministic where possible": PyTorch's
     attention backwards (flash, cuDNN, memory-efficient) read the flag and take their
     deterministic path only when it is strict; under warn_only they warn and stay
-    non-deterministic. Measured on the H200 (results/bench/exactness_small_h200_det): with
+    non-deterministic. Measured on the H200 (results/bench/exactness_small_h200_det_warn_only): with
     warn_only, two identical `none` steps still differed in 49 gradients. An op that has no
     deterministic implementation now stops the run with PyTorch's error naming it. cuBLAS reads
     its workspace setting when its handle is created: set here, before the model touches the GPU."""
@@ -1021,6 +1021,11 @@ def set_deterministic():
         warnings.warn("CUDA was initialised before `deterministic` took effect: set "
                       "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment for deterministic cuBLAS",
                       stacklevel=2)
+    given = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if given is not None and given not in (":4096:8", ":16:8"):
+        raise TrainingError(f"deterministic: CUBLAS_WORKSPACE_CONFIG={given!r} makes cuBLAS "
+                            "non-deterministic (strict mode would stop at the first matmul); unset it or "
+                            "set it to :4096:8 or :16:8")
     before = (torch.are_deterministic_algorithms_enabled(),
               torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)

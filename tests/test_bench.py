@@ -88,3 +88,23 @@ def test_exactness_compare_reports_a_near_miss():
     res = compare((torch.tensor(1.0), g), (torch.tensor(1.0), {"w": torch.tensor([1.0, 1.0, 1.5])}))
     assert res["loss_equal"] and not res["grads_equal"] and res["n_params_differing"] == 1
     assert res["max_abs_grad_diff"] == 0.5
+
+
+def test_exactness_exit_status_tells_a_difference_from_a_crash(tmp_path, monkeypatch):
+    """3 = some row differs (a result the pipeline keeps); a crash stays a plain error."""
+    import drat.exactness as ex
+
+    row = {"name": "full", "loss_equal": True, "grads_equal": False}
+    monkeypatch.setattr(ex, "run_exactness", lambda *a, **k: [row])
+    assert main(["bench", "exactness", "--device", "cpu", "--out", str(tmp_path)]) == ex.EXIT_DIFFERS == 3
+
+
+def test_deterministic_mode_refuses_a_nondeterministic_cublas_setting(monkeypatch):
+    import torch
+
+    from drat.train import TrainingError, set_deterministic
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    with pytest.raises(TrainingError, match="CUBLAS_WORKSPACE_CONFIG=':0:0'"):
+        set_deterministic()
+    assert not torch.are_deterministic_algorithms_enabled()  # nothing was switched
