@@ -14,6 +14,9 @@ import torch
 _REPO = Path(__file__).resolve().parent.parent
 
 
+OUTPUT_PATHS = ("results", "paper/generated", "paper/figures")
+
+
 def git_commit() -> tuple[str, bool]:
     """(commit hash or 'unknown', whether the work tree has uncommitted changes).
 
@@ -25,7 +28,10 @@ def git_commit() -> tuple[str, bool]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO,
+        # dirty = code that differs from the commit; the pipeline's own committed outputs (raw
+        # results, generated tables and figures) are rewritten while a build runs and do not count
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in OUTPUT_PATHS)], cwd=_REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip() != ""
         if not re.fullmatch(r"[0-9a-f]{40}", commit):
             return "unknown", False
