@@ -110,6 +110,14 @@ def oracle_curve(costs, points: int = 12) -> list[dict]:
     return out
 
 
+def place_curve(curve: list[dict], base_bytes: float, none_step_ms: float) -> list[dict]:
+    """The oracle curve in a frontier's units: memory = base + the plan's activations (base:
+    what `none`'s memory holds beyond its stored activations; 0 for saved-activation bytes),
+    step = `none`'s step × (1 + predicted recompute fraction)."""
+    return [{**pt, "memory_bytes": base_bytes + pt["activation_bytes"],
+             "step_ms": none_step_ms * (1 + pt["time_frac"])} for pt in curve]
+
+
 def model_flops_per_step(model: GPT, batch: int, seq: int) -> float:
     """6·params·tokens for the matmuls plus causal attention (PaLM appendix B, halved for causality).
     Embedding lookups are not matmuls: an untied input embedding is left out."""
@@ -228,9 +236,10 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
         meta["oracle_curve"] = oracle_curve(costs)
         if none_row is not None:
             base = none_row["peak_gib"] * 2**30 - costs.total_bytes if dev.type == "cuda" else 0.0
-            for pt in meta["oracle_curve"]:
-                pt["predicted_peak_gib"] = (base + pt["activation_bytes"]) / 2**30
-                pt["predicted_step_ms"] = none_row["step_ms"] * (1 + pt["time_frac"])
+            meta["oracle_curve"] = [
+                {**pt, "predicted_peak_gib": p["memory_bytes"] / 2**30, "predicted_step_ms": p["step_ms"]}
+                for pt, p in zip(meta["oracle_curve"], place_curve(meta["oracle_curve"], base,
+                                                                   none_row["step_ms"]))]
     if want("drat-store-all"):
         from .gates import GateBank
 

@@ -34,7 +34,7 @@ def none_row(profile_csv: Path, size: str) -> dict | None:
 
 
 def curve_rows(costs_file: Path, profile_csv: Path, points: int) -> list[dict]:
-    from drat.bench import oracle_curve
+    from drat.bench import oracle_curve, place_curve
     from drat.costs import SiteCosts
 
     data = json.loads(costs_file.read_text())
@@ -47,11 +47,10 @@ def curve_rows(costs_file: Path, profile_csv: Path, points: int) -> list[dict]:
     gpu = math.isfinite(peak)
     base = peak - costs.total_bytes if gpu else 0.0
     step_ms = float(ref["step_ms"])
-    return [{"size": size, "point": k, **pt, "memory_bytes": base + pt["activation_bytes"],
-             "memory_metric": "peak_memory_bytes" if gpu else "saved_activation_bytes",
-             "step_ms": step_ms * (1 + pt["time_frac"]), "none_step_ms": step_ms,
+    metric = "peak_memory_bytes" if gpu else "saved_activation_bytes"
+    return [{"size": size, "point": k, **pt, "memory_metric": metric, "none_step_ms": step_ms,
              "costs_file": str(costs_file)}
-            for k, pt in enumerate(oracle_curve(costs, points))]
+            for k, pt in enumerate(place_curve(oracle_curve(costs, points), base, step_ms))]
 
 
 def main(argv: list[str] | None = None) -> int:
