@@ -253,7 +253,9 @@ def _scaled_costs(costs, factor: float):
     per-rebuild overhead (Python, hooks) does not."""
     c = costs.rebuild_overhead_ms
     t = [(ms - c * n) * factor + c * n for ms, n in zip(costs.time_ms, costs.instances)]
+    owned = None if costs.owned_bytes is None else [m * factor for m in costs.owned_bytes]
     return dataclasses.replace(costs, mem_bytes=[m * factor for m in costs.mem_bytes], time_ms=t,
+                               owned_bytes=owned,
                                step_ms=costs.step_ms * factor)
 
 

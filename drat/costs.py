@@ -22,6 +22,7 @@ counts the same R_j (tests/test_accounting.py checks it on random plans).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import asdict, dataclass
@@ -50,6 +51,9 @@ class SiteCosts:
     # rebuild's own autograd graph, autocast re-casts, Python; already added into time_ms as
     # rebuild_overhead_ms × n_i (see measure_rebuild_overhead_ms)
     rebuild_overhead_ms: float = 0.0
+    # the bytes each site owns when stored, kept where M_i was replaced by a measured peak
+    # saving (the LM head on CUDA: see measure_peak_saving_bytes); None when M_i is what it owns
+    owned_bytes: list[float] | None = None
 
     @classmethod
     def build(cls, graph: SiteGraph, mem_bytes, time_ms, step_ms: float, kind: str) -> SiteCosts:
@@ -249,6 +253,64 @@ def measure_site_time_ms(model: GPT, idx, targets, reps: int = 5,
     return [sorted(s)[len(s) // 2] for s in samples]
 
 
+@contextlib.contextmanager
+def _model_as_found(model: GPT, dev):
+    """Measuring steps leave the model exactly as found: its strategy, its gradients (backward
+    would accumulate into the caller's) and the RNG stream (dropout masks drawn while measuring)."""
+    saved_strategy = model.strategy
+    grads = [p.grad for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = None
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [], device_type="cuda"):
+            yield
+    finally:
+        model.set_strategy(saved_strategy)
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+
+
+def _forward_backward(model: GPT, stored: list[bool], idx, targets) -> None:
+    """One forward + backward under an explicit plan; gradients dropped (no optimizer step)."""
+    from .profile import autocast_ctx
+    from .strategies import PlanAC
+
+    model.set_strategy(PlanAC(stored=stored))
+    with autocast_ctx(idx.device):
+        loss = model(idx, targets)
+    loss.backward()
+    del loss
+    for p in model.parameters():
+        p.grad = None
+
+
+def measure_peak_saving_bytes(model: GPT, idx, targets, site: int, reps: int = 2) -> float:
+    """CUDA: how far the peak of a forward + backward drops when `site` alone is recomputed.
+
+    For a block site this is its M_i: it is rebuilt late in backward, after the blocks above
+    have freed theirs. The LM head is rebuilt first, at the very top of the memory curve, while
+    every stored activation is still live; its rebuild (one chunk's fp32 log-probabilities and
+    their gradient) adds to that peak, so it saves less than the bytes it owns. Measured on the
+    H200 (medium, S=2048, B=8): it owns 2.00 GiB, and plans recomputing it peaked 0.33-0.39 GiB
+    above the owned-bytes model, plans without it within 0.03 GiB."""
+    dev = idx.device
+    if dev.type != "cuda":
+        raise ValueError("peak memory is measured on CUDA only")
+    n = len(model.graph)
+    only = [i != site for i in range(n)]
+    peaks = {}
+    with _model_as_found(model, dev):
+        for name, plan in (("store", [True] * n), ("recompute", only)):
+            for _ in range(reps):  # the last rep's peak: allocator state settled
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(dev)
+                _forward_backward(model, plan, idx, targets)
+                torch.cuda.synchronize()
+                peaks[name] = torch.cuda.max_memory_allocated(dev)
+    return float(peaks["store"] - peaks["recompute"])
+
+
 def measure_rebuild_overhead_ms(model: GPT, idx, targets, costs: SiteCosts, steps: int = 5,
                                 warmup: int = 2) -> float:
     """What one rebuild costs beyond its site's forward time, calibrated on this device.
@@ -260,9 +322,6 @@ def measure_rebuild_overhead_ms(model: GPT, idx, targets, costs: SiteCosts, step
     sites expensive to recompute. The model is left exactly as found: no optimizer step, the
     gradients and the RNG state restored."""
     import statistics
-    import time
-
-    from .strategies import PlanAC
 
     dev = idx.device
     cheap = [k.name not in ("attn_norm", "mlp_norm", "mlp_act") for k in model.graph.keys]
@@ -271,46 +330,33 @@ def measure_rebuild_overhead_ms(model: GPT, idx, targets, costs: SiteCosts, step
     if n_rebuilds == 0:
         return 0.0
     modelled_ms = sum(r * t / n for r, t, n in zip(counts, costs.time_ms, costs.instances))
-    saved_strategy = model.strategy
-    grads = [p.grad for p in model.parameters()]
-    for p in model.parameters():  # backward would accumulate into the caller's gradients
-        p.grad = None
-    from .profile import autocast_ctx
 
     def timed(plan) -> float:
-        model.set_strategy(PlanAC(stored=plan))
         ms = []
         for i in range(warmup + steps):
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with autocast_ctx(dev):
-                loss = model(idx, targets)
-            loss.backward()
+            _forward_backward(model, plan, idx, targets)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:
                 ms.append(1e3 * (time.perf_counter() - t0))
-            for p in model.parameters():
-                p.grad = None
         return statistics.median(ms)
 
-    devices = [dev] if dev.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices, device_type="cuda"):
-            t_store = timed([True] * len(cheap))
-            t_cheap = timed(cheap)
-    finally:
-        model.set_strategy(saved_strategy)
-        for p, g in zip(model.parameters(), grads):
-            p.grad = g
+    with _model_as_found(model, dev):
+        t_store = timed([True] * len(cheap))
+        t_cheap = timed(cheap)
     return max(0.0, (t_cheap - t_store - modelled_ms) / n_rebuilds)
 
 
 def build_costs(model: GPT, idx, targets, kind: str = "measured", step_ms: float | None = None,
-                calibrate_rebuilds: bool | None = None) -> SiteCosts:
+                calibrate_rebuilds: bool | None = None, peak_aware: bool | None = None) -> SiteCosts:
     """Site costs under one of the cost models (`COST_MODELS`). `calibrate_rebuilds` (default:
-    on CUDA with measured costs) adds the measured per-rebuild overhead to every T_i."""
+    on CUDA with measured costs) adds the measured per-rebuild overhead to every T_i.
+    `peak_aware` (same default) replaces the LM head's M_i by the measured drop of the peak
+    when it is recomputed (`measure_peak_saving_bytes`), so that a plan's modelled memory is
+    its peak's and a budget is met on the first try."""
     if kind not in COST_MODELS:
         raise ValueError(f"unknown cost model {kind!r}; choose one of {', '.join(COST_MODELS)}")
     graph = model.graph
@@ -350,6 +396,13 @@ def build_costs(model: GPT, idx, targets, kind: str = "measured", step_ms: float
         c = measure_rebuild_overhead_ms(model, idx, targets, costs)
         costs.time_ms = [ms + c * n for ms, n in zip(costs.time_ms, costs.instances)]
         costs.rebuild_overhead_ms = c
+    if peak_aware is None:
+        peak_aware = on_cuda
+    if peak_aware:
+        head = graph.idx(None, "lm_head_loss")
+        saving = measure_peak_saving_bytes(model, idx, targets, head)
+        costs.owned_bytes = list(costs.mem_bytes)
+        costs.mem_bytes[head] = min(max(saving, 0.0), costs.mem_bytes[head])
     return costs
 
 

@@ -223,3 +223,60 @@ def test_rebuild_overhead_calibration_leaves_the_model_untouched():
     for a, b in zip(compiled_costs(cal).time_ms, compiled_costs(base).time_ms):
         assert abs(a - b) < 1e-12
     assert dataclasses.asdict(compiled_costs(cal))["rebuild_overhead_ms"] == 0.0
+
+
+def test_peak_aware_costs_charge_the_lm_head_what_its_recompute_saves_at_the_peak():
+    """On CUDA the LM head's M_i is the measured drop of the peak when it alone is recomputed
+    (its rebuild sits on top of the peak); the bytes it owns are kept beside it. Everything that
+    plans from the table then sees the peak's memory: a budget's base (peak of `none` minus the
+    table's total) absorbs what the head's rebuild keeps live."""
+    import drat.costs as costs_mod
+    from drat.model import GPT, config_for
+    from drat.profile import random_batch
+
+    torch.manual_seed(0)
+    model = GPT(config_for("tiny", vocab_size=128))
+    idx, targets = random_batch(128, 2, 16, torch.device("cpu"))
+    plain = build_costs(model, idx, targets, "measured")
+    assert plain.owned_bytes is None
+    head = model.graph.idx(None, "lm_head_loss")
+    owned = plain.mem_bytes[head]
+    orig = costs_mod.measure_peak_saving_bytes
+    try:
+        for saving, expect in [(0.25 * owned, 0.25 * owned), (2 * owned, owned), (-5.0, 0.0)]:
+            costs_mod.measure_peak_saving_bytes = lambda *a, _s=saving, **k: _s
+            aware = build_costs(model, idx, targets, "measured", peak_aware=True)
+            assert aware.mem_bytes[head] == expect
+            assert aware.owned_bytes == plain.mem_bytes
+            assert [m for i, m in enumerate(aware.mem_bytes) if i != head] == \
+                   [m for i, m in enumerate(plain.mem_bytes) if i != head]
+            none_peak = 1e9  # any measured `none` peak: the base grows by what the head keeps live
+            grown = (none_peak - aware.total_bytes) - (none_peak - plain.total_bytes)
+            assert grown == pytest.approx(owned - expect)
+            assert SiteCosts(**aware.to_dict()) == aware  # the JSON form round-trips
+    finally:
+        costs_mod.measure_peak_saving_bytes = orig
+    with pytest.raises(ValueError, match="CUDA"):
+        costs_mod.measure_peak_saving_bytes(model, idx, targets, head)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_peak_saving_of_a_block_site_is_its_bytes_and_the_head_saves_less_than_it_owns():
+    from drat.costs import measure_peak_saving_bytes, measure_site_bytes
+    from drat.model import GPT, config_for
+    from drat.profile import autocast_ctx, random_batch
+
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    model = GPT(config_for("tiny", vocab_size=4096)).to(dev)
+    idx, targets = random_batch(4096, 8, 256, dev)
+    with autocast_ctx(dev):
+        owned = measure_site_bytes(model, idx, targets)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mid = model.graph.idx(0, "mlp_act")
+    assert measure_peak_saving_bytes(model, idx, targets, mid) == pytest.approx(owned[mid], rel=0.02)
+    head = model.graph.idx(None, "lm_head_loss")
+    assert 0 < measure_peak_saving_bytes(model, idx, targets, head) < owned[head]
+    assert all(p.grad is None for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
