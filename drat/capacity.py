@@ -44,7 +44,7 @@ from .model import GPT
 from .oracle import activation_floor_bytes
 from .profile import autocast_ctx, measure_steps, random_batch
 from .provenance import provenance
-from .strategies import DRATGates, FullAC, NoneAC
+from .strategies import DRATGates, FullAC, NoneAC, PlanAC
 
 CAPACITY_STRATEGIES = ("none", "full", "compile-budget0.5", "drat")
 CAPACITY_FIELDS = ["name", "mode", "cap_gib", "batch_size", "tokens_per_step", "peak_gib", "step_ms",
@@ -135,7 +135,8 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
             ok = set_plan(b)
             p = peak_bytes(b, compiled) if ok else None
             gib = None if p is None else p / 2**30
-            probes.append({"batch_size": b, "planned": bool(ok), "peak_gib": gib})
+            probes.append({"batch_size": b, "planned": bool(ok), "peak_gib": gib,
+                           **(getattr(set_plan, "last_info", None) or {})})
             status = "no plan" if not ok else "OOM" if p is None else f"{gib:.2f} GiB"
             log(f"  {name:<18} B={b:<4} {status}")
             seen[b] = p is not None and p <= cap_bytes
@@ -222,6 +223,13 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
             torch._dynamo.reset()
         elif name == "drat":
             ref = _drat_reference(model, cfg, seq_len, dev, none_probes)
+            # the guess: where the least-memory plan's *measured* peak line meets the cap. The
+            # cost model's floor leaves out what a rebuild holds while it runs, which grows with
+            # the batch: in session 5 it guessed B=83 for a largest fit of 19 (large, S=4096)
+            floor_plan = PlanAC(stored=_floor_plan(ref["costs"]))
+            model.set_strategy(floor_plan)
+            ref["floor_plan_peaks"] = {b: peak_bytes(b) for b in (1, 2)}
+            model.set_strategy(NoneAC())
             meta["drat_reference"] = {k: v for k, v in ref.items() if k != "costs"}
             search("drat", "eager", _drat_planner(model, cfg, seq_len, cap_gib, dev, ref, log),
                    guess=_drat_guess(ref, cap_bytes))
@@ -259,10 +267,25 @@ def _scaled_costs(costs, factor: float):
                                step_ms=costs.step_ms * factor)
 
 
+def _floor_plan(costs) -> list[bool]:
+    """The plan that keeps the fewest activation bytes (recomputing at most a step's time)."""
+    from .oracle import solve_oracle
+
+    return solve_oracle(costs, budget_act_bytes=activation_floor_bytes(costs) * (1 + 1e-9)).stored
+
+
 def _drat_guess(ref: dict, cap_bytes: float) -> int:
-    """Batch at which the ILP floor of activation bytes (plus per-sample transients) meets the cap."""
+    """Batch at which the least-memory plan's peak meets the cap: on the line through its peaks
+    measured at B=1 and 2 when both fit, else the modelled floor (plus per-sample transients)."""
+    p1, p2 = (ref.get("floor_plan_peaks") or {}).get(1), (ref.get("floor_plan_peaks") or {}).get(2)
+    if p1 is not None and p2 is not None and p2 > p1:
+        return max(1, 1 + int((cap_bytes - p1) // (p2 - p1)))
     per_sample = max(ref["floor_per_sample"] + ref["transient_per_sample"], 1.0)
     return max(1, int((cap_bytes - ref["s0"]) // per_sample))
+
+
+class _OverCap(Exception):
+    """Budget mode's closed loop ended with a plan still above the cap."""
 
 
 def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict, log):
@@ -271,6 +294,7 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
     from .gates import budget_to_activation_bytes, fit_gates
 
     def set_plan(b: int) -> bool:
+        set_plan.last_info = None
         costs = _scaled_costs(ref["costs"], b / ref["b_ref"])
         base = max(float(model_state_bytes(model)), ref["s0"] + b * ref["transient_per_sample"])
         idx, targets = random_batch(cfg.vocab_size, b, seq_len, dev)
@@ -282,18 +306,23 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
                 # over) and restored for the probe that decides whether the batch fits.
                 torch.cuda.set_per_process_memory_fraction(1.0, dev.index or 0)
                 try:
-                    (_, gates), _, _ = plan_under_measured_peak(model, idx, targets, costs, 0.99 * cap_gib,
-                                                                base, "drat")
+                    (_, gates), _, trace = plan_under_measured_peak(model, idx, targets, costs,
+                                                                    0.99 * cap_gib, base, "drat")
                 finally:
                     torch.cuda.empty_cache()
                     total = torch.cuda.get_device_properties(dev.index or 0).total_memory
                     torch.cuda.set_per_process_memory_fraction(cap_gib * 2**30 / total, dev.index or 0)
+                set_plan.last_info = {"plan_trace": trace}
+                peaks = [t["measured_peak_bytes"] for t in trace if "measured_peak_bytes" in t]
+                if peaks and peaks[-1] > cap_gib * 2**30:  # the loop could not get under the cap:
+                    raise _OverCap(f"its last plan peaked {peaks[-1] / 2**30:.2f} GiB after "  # no probe
+                                   f"{len(trace)} rounds")
             else:
                 gates = fit_gates(costs, budget_act_bytes=budget_to_activation_bytes(cap_gib, base),
                                   base_bytes=base).gates
             model.set_strategy(DRATGates(gates))
             return True
-        except (ValueError, torch.OutOfMemoryError) as e:  # below the floor at this batch / no room
+        except (ValueError, torch.OutOfMemoryError, _OverCap) as e:  # below the floor / no room
             log(f"  drat B={b}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             ok = False
         finally:

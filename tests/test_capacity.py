@@ -47,3 +47,27 @@ def test_capacity_cpu_schema_and_consistency(tmp_path):
     # recomputation only ever buys batch: full and DRAT fit at least what `none` fits
     assert by["full"]["batch_size"] >= by["none"]["batch_size"]
     assert by["drat"]["batch_size"] >= by["none"]["batch_size"]
+
+
+def test_drat_capacity_guess_comes_from_the_least_memory_plans_measured_peaks(tmp_path):
+    """The DRAT search starts where the least-memory plan's peak line (B=1, 2) meets the cap,
+    and each probe keeps what the planner did for it."""
+    from drat.capacity import _drat_guess
+
+    rows = run_capacity("tiny", seq_len=32, cap_gib=0.09, device="cpu", vocab_size=256, max_batch=24,
+                        strategies=("none", "drat"), steps=1, warmup=0, out=tmp_path / "cap",
+                        log=lambda *a: None)
+    meta = json.loads((tmp_path / "cap" / "capacity.json").read_text())["meta"]
+    peaks = {int(k): v for k, v in meta["drat_reference"]["floor_plan_peaks"].items()}
+    assert set(peaks) == {1, 2} and 0 < peaks[1] < peaks[2]
+    guess = _drat_guess({"floor_plan_peaks": peaks}, 0.09 * 2**30)
+    assert guess == 1 + int((0.09 * 2**30 - peaks[1]) // (peaks[2] - peaks[1]))
+    drat = next(r for r in rows if r["name"] == "drat")
+    assert drat["probes"][0]["batch_size"] == min(guess, 24)
+    # on the CPU a probe's "peak" is model states + saved activations, linear in the batch, and no
+    # DRAT plan keeps less than the least-memory plan: nothing above the guess can fit
+    assert drat["batch_size"] <= guess
+    # without measured peaks the guess falls back to the modelled floor
+    ref = {"floor_per_sample": 2**20, "transient_per_sample": 0.0, "s0": 2**30}
+    assert _drat_guess(ref, 2**31) == 1024
+    assert _drat_guess({**ref, "floor_plan_peaks": {1: None, 2: None}}, 2**31) == 1024
