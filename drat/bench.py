@@ -1,8 +1,8 @@
 """`drat bench frontier`: every strategy measured side by side in one process.
 
 Rows: the baselines (`none`, `full`, `selective`, `sac`), `torch.compile` with the partitioner's
-activation-memory budgets, DRAT at a λ sweep and at memory budgets, DRAT with every gate set to
-store (the ≤2% overhead check) and the ILP oracle's plan, executed. Each row reports peak
+activation-memory budgets, DRAT at a λ sweep and at memory budgets, eager and compiled, DRAT with
+every gate set to store (the ≤2% overhead check) and the ILP oracle's plan, executed. Each row reports peak
 allocated/reserved GiB, step ms (median of CUDA-event-timed steps after warm-up), tokens/s and
 MFU against a bf16 matmul rate measured in the same run. On CPU, peak memory is replaced by
 exact saved-activation bytes and time by wall-clock.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -65,34 +66,62 @@ def compiled_costs(costs, pointwise_factor: float = 0.1):
                                rebuild_overhead_ms=0.0)
 
 
+class BudgetPlan(NamedTuple):
+    stored: list[bool]
+    gates: object  # the fitted GateBank (DRAT kinds), None for the oracle
+    lam: float | None
+    trace: list[dict]  # one entry per closed-loop round
+    compiled: object  # the torch.compile'd model (kind "drat-compiled"), else None
+
+
+def install_plan(model, idx, kind: str, stored: list[bool], gates=None):
+    """Put a plan on the model: DRAT's gates, the oracle's fixed plan, or DRAT's plan as SAC
+    policies under torch.compile (returned compiled; None otherwise)."""
+    if kind == "drat":
+        model.set_strategy(DRATGates(gates))
+        return None
+    if kind == "oracle":
+        model.set_strategy(PlanAC(stored=stored))
+        return None
+    if kind != "drat-compiled":
+        raise ValueError(f"unknown plan kind {kind!r}")
+    strat = CompiledPlanAC(stored)
+    torch._dynamo.reset()
+    model.set_strategy(strat)  # attach: embed/final_norm forced to store
+    strat.prepare(model, idx, autocast_ctx(idx.device))
+    return torch.compile(model)
+
+
 def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base_bytes: float, kind: str,
-                             max_rounds: int = 4):
+                             max_rounds: int = 4) -> BudgetPlan:
     """Budget mode closed on the *measured* peak (DESIGN §1): plan for the activation bytes the
     budget leaves, run a step, and shrink the activation budget by any overshoot until the
-    measured peak is within 1% of the budget. Returns ((stored, gates), λ, trace)."""
+    measured peak is within 1% of the budget. `kind`: "drat", "oracle" or "drat-compiled" (give
+    it `compiled_costs`; each round compiles once). The plan is left installed on the model."""
     act = budget_to_activation_bytes(budget_gib, base_bytes)
     trace = []
+    compiled = None
     for rnd in range(max_rounds):
         try:
-            if kind == "drat":
+            if kind == "oracle":
+                plan = (solve_oracle(costs, budget_act_bytes=max(act, 0.0)).stored, None, None)
+            else:
                 fit = fit_gates(costs, budget_act_bytes=max(act, 0.0), base_bytes=base_bytes)
                 plan = (fit.stored, fit.gates, fit.lam)
-            else:
-                plan = (solve_oracle(costs, budget_act_bytes=max(act, 0.0)).stored, None, None)
         except ValueError as e:  # BudgetInfeasibleError: the shrunk budget is below the floor
             if rnd == 0:
                 raise
             trace.append({"activation_budget_bytes": act, "infeasible": str(e).splitlines()[0]})
             break  # keep the last plan that could be made
         stored, gates, lam = plan
-        model.set_strategy(DRATGates(gates) if kind == "drat" else PlanAC(stored=stored))
-        peak = measure_steps(model, idx, targets, steps=1, warmup=1)["peak_gib"] * 2**30
+        compiled = install_plan(model, idx, kind, stored, gates)
+        peak = measure_steps(model, idx, targets, steps=1, warmup=1, compiled=compiled)["peak_gib"] * 2**30
         trace.append({"activation_budget_bytes": act, "measured_peak_bytes": peak})
         over = peak - budget_gib * 2**30
         if over <= 0.01 * budget_gib * 2**30 or act <= 0:
             break
         act -= over + 0.005 * budget_gib * 2**30
-    return (stored, gates), lam, trace
+    return BudgetPlan(stored, gates, lam, trace, compiled)
 
 
 def oracle_curve(costs, points: int = 12) -> list[dict]:
@@ -185,7 +214,7 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                  vocab_size: int | None = None, tie_weights: bool | None = None,
                  lams=(0.05, 0.2, 0.5, 1.0, 2.0, 5.0), budget_fracs=(0.25, 0.5, 0.75), peak_cuts=(0.45,),
                  compile_budgets=(1.0, 0.5, 0.2), compiled_lams=(0.0, 0.2, 0.5, 1.0, 2.0, 5.0),
-                 steps: int = 12, warmup: int = 3,
+                 compiled_budget_targets: bool = True, steps: int = 12, warmup: int = 3,
                  only: set[str] | None = None, out: str | Path | None = None, log=print) -> list[dict]:
     dev, cfg, model, idx, targets = bench_model(size, seq_len, batch_size, device, n_layer, n_embd, n_head,
                                                 vocab_size, tie_weights)
@@ -248,6 +277,8 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
         if want(f"drat-lam{lam}"):
             fit = fit_gates(costs, lam=lam)
             record(f"drat-lam{lam}", DRATGates(fit.gates), "eager", lam=lam, stored=fit.stored)
+    targets_gib: list[tuple[str, float]] = []
+    base = 0.0
     if none_row and dev.type == "cuda":
         # base = everything in the `none` peak that is not stored activations (model states,
         # gradients, transient working memory); the plan then has budget − base for activations
@@ -261,15 +292,13 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                 if not want(f"{kind}-{label}"):
                     continue
                 try:
-                    (stored, gates), lam, trace = plan_under_measured_peak(
-                        model, idx, targets, costs, budget_gib, base, kind)
+                    plan = plan_under_measured_peak(model, idx, targets, costs, budget_gib, base, kind)
                 except ValueError as e:  # below the floor on this device's costs: no row
                     log(f"{kind}-{label}: skipped, {str(e).splitlines()[0]}")
                     continue
-                strat = DRATGates(gates) if kind == "drat" else PlanAC(stored=stored)
-                row = record(f"{kind}-{label}", strat, "eager", lam=lam, budget=budget_gib,
-                             stored=stored)
-                row["budget_trace"] = trace
+                row = record(f"{kind}-{label}", model.strategy, "eager", lam=plan.lam, budget=budget_gib,
+                             stored=plan.stored)
+                row["budget_trace"] = plan.trace
                 if out is not None:
                     write_outputs(rows, Path(out), meta)
     if dev.type == "cuda":
@@ -280,14 +309,34 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
             if not want(f"drat-compiled-lam{lam}"):
                 continue
             fit = fit_gates(ccosts, lam=lam)
-            strat = CompiledPlanAC(fit.stored)
-            torch._dynamo.reset()
-            model.set_strategy(strat)  # attach: embed/final_norm forced to store
-            strat.prepare(model, idx, autocast_ctx(dev))
-            compiled = torch.compile(model)
-            row = record(f"drat-compiled-lam{lam}", strat, "compiled", lam=lam, compiled=compiled,
-                         stored=strat.decisions(model))
+            compiled = install_plan(model, idx, "drat-compiled", fit.stored)
+            strat = model.strategy
+            record(f"drat-compiled-lam{lam}", strat, "compiled", lam=lam, compiled=compiled,
+                   stored=strat.decisions(model))
             del compiled
+        # DRAT's budget mode under compile: the same targets as the eager rows, closed on the
+        # measured compiled peak (≤2 rounds, a compile each). Its base is what the compiled
+        # store-all peak holds beyond the stored activations, where that row was measured:
+        # compiled, `none`'s own activations shrink (fused pointwise ops save less)
+        store_all = next((r for r in rows if r["name"] == "drat-compiled-lam0.0"), None)
+        cbase = store_all["peak_gib"] * 2**30 - ccosts.total_bytes if store_all else base
+        for label, budget_gib in targets_gib if compiled_budget_targets else []:
+            name = f"drat-compiled-{label}"
+            if not want(name):
+                continue
+            try:
+                plan = plan_under_measured_peak(model, idx, targets, ccosts, budget_gib, cbase,
+                                                "drat-compiled", max_rounds=2)
+            except ValueError as e:
+                log(f"{name}: skipped, {str(e).splitlines()[0]}")
+                continue
+            strat = model.strategy
+            row = record(name, strat, "compiled", lam=plan.lam, budget=budget_gib, compiled=plan.compiled,
+                         stored=strat.decisions(model))
+            row["budget_trace"] = plan.trace
+            if out is not None:
+                write_outputs(rows, Path(out), meta)
+            del plan
 
         import torch._functorch.config as fconfig
 
@@ -380,6 +429,8 @@ def add_bench_parser(sub) -> None:
                    help="torch.compile activation_memory_budget values (empty: none)")
     f.add_argument("--peak-cuts", default="0.45",
                    help="DRAT and oracle rows budgeted at (1 - cut) x the `none` peak (GPU only)")
+    f.add_argument("--no-compiled-drat-budgets", dest="compiled_budget_targets", action="store_false",
+                   help="skip DRAT's budget rows under torch.compile (each compiles once or twice)")
     f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
     f.set_defaults(func=_cmd_frontier)
     from .capacity import add_capacity_parser  # `drat bench capacity` (imports this module)
@@ -398,6 +449,6 @@ def _cmd_frontier(args) -> int:
                  compiled_lams=tuple(float(x) for x in args.compiled_lambdas.split(",") if x),
                  compile_budgets=tuple(float(x) for x in args.compile_budgets.split(",") if x),
                  peak_cuts=tuple(float(x) for x in args.peak_cuts.split(",") if x),
-                 steps=args.steps, warmup=args.warmup,
+                 compiled_budget_targets=args.compiled_budget_targets, steps=args.steps, warmup=args.warmup,
                  only=set(args.only.split(",")) if args.only else None, out=args.out)
     return 0

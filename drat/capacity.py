@@ -306,8 +306,8 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
                 # over) and restored for the probe that decides whether the batch fits.
                 torch.cuda.set_per_process_memory_fraction(1.0, dev.index or 0)
                 try:
-                    (_, gates), _, trace = plan_under_measured_peak(model, idx, targets, costs,
-                                                                    0.99 * cap_gib, base, "drat")
+                    plan = plan_under_measured_peak(model, idx, targets, costs, 0.99 * cap_gib, base, "drat")
+                    gates, trace = plan.gates, plan.trace
                 finally:
                     torch.cuda.empty_cache()
                     total = torch.cuda.get_device_properties(dev.index or 0).total_memory

@@ -108,3 +108,48 @@ def test_deterministic_mode_refuses_a_nondeterministic_cublas_setting(monkeypatc
     with pytest.raises(TrainingError, match="CUBLAS_WORKSPACE_CONFIG=':0:0'"):
         set_deterministic()
     assert not torch.are_deterministic_algorithms_enabled()  # nothing was switched
+
+
+@pytest.mark.parametrize("kind,strategy", [("drat", "DRATGates"), ("oracle", "PlanAC"),
+                                           ("drat-compiled", "CompiledPlanAC")])
+def test_budget_plans_close_on_the_measured_peak(kind, strategy, monkeypatch):
+    """Budget mode, eager or compiled: plan, measure a step's peak, shrink the activation budget
+    by the overshoot (+0.5% of the budget) and plan again; the last plan stays installed. The
+    peaks are scripted here (a CPU has none); the compiled plan is compiled and run for real."""
+    import torch
+
+    from drat import bench
+    from drat.costs import build_costs
+
+    from .conftest import make_batch, make_model
+
+    model = make_model(n_layer=2)
+    idx, tgt = make_batch()
+    costs = build_costs(model, idx, tgt, "measured")
+    if kind == "drat-compiled":
+        costs = bench.compiled_costs(costs)
+    base = 0.1 * costs.total_bytes  # model states etc.: small here, or the shrink hits the floor
+    budget = base + 0.6 * costs.total_bytes
+    peaks = [1.10 * budget, 0.99 * budget]  # round 1 overshoots by 10%, round 2 fits
+    seen = []
+
+    def scripted(model_, idx_, tgt_, steps, warmup, compiled=None):
+        seen.append((type(model_.strategy).__name__, compiled is not None))
+        return {"peak_gib": peaks[len(seen) - 1] / 2**30}
+
+    monkeypatch.setattr(bench, "measure_steps", scripted)
+    plan = bench.plan_under_measured_peak(model, idx, tgt, costs, budget / 2**30, base, kind)
+    assert [t["measured_peak_bytes"] for t in plan.trace] == pytest.approx(peaks)
+    act0, act1 = (t["activation_budget_bytes"] for t in plan.trace)
+    assert act0 == pytest.approx(budget - base)
+    assert act1 == pytest.approx(act0 - (0.10 * budget + 0.005 * budget))
+    assert seen == [(strategy, kind == "drat-compiled")] * 2
+    assert type(model.strategy).__name__ == strategy
+    kept = sum(m for m, s in zip(costs.mem_bytes, plan.stored) if s)
+    assert kept <= act1 * (1 + 1e-9)  # the installed plan is the shrunk round's
+    assert (plan.gates is None) == (kind == "oracle")
+    if kind == "drat-compiled":
+        eager = make_model(n_layer=2)
+        torch.testing.assert_close(plan.compiled(idx, tgt), eager(idx, tgt), rtol=1e-5, atol=1e-6)
+    else:
+        assert plan.compiled is None

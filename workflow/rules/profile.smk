@@ -76,7 +76,8 @@ def _bench_flags(wc):
             f"--steps {b.get('steps', 12)} --warmup {b.get('warmup', 3)} --device {config['device']} "
             f"--lambdas {','.join(fmt(l) for l in lams)} "
             f"--compiled-lambdas {','.join(fmt(l) for l in b.get('compiled_lambdas', [0.5, 1, 2, 5]))} "
-            f"--compile-budgets {','.join(fmt(x) for x in b.get('compile_budgets', [1.0, 0.5, 0.2]))}")
+            f"--compile-budgets {','.join(fmt(x) for x in b.get('compile_budgets', [1.0, 0.5, 0.2]))}"
+            + ("" if b.get("compiled_drat_budgets", False) else " --no-compiled-drat-budgets"))
 
 
 rule bench:
