@@ -24,7 +24,7 @@ from .costs import build_costs
 from .gates import budget_to_activation_bytes, fit_gates
 from .model import GPT, config_for
 from .oracle import activation_floor_bytes, solve_oracle
-from .profile import autocast_ctx, measure_steps, random_batch
+from .profile import autocast_ctx, interleaved_step_ms, measure_steps, random_batch
 from .provenance import provenance, resolve_device
 from .strategies import SAC, CompiledPlanAC, DRATGates, FullAC, NoneAC, PlanAC, SelectiveAC
 
@@ -288,6 +288,7 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
         targets_gib = [(f"budget{frac}", (base + frac * costs.total_bytes) / 2**30) for frac in budget_fracs]
         targets_gib += [(f"cut{round(cut * 100)}", (1 - cut) * none_row["peak_gib"]) for cut in peak_cuts]
         for label, budget_gib in targets_gib:
+            placed = {}
             for kind in ("drat", "oracle"):
                 if not want(f"{kind}-{label}"):
                     continue
@@ -299,6 +300,16 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                 row = record(f"{kind}-{label}", model.strategy, "eager", lam=plan.lam, budget=budget_gib,
                              stored=plan.stored)
                 row["budget_trace"] = plan.trace
+                placed[kind] = (row, model.strategy)
+                if out is not None:
+                    write_outputs(rows, Path(out), meta)
+            if len(placed) == 2:  # the budget target is their ratio: also time them alternately
+                (r_drat, s_drat), (r_oracle, s_oracle) = placed["drat"], placed["oracle"]
+                paired = interleaved_step_ms(model, idx, targets, [s_drat, s_oracle], steps, warmup)
+                r_drat["step_ms_paired"], r_oracle["step_ms_paired"] = paired
+                r_drat["paired_vs_oracle"] = paired[0] / paired[1] - 1
+                log(f"{'':<22} alternating steps: drat {paired[0]:.2f} ms, oracle {paired[1]:.2f} ms "
+                    f"({100 * r_drat['paired_vs_oracle']:+.1f}%)")
                 if out is not None:
                     write_outputs(rows, Path(out), meta)
     if dev.type == "cuda":

@@ -102,6 +102,45 @@ def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, co
     return out
 
 
+def interleaved_step_ms(model: GPT, idx, targets, strategies: list, steps: int = 12,
+                        warmup: int = 3) -> list[float]:
+    """Median step time of each strategy, timed in alternation (A B A B ...) under one optimizer.
+
+    Two rows timed one after the other see whatever the device does in between (clocks, other
+    work, allocator state): on the H200 the same plan measured as consecutive rows differed by up
+    to 8.6% in median. Alternating steps exposes both to the same drift, so their ratio is the
+    plans' own. Each step is CUDA-event timed (wall-clock on CPU); no peak memory is kept."""
+    device = idx.device
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    model.zero_grad(set_to_none=True)
+    times: list[list] = [[] for _ in strategies]
+    for i in range(warmup + steps):
+        for k, strategy in enumerate(strategies):
+            model.set_strategy(strategy)
+            if device.type == "cuda":
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+            else:
+                t0 = time.perf_counter()
+            with autocast_ctx(device):
+                loss = model(idx, targets)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                e.record()
+                if i >= warmup:
+                    times[k].append((s, e))
+            elif i >= warmup:
+                times[k].append(1e3 * (time.perf_counter() - t0))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        times = [[s.elapsed_time(e) for s, e in t] for t in times]
+    del opt
+    gc.collect()
+    return [statistics.median(t) for t in times]
+
+
 def time_training_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3) -> dict:
     """The CUDA fields of `drat profile --json`."""
     m = measure_steps(model, idx, targets, steps, warmup)

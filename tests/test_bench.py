@@ -153,3 +153,33 @@ def test_budget_plans_close_on_the_measured_peak(kind, strategy, monkeypatch):
         torch.testing.assert_close(plan.compiled(idx, tgt), eager(idx, tgt), rtol=1e-5, atol=1e-6)
     else:
         assert plan.compiled is None
+
+
+def test_interleaved_timing_alternates_the_strategies_step_by_step():
+    """The DRAT/oracle pair of a budget is timed in alternation (A B A B ...), so drift between
+    two consecutive rows cannot masquerade as a difference between the plans."""
+    from drat.profile import interleaved_step_ms
+    from drat.strategies import NoneAC, PlanAC
+
+    from .conftest import make_batch, make_model
+
+    model = make_model(n_layer=2)
+    idx, tgt = make_batch()
+    order = []
+
+    class Spy(PlanAC):
+        def __init__(self, tag, stored):
+            super().__init__(stored=stored)
+            self.tag = tag
+
+        def forward(self, model_, idx_, targets_):
+            order.append(self.tag)
+            return super().forward(model_, idx_, targets_)
+
+    n = len(model.graph)
+    a, b = Spy("a", [True] * n), Spy("b", [i % 2 == 0 for i in range(n)])
+    ms = interleaved_step_ms(model, idx, tgt, [a, b], steps=3, warmup=1)
+    assert order == ["a", "b"] * 4
+    assert len(ms) == 2 and all(m > 0 for m in ms)
+    assert all(p.grad is None for p in model.parameters())
+    model.set_strategy(NoneAC())
