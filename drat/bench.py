@@ -279,6 +279,9 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
             record(f"drat-lam{lam}", DRATGates(fit.gates), "eager", lam=lam, stored=fit.stored)
     targets_gib: list[tuple[str, float]] = []
     base = 0.0
+    if none_row is None and dev.type == "cuda" and any(
+            want(f"{k}-{t}") for k in ("drat", "oracle", "drat-compiled") for t in ("budget", "cut")):
+        log("budget rows skipped: their targets are set from the `none` row (add `none` to --only)")
     if none_row and dev.type == "cuda":
         # base = everything in the `none` peak that is not stored activations (model states,
         # gradients, transient working memory); the plan then has budget − base for activations
@@ -329,12 +332,16 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
         # measured compiled peak (≤2 rounds, a compile each). Its base is what the compiled
         # store-all peak holds beyond the stored activations, where that row was measured:
         # compiled, `none`'s own activations shrink (fused pointwise ops save less)
+        compiled_targets = [(label, b) for label, b in targets_gib
+                            if compiled_budget_targets and want(f"drat-compiled-{label}")]
         store_all = next((r for r in rows if r["name"] == "drat-compiled-lam0.0"), None)
+        if compiled_targets and store_all is None:  # not a row of this run: its peak, measured now
+            compiled = install_plan(model, idx, "drat-compiled", [True] * n)
+            store_all = measure_steps(model, idx, targets, steps=1, warmup=1, compiled=compiled)
+            del compiled
         cbase = store_all["peak_gib"] * 2**30 - ccosts.total_bytes if store_all else base
-        for label, budget_gib in targets_gib if compiled_budget_targets else []:
+        for label, budget_gib in compiled_targets:
             name = f"drat-compiled-{label}"
-            if not want(name):
-                continue
             try:
                 plan = plan_under_measured_peak(model, idx, targets, ccosts, budget_gib, cbase,
                                                 "drat-compiled", max_rounds=2)

@@ -200,7 +200,8 @@ def run_profile(a: ProfileArgs) -> dict:
         with autocast_ctx(device):
             owned = measure_site_bytes(model, idx, targets)
     else:
-        owned = [int(m) for m in costs.mem_bytes]
+        # owned bytes, not the LM head's peak saving that a peak-aware table plans with
+        owned = [int(m) for m in (costs.owned_bytes or costs.mem_bytes)]
     sites = []
     for i, k in enumerate(model.graph.keys):
         if decisions is None:

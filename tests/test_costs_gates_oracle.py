@@ -280,3 +280,29 @@ def test_peak_saving_of_a_block_site_is_its_bytes_and_the_head_saves_less_than_i
     assert all(p.grad is None for p in model.parameters())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_measuring_inside_model_as_found_keeps_strategy_grads_and_rng():
+    """Cost measurements run real forwards/backwards; the caller's strategy object, its
+    accumulated gradients and the RNG stream (dropout masks) come back untouched."""
+    from drat.costs import _forward_backward, _model_as_found, _set_plan
+    from drat.model import GPT, config_for
+    from drat.profile import random_batch
+    from drat.strategies import FullAC
+
+    torch.manual_seed(0)
+    model = GPT(config_for("tiny", vocab_size=128, dropout=0.1))
+    model.train()
+    idx, targets = random_batch(128, 2, 16, torch.device("cpu"))
+    strategy = FullAC()
+    model.set_strategy(strategy)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    rng = torch.get_rng_state()
+    with _model_as_found(model, idx.device):
+        _set_plan(model, [i % 2 == 0 for i in range(len(model.graph))])
+        _forward_backward(model, idx, targets)
+        assert all(p.grad is None for p in model.parameters())  # dropped after the step
+    assert model.strategy is strategy
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)

@@ -193,6 +193,10 @@ def load_costs(path: Path, model, cfg: dict, a, site_costs_cls):
         what = ", ".join(diff) or "sites"
         raise SystemExit(f"the cost table {path} was measured for another setting ({what} differ); "
                          f"rerun its `--point costs` job")
+    if a.device == "cuda" and costs.kind == "measured" and costs.owned_bytes is None:
+        # tables measured before the peak-aware LM head (d350f27): still valid, planned as then
+        print(f"note: {path} predates the peak-aware LM head (its M_i is the bytes it owns); "
+              "rerun its `--point costs` job to plan with the measured peak saving", file=sys.stderr)
     return costs
 
 
