@@ -56,6 +56,33 @@ def autocast_ctx(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def _timed_step(fwd, idx, targets, opt):
+    """One training step (forward, backward, optimizer). Returns its timing: a (start, end) pair of
+    CUDA events on GPU, read only after all steps (no sync per step); wall-clock ms on CPU."""
+    cuda = idx.device.type == "cuda"
+    if cuda:
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+    else:
+        t0 = time.perf_counter()
+    with autocast_ctx(idx.device):
+        loss = fwd(idx, targets)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if cuda:
+        e.record()
+        return s, e
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def _elapsed_ms(times: list, device) -> list[float]:
+    if device.type != "cuda":
+        return list(times)
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in times]
+
+
 def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, compiled=None) -> dict:
     """Full training steps (forward, backward, AdamW): median step time after warm-up, CUDA-event
     timed on GPU (wall-clock on CPU), and the peak allocated/reserved GiB on GPU (NaN on CPU).
@@ -63,37 +90,18 @@ def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, co
     device = idx.device
     fwd = compiled if compiled is not None else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    times = []
     model.zero_grad(set_to_none=True)  # gradients a failed (OOM) step left behind
     gc.collect()  # nothing of the previous row may stay alive into this row's peak
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-        else:
-            t0 = time.perf_counter()
-        with autocast_ctx(device):
-            loss = fwd(idx, targets)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            e.record()
-            if i >= warmup:
-                times.append((s, e))
-        elif i >= warmup:
-            times.append(1e3 * (time.perf_counter() - t0))
+    times = [_timed_step(fwd, idx, targets, opt) for _ in range(warmup + steps)][warmup:]
+    ms = _elapsed_ms(times, device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        ms = [s.elapsed_time(e) for s, e in times]
         out = {"peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
                "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
     else:
-        ms = times
         out = {"peak_gib": float("nan"), "reserved_gib": float("nan")}
     del opt
     gc.collect()
@@ -117,25 +125,10 @@ def interleaved_step_ms(model: GPT, idx, targets, strategies: list, steps: int =
     for i in range(warmup + steps):
         for k, strategy in enumerate(strategies):
             model.set_strategy(strategy)
-            if device.type == "cuda":
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-            else:
-                t0 = time.perf_counter()
-            with autocast_ctx(device):
-                loss = model(idx, targets)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                e.record()
-                if i >= warmup:
-                    times[k].append((s, e))
-            elif i >= warmup:
-                times[k].append(1e3 * (time.perf_counter() - t0))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        times = [[s.elapsed_time(e) for s, e in t] for t in times]
+            t = _timed_step(model, idx, targets, opt)
+            if i >= warmup:
+                times[k].append(t)
+    times = [_elapsed_ms(t, device) for t in times]
     del opt
     gc.collect()
     return [statistics.median(t) for t in times]

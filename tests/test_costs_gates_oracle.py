@@ -176,10 +176,9 @@ def test_oracle_is_optimal_when_times_are_tiny(seed):
         brute_force(c, budget_act_bytes=budget).objective, rel=1e-9, abs=1e-15)
 
 
-def test_rebuild_overhead_calibration_leaves_the_model_untouched():
-    """The calibration runs real forward/backward passes; it must not step, keep gradients,
-    move the RNG or change the strategy (a training run measures costs before step 0)."""
-    from drat.costs import build_costs, measure_rebuild_overhead_ms
+def _dropout_model_under_full_ac():
+    """A tiny training-mode model with dropout (so a measurement that moved the RNG would show)
+    under a strategy the measurement must restore, and a CPU batch."""
     from drat.model import GPT, config_for
     from drat.profile import random_batch
     from drat.strategies import FullAC
@@ -190,6 +189,15 @@ def test_rebuild_overhead_calibration_leaves_the_model_untouched():
     idx, targets = random_batch(128, 2, 16, torch.device("cpu"))
     strategy = FullAC()
     model.set_strategy(strategy)
+    return model, idx, targets, strategy
+
+
+def test_rebuild_overhead_calibration_leaves_the_model_untouched():
+    """The calibration runs real forward/backward passes; it must not step, keep gradients,
+    move the RNG or change the strategy (a training run measures costs before step 0)."""
+    from drat.costs import build_costs, measure_rebuild_overhead_ms
+
+    model, idx, targets, strategy = _dropout_model_under_full_ac()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     costs = build_costs(model, idx, targets, "measured")  # CPU: roofline T_i, no calibration
@@ -286,16 +294,8 @@ def test_measuring_inside_model_as_found_keeps_strategy_grads_and_rng():
     """Cost measurements run real forwards/backwards; the caller's strategy object, its
     accumulated gradients and the RNG stream (dropout masks) come back untouched."""
     from drat.costs import _forward_backward, _model_as_found, _set_plan
-    from drat.model import GPT, config_for
-    from drat.profile import random_batch
-    from drat.strategies import FullAC
 
-    torch.manual_seed(0)
-    model = GPT(config_for("tiny", vocab_size=128, dropout=0.1))
-    model.train()
-    idx, targets = random_batch(128, 2, 16, torch.device("cpu"))
-    strategy = FullAC()
-    model.set_strategy(strategy)
+    model, idx, targets, strategy = _dropout_model_under_full_ac()
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.5)
     rng = torch.get_rng_state()
