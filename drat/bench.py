@@ -334,12 +334,13 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
         # compiled, `none`'s own activations shrink (fused pointwise ops save less)
         compiled_targets = [(label, b) for label, b in targets_gib
                             if compiled_budget_targets and want(f"drat-compiled-{label}")]
-        store_all = next((r for r in rows if r["name"] == "drat-compiled-lam0.0"), None)
-        if compiled_targets and store_all is None:  # not a row of this run: its peak, measured now
-            compiled = install_plan(model, idx, "drat-compiled", [True] * n)
-            store_all = measure_steps(model, idx, targets, steps=1, warmup=1, compiled=compiled)
-            del compiled
-        cbase = store_all["peak_gib"] * 2**30 - ccosts.total_bytes if store_all else base
+        if compiled_targets:
+            store_all = next((r for r in rows if r["name"] == "drat-compiled-lam0.0"), None)
+            if store_all is None:  # not a row of this run: its peak, measured now
+                compiled = install_plan(model, idx, "drat-compiled", [True] * n)
+                store_all = measure_steps(model, idx, targets, steps=1, warmup=1, compiled=compiled)
+                del compiled
+            cbase = store_all["peak_gib"] * 2**30 - ccosts.total_bytes
         for label, budget_gib in compiled_targets:
             name = f"drat-compiled-{label}"
             try:

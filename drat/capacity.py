@@ -277,7 +277,8 @@ def _floor_plan(costs) -> list[bool]:
 def _drat_guess(ref: dict, cap_bytes: float) -> int:
     """Batch at which the least-memory plan's peak meets the cap: on the line through its peaks
     measured at B=1 and 2 when both fit, else the modelled floor (plus per-sample transients)."""
-    p1, p2 = (ref.get("floor_plan_peaks") or {}).get(1), (ref.get("floor_plan_peaks") or {}).get(2)
+    peaks = ref.get("floor_plan_peaks") or {}
+    p1, p2 = peaks.get(1), peaks.get(2)
     if p1 is not None and p2 is not None and p2 > p1:
         return max(1, 1 + int((cap_bytes - p1) // (p2 - p1)))
     per_sample = max(ref["floor_per_sample"] + ref["transient_per_sample"], 1.0)
