@@ -114,7 +114,7 @@ def test_deterministic_mode_refuses_a_nondeterministic_cublas_setting(monkeypatc
                                            ("drat-compiled", "CompiledPlanAC")])
 def test_budget_plans_close_on_the_measured_peak(kind, strategy, monkeypatch):
     """Budget mode, eager or compiled: plan, measure a step's peak, shrink the activation budget
-    by the overshoot (+0.5% of the budget) and plan again; the last plan stays installed. The
+    by the overshoot (+0.5% of the budget) and plan again; the fitting plan stays installed. The
     peaks are scripted here (a CPU has none); the compiled plan is compiled and run for real."""
     import torch
 
@@ -153,6 +153,67 @@ def test_budget_plans_close_on_the_measured_peak(kind, strategy, monkeypatch):
         torch.testing.assert_close(plan.compiled(idx, tgt), eager(idx, tgt), rtol=1e-5, atol=1e-6)
     else:
         assert plan.compiled is None
+
+
+@pytest.mark.parametrize("kind,peaks,kept_round", [
+    ("drat", (0.80, 0.99), 1), ("oracle", (0.80, 0.99), 1),  # grows into the budget, keeps round 2
+    ("drat", (0.80, 1.05), 0), ("oracle", (0.80, 1.05), 0),  # grows past it: back to round 1's plan
+    ("drat-compiled", (0.80, 1.05), 0)])
+def test_budget_plans_grow_into_an_unused_budget_and_keep_the_best_fit(kind, peaks, kept_round, monkeypatch):
+    """A plan that leaves more than 3% of its budget unused recomputes more than it must (the
+    compiled plans of session 6 ran 4–32% under): the loop grows the activation budget by what
+    was left (−0.5%) and keeps the fitting round with the highest peak, reinstalling it when a
+    later round overshot."""
+    from drat import bench
+    from drat.costs import build_costs
+
+    from .conftest import make_batch, make_model
+
+    model = make_model(n_layer=2)
+    idx, tgt = make_batch()
+    costs = build_costs(model, idx, tgt, "measured")
+    if kind == "drat-compiled":
+        costs = bench.compiled_costs(costs)
+    base = 0.1 * costs.total_bytes
+    budget = base + 0.6 * costs.total_bytes
+    installed, install = [], bench.install_plan
+
+    def spy_install(model_, idx_, kind_, stored, gates=None):
+        installed.append(list(stored))
+        return install(model_, idx_, kind_, stored, gates)
+
+    def scripted(model_, idx_, tgt_, steps, warmup, compiled=None):
+        return {"peak_gib": peaks[len(installed) - 1] * budget / 2**30}
+
+    monkeypatch.setattr(bench, "install_plan", spy_install)
+    monkeypatch.setattr(bench, "measure_steps", scripted)
+    plan = bench.plan_under_measured_peak(model, idx, tgt, costs, budget / 2**30, base, kind, max_rounds=2)
+    act0, act1 = (t["activation_budget_bytes"] for t in plan.trace)
+    assert act1 == pytest.approx(act0 + (1 - peaks[0]) * budget - 0.005 * budget)
+    kept_bytes = [sum(m for m, s in zip(costs.mem_bytes, st) if s) for st in installed]
+    assert kept_bytes[1] > kept_bytes[0]  # round 2's plan keeps more: it recomputes less
+    assert [bool(t.get("kept")) for t in plan.trace] == [r == kept_round for r in range(2)]
+    assert plan.stored == installed[kept_round] == installed[-1]  # the kept plan is the installed one
+    assert len(installed) == 2 + (kept_round == 0)  # one reinstall after an overshoot
+    assert (plan.compiled is not None) == (kind == "drat-compiled")
+
+
+def test_budget_plans_under_a_hard_cap_only_shrink(monkeypatch):
+    """`capacity` plans with grow_below=None: a plan under the cap keeps its headroom, which the
+    allocator's fragmentation needs over the timed run."""
+    from drat import bench
+    from drat.costs import build_costs
+
+    from .conftest import make_batch, make_model
+
+    model = make_model(n_layer=2)
+    idx, tgt = make_batch()
+    costs = build_costs(model, idx, tgt, "measured")
+    budget = 0.7 * costs.total_bytes
+    monkeypatch.setattr(bench, "measure_steps", lambda *a, **k: {"peak_gib": 0.5 * budget / 2**30})
+    plan = bench.plan_under_measured_peak(model, idx, tgt, costs, budget / 2**30, 0.1 * costs.total_bytes,
+                                          "oracle", grow_below=None)
+    assert len(plan.trace) == 1 and plan.trace[0]["kept"]
 
 
 def test_interleaved_timing_alternates_the_strategies_step_by_step():
