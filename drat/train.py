@@ -456,7 +456,7 @@ class ResourceAwareTrainer:
         if cfg.budget_gib is not None:
             # the budget covers model states (floor) plus the activations the plan keeps
             act_budget_bytes = budget_to_activation_bytes(cfg.budget_gib, self._model_state_bytes())
-            self.dual = DualAscent(act_budget_bytes / max(sum(self.site_bytes), 1.0), lam0=self.lam)
+            self.dual = DualAscent(act_budget_bytes / max(sum(self._peak_site_bytes()), 1.0), lam0=self.lam)
         if self.dist.is_main:
             self._write_config()
 
@@ -779,8 +779,10 @@ class ResourceAwareTrainer:
             step_peak = torch.cuda.max_memory_allocated(self.device)
             self._interval_peak_bytes = max(self._interval_peak_bytes, step_peak)
         if self.dual is not None:
-            # dual ascent on the bytes the executed (hard) plan kept, as a fraction of store-all
-            total, kept = max(sum(self.site_bytes), 1.0), self._plan_bytes(plan)
+            # dual ascent on what the executed (hard) plan adds to the peak, as a fraction of store-all
+            site = self._peak_site_bytes()
+            stored = (plan.detach() > 0.5).tolist()
+            total, kept = max(sum(site), 1.0), float(sum(b for b, s in zip(site, stored) if s))
             if cuda:  # the max over ranks keeps every rank's λ equal (one process: no GPU sync)
                 peak = float(step_peak) if not self.dist.mode else float(self.dist.max(
                     torch.tensor(float(step_peak), device=self.device, dtype=torch.float64)).item())
@@ -795,7 +797,7 @@ class ResourceAwareTrainer:
         share of the budget. The largest such excess seen is kept, so the target only tightens.
         Returns the new activation target as a fraction of store-all bytes."""
         self.other_bytes = max(self.other_bytes, float(step_peak_bytes) - float(kept_bytes))
-        total = max(sum(self.site_bytes), 1.0)
+        total = max(sum(self._peak_site_bytes()), 1.0)
         self.dual.budget_frac = max(self.cfg.budget_gib * 2**30 - self.other_bytes, 0.0) / total
         return self.dual.budget_frac
 
@@ -810,6 +812,18 @@ class ResourceAwareTrainer:
             self.log.warning(f"step {self.step}: this rank sampled another gate plan than rank 0; "
                              f"running rank 0's")
         return plan
+
+    def _peak_site_bytes(self) -> list[float]:
+        """What storing each site adds to a step's peak: its saved bytes, less what a peak-aware cost
+        table found the peak does not drop by when the site is recomputed (the LM head: its chunked
+        rebuild sits on top of the peak; `costs.measure_peak_saving_bytes`). The budget loop counts
+        these, as the gates' resource loss does; with the owned bytes instead, a plan recomputing
+        the head would leave its rebuild transient in `other_bytes` for good, and every later plan
+        that stores the head would be held that much under the budget."""
+        c = self.costs
+        if c is None or c.owned_bytes is None:
+            return self.site_bytes
+        return [b - (o - m) for b, o, m in zip(self.site_bytes, c.owned_bytes, c.mem_bytes)]
 
     def _plan_bytes(self, plan: torch.Tensor | None) -> float:
         """Saved activation bytes of the current plan: Σ bytes of the stored sites (drat)."""

@@ -271,6 +271,32 @@ def test_budget_closes_on_the_measured_peak(tmp_path, tokenizer_path):
         trainer.close()
 
 
+def test_budget_loop_counts_the_lm_heads_peak_saving_as_the_gates_do(tmp_path, tokenizer_path):
+    """On CUDA the cost table charges the LM head the measured drop of the peak when it is
+    recomputed, less than the bytes it owns. The trainer's budget loop counts the same bytes,
+    so that the head's rebuild transient does not stay in `other_bytes` (driven by hand here)."""
+    probe = small_cfg(tmp_path / "probe", tokenizer_path, steps=1, strategy="none")
+    trainer = ResourceAwareTrainer(probe)
+    total = sum(trainer.site_bytes)
+    trainer.close()
+    cfg = small_cfg(tmp_path / "c", tokenizer_path, steps=1, budget_gib=1.5 * total / 2**30, ckpt_every=0)
+    trainer = ResourceAwareTrainer(cfg)
+    try:
+        assert trainer._peak_site_bytes() == trainer.site_bytes  # CPU: no peak-aware table
+        head = trainer.model.graph.idx(None, "lm_head_loss")
+        gap = 0.25 * trainer.site_bytes[head]  # what the head's rebuild keeps on top of the peak
+        trainer.costs.owned_bytes = list(trainer.costs.mem_bytes)
+        trainer.costs.mem_bytes[head] -= gap
+        site = trainer._peak_site_bytes()
+        assert site[head] == pytest.approx(trainer.site_bytes[head] - gap)
+        assert [b for i, b in enumerate(site) if i != head] == [
+            b for i, b in enumerate(trainer.site_bytes) if i != head]
+        frac = trainer.close_budget_on_peak(1.3 * total, 0.5 * total)
+        assert frac == pytest.approx((1.5 * total - 0.8 * total) / (total - gap))
+    finally:
+        trainer.close()
+
+
 def test_wandb_missing_is_skipped_with_a_warning(tmp_path, tokenizer_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     summary = run(small_cfg(tmp_path / "w", tokenizer_path, steps=1, wandb=True))
