@@ -523,3 +523,15 @@ def test_oracle_curve_script_places_the_predicted_frontier_in_the_profiles_units
     # no costs at all (an archived build before any were committed): a header-only table
     assert mod.main(["--profile", str(tmp_path / "profile.csv"), "--out", str(out)]) == 0
     assert list(csv.DictReader(open(out))) == []
+    # costs taken at another shape than the profiled `none`: the curve would be misplaced
+    (tmp_path / "tiny.json").write_text(json.dumps({"size": "tiny", "batch_size": 2, "seq_len": 64,
+                                                    "costs": costs.to_dict()}))
+    with open(tmp_path / "profile.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["size", "point", "peak_memory_bytes", "step_ms", "batch_size",
+                                          "seq_len"])
+        w.writeheader()
+        w.writerow({"size": "tiny", "point": "none", "peak_memory_bytes": "", "step_ms": 10.0,
+                    "batch_size": 4, "seq_len": 64})
+    with pytest.raises(SystemExit, match="measured at batch 2, seq 64.*batch 4, seq 64"):
+        mod.main(["--costs", str(tmp_path / "tiny.json"), "--profile", str(tmp_path / "profile.csv"),
+                  "--out", str(out)])

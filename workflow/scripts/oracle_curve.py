@@ -43,6 +43,15 @@ def curve_rows(costs_file: Path, profile_csv: Path, points: int) -> list[dict]:
     if ref is None:
         print(f"oracle_curve: no profiled `none` for {size}: skipped", file=sys.stderr)
         return []
+    # the curve is placed on `none`'s measurement: it must be of the shape the costs were taken at
+    shape = {k: data.get(k) for k in ("batch_size", "seq_len")}
+    ref_shape = {k: ref.get(k) for k in shape}
+    if any(v is not None and ref_shape[k] not in (None, "") and int(ref_shape[k]) != int(v)
+           for k, v in shape.items()):
+        raise SystemExit(f"oracle_curve: {costs_file} was measured at batch {shape['batch_size']}, seq "
+                         f"{shape['seq_len']}, but the profiled `none` of {size} at batch "
+                         f"{ref_shape['batch_size']}, seq {ref_shape['seq_len']}: rerun the costs or "
+                         f"profile rule so that both use the config's shape")
     peak = float(ref["peak_memory_bytes"]) if ref.get("peak_memory_bytes") else math.nan
     gpu = math.isfinite(peak)
     base = peak - costs.total_bytes if gpu else 0.0
