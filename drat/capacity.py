@@ -308,8 +308,8 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
                 torch.cuda.set_per_process_memory_fraction(1.0, dev.index or 0)
                 try:
                     # shrink-only (grow_below=None): what a plan leaves under the cap absorbs the
-                    # allocator's fragmentation over the timed run (B=25–43 fitted one step at
-                    # 38.2–38.6 GiB and then ran out of 40 GiB, session 6)
+                    # allocator's fragmentation (session 6: plans for B=25–43 peaked 38.2–39.5 GiB
+                    # here, with the cap lifted, and each then ran out of the 40 GiB in its probe)
                     plan = plan_under_measured_peak(model, idx, targets, costs, 0.99 * cap_gib, base, "drat",
                                                     grow_below=None)
                     gates, trace = plan.gates, plan.trace
