@@ -271,8 +271,9 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
         rows.append(row)
         if out is not None:  # rewrite after every row: a killed run keeps what it measured
             write_outputs(rows, Path(out), meta)
+        clock = f"  {row['sm_clock_mhz']} MHz" if row.get("sm_clock_mhz") is not None else ""
         log(f"{name:<22} peak {row['peak_gib']:7.3f} GiB  {row['step_ms']:8.2f} ms  "
-            f"{row['tokens_per_s']:10.0f} tok/s  recompute={row['recomputed_sites']}")
+            f"{row['tokens_per_s']:10.0f} tok/s{clock}  recompute={row['recomputed_sites']}")
         return row
 
     for name, strat in [("none", NoneAC()), ("full", FullAC()), ("selective", SelectiveAC()), ("sac", SAC())]:

@@ -83,6 +83,24 @@ def _elapsed_ms(times: list, device) -> list[float]:
     return [s.elapsed_time(e) for s, e in times]
 
 
+def gpu_state(device) -> dict:
+    """The GPU's SM clock (MHz, over NVML's last sample period), temperature (°C) and power draw
+    (W), as NVML reports them; None each where NVML is not there (no pynvml, CPU). Recorded with
+    every timed row: consecutive rows of the same plan drifted by up to 20% on the H200, and the
+    clock is the first suspect."""
+    out = {"sm_clock_mhz": None, "temperature_c": None, "power_w": None}
+    if device.type != "cuda":
+        return out
+    for key, read, scale in (("sm_clock_mhz", torch.cuda.clock_rate, 1),
+                             ("temperature_c", torch.cuda.temperature, 1),
+                             ("power_w", torch.cuda.power_draw, 1e-3)):  # NVML reports mW
+        try:
+            out[key] = read(device) * scale
+        except Exception:  # no pynvml / NVML, or a driver that does not report it: not measured
+            pass
+    return out
+
+
 def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, compiled=None) -> dict:
     """Full training steps (forward, backward, AdamW): median step time after warm-up, CUDA-event
     timed on GPU (wall-clock on CPU), and the peak allocated/reserved GiB on GPU (NaN on CPU).
@@ -100,7 +118,8 @@ def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, co
     ms = _elapsed_ms(times, device)
     if device.type == "cuda":
         out = {"peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-               "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
+               "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+               **gpu_state(device)}  # right after the timed steps: the clock they ran at
     else:
         out = {"peak_gib": float("nan"), "reserved_gib": float("nan")}
     del opt

@@ -216,6 +216,27 @@ def test_budget_plans_under_a_hard_cap_only_shrink(monkeypatch):
     assert len(plan.trace) == 1 and plan.trace[0]["kept"]
 
 
+def test_gpu_state_reads_nvml_where_it_can_and_leaves_the_rest_unmeasured(monkeypatch):
+    """Timed rows record the SM clock, temperature and power (the suspects of row-to-row drift);
+    a reading NVML cannot give is None, never a crash of the bench."""
+    import torch
+
+    from drat.profile import gpu_state
+
+    assert gpu_state(torch.device("cpu")) == {"sm_clock_mhz": None, "temperature_c": None, "power_w": None}
+
+    def no_nvml(device=None):
+        raise ModuleNotFoundError("pynvml")
+
+    monkeypatch.setattr(torch.cuda, "clock_rate", lambda device=None: 1980)
+    monkeypatch.setattr(torch.cuda, "temperature", lambda device=None: 41)
+    monkeypatch.setattr(torch.cuda, "power_draw", no_nvml)
+    got = gpu_state(torch.device("cuda", 0))
+    assert got == {"sm_clock_mhz": 1980, "temperature_c": 41, "power_w": None}
+    monkeypatch.setattr(torch.cuda, "power_draw", lambda device=None: 512_000)  # mW
+    assert gpu_state(torch.device("cuda", 0))["power_w"] == pytest.approx(512.0)
+
+
 def test_interleaved_timing_alternates_the_strategies_step_by_step():
     """The DRAT/oracle pair of a budget is timed in alternation (A B A B ...), so drift between
     two consecutive rows cannot masquerade as a difference between the plans."""
