@@ -370,10 +370,19 @@ def add_capacity_parser(bsub) -> None:
     c.add_argument("--cap-gib", type=float, default=40.0, help="memory cap (a 40 GiB card by default)")
     c.add_argument("--strategies", default=",".join(CAPACITY_STRATEGIES))
     c.add_argument("--max-batch", type=int, default=256)
+    c.add_argument("--alloc-conf", default=None, metavar="CONF",
+                   help="PYTORCH_CUDA_ALLOC_CONF for this run, e.g. expandable_segments:True: under a "
+                        "hard cap the allocator's fragmentation decides the batch (recorded in the meta)")
     c.set_defaults(func=_cmd_capacity)
 
 
 def _cmd_capacity(args) -> int:
+    if args.alloc_conf is not None:
+        # read once, when the caching allocator starts: too late once anything is on the GPU
+        if torch.cuda.is_initialized():
+            raise RuntimeError("--alloc-conf must be set before CUDA starts; set PYTORCH_CUDA_ALLOC_CONF in "
+                               "the environment instead")
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = args.alloc_conf
     check_steps(args)
     run_capacity(args.size, args.seq_len, args.cap_gib, args.device,
                  strategies=tuple(s for s in args.strategies.split(",") if s), max_batch=args.max_batch,

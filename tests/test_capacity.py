@@ -71,3 +71,18 @@ def test_drat_capacity_guess_comes_from_the_least_memory_plans_measured_peaks(tm
     ref = {"floor_per_sample": 2**20, "transient_per_sample": 0.0, "s0": 2**30}
     assert _drat_guess(ref, 2**31) == 1024
     assert _drat_guess({**ref, "floor_plan_peaks": {1: None, 2: None}}, 2**31) == 1024
+
+
+def test_alloc_conf_reaches_the_allocator_and_the_meta(tmp_path, monkeypatch):
+    """`--alloc-conf` sets PYTORCH_CUDA_ALLOC_CONF before anything starts CUDA, and the meta
+    records it: under a hard cap the allocator's fragmentation decides the batch."""
+    from drat.cli import main
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)  # restored after the test
+    out = tmp_path / "cap"
+    assert main(["bench", "capacity", "--size", "tiny", "--seq-len", "32", "--vocab-size", "256",
+                 "--cap-gib", "0.09", "--device", "cpu", "--strategies", "none", "--max-batch", "8",
+                 "--steps", "1", "--warmup", "0", "--alloc-conf", "expandable_segments:True",
+                 "--out", str(out)]) == 0
+    meta = json.loads((out / "capacity.json").read_text())["meta"]
+    assert meta["cuda_alloc_conf"] == "expandable_segments:True"
