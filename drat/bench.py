@@ -112,7 +112,7 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
     act = budget_to_activation_bytes(budget_gib, base_bytes)
     trace: list[dict] = []
     best = None  # (peak, stored, gates, lam, trace index) of the fitting round with the highest peak
-    stored, gates, lam, compiled, last = None, None, None, None, None
+    stored, gates, lam, compiled = None, None, None, None  # the plan installed last
     for rnd in range(max_rounds):
         try:
             if kind in ("oracle", "oracle-compiled"):
@@ -125,7 +125,7 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
                 raise
             trace.append({"activation_budget_bytes": act, "infeasible": str(e).splitlines()[0]})
             break  # keep the last plan that could be made
-        if plan[0] == last:  # the moved budget gives the plan just measured: nothing new to learn
+        if plan[0] == stored:  # the moved budget gives the plan just measured: nothing new to learn
             trace.append({"activation_budget_bytes": act, "same_plan": True})
             break
         stored, gates, lam = plan
@@ -133,7 +133,6 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
         compiled = install_plan(model, idx, kind, stored, gates)
         peak = measure_steps(model, idx, targets, steps=1, warmup=1, compiled=compiled)["peak_gib"] * 2**30
         trace.append({"activation_budget_bytes": act, "measured_peak_bytes": peak})
-        last = stored
         fits = peak <= 1.01 * budget
         if fits and (best is None or peak > best[0]):
             best = (peak, stored, gates, lam, len(trace) - 1)

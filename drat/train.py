@@ -781,8 +781,7 @@ class ResourceAwareTrainer:
         if self.dual is not None:
             # dual ascent on what the executed (hard) plan adds to the peak, as a fraction of store-all
             site = self._peak_site_bytes()
-            stored = (plan.detach() > 0.5).tolist()
-            total, kept = max(sum(site), 1.0), float(sum(b for b, s in zip(site, stored) if s))
+            total, kept = max(sum(site), 1.0), self._plan_bytes(plan, site)
             if cuda:  # the max over ranks keeps every rank's λ equal (one process: no GPU sync)
                 peak = float(step_peak) if not self.dist.mode else float(self.dist.max(
                     torch.tensor(float(step_peak), device=self.device, dtype=torch.float64)).item())
@@ -825,12 +824,13 @@ class ResourceAwareTrainer:
             return self.site_bytes
         return [b - (o - m) for b, o, m in zip(self.site_bytes, c.owned_bytes, c.mem_bytes)]
 
-    def _plan_bytes(self, plan: torch.Tensor | None) -> float:
-        """Saved activation bytes of the current plan: Σ bytes of the stored sites (drat)."""
+    def _plan_bytes(self, plan: torch.Tensor | None, site_bytes: list[float] | None = None) -> float:
+        """Saved activation bytes of the current plan: Σ bytes of the stored sites (drat), counted
+        in `site_bytes` where given (the budget loop's `_peak_site_bytes`)."""
         if plan is None:
             return float(self.plan_bytes)
         stored = (plan.detach() > 0.5).tolist()
-        return float(sum(b for b, s in zip(self.site_bytes, stored) if s))
+        return float(sum(b for b, s in zip(site_bytes or self.site_bytes, stored) if s))
 
     def evaluate(self) -> dict:
         cfg = self.cfg
