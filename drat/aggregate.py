@@ -60,6 +60,19 @@ class AggregateError(RuntimeError):
     """Expected results are missing (the message names them) or none was found."""
 
 
+def step_spread(step_ms_all) -> dict:
+    """How far one row's timed steps spread: the 10th and 90th percentile step (ms) and their
+    distance as % of the median. On the H200, rows that recompute spread by tens of percent within
+    the row while store-all rows hold within a few (session 7), so a median alone hides how much
+    two rows' difference can be trusted."""
+    if not step_ms_all:
+        return {}
+    steps = list(step_ms_all) * (2 if len(step_ms_all) == 1 else 1)  # quantiles needs two points
+    q = statistics.quantiles(steps, n=10, method="inclusive")
+    return {"step_ms_p10": q[0], "step_ms_p90": q[-1],
+            "step_spread_pct": 100 * (q[-1] - q[0]) / statistics.median(steps)}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Records of a JSON-lines file; a line cut short by a killed run is skipped."""
     out = []
@@ -248,7 +261,8 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
             continue
         data = json.loads(p.read_text())
         bench += [{"size": meta["size"], **{k: v for k, v in row.items() if k != "step_ms_all"},
-                   **provenance_of(data)} for row in data.get("rows", [])]
+                   **step_spread(row.get("step_ms_all")), **provenance_of(data)}
+                  for row in data.get("rows", [])]
     exact, repeats = [], []
     for meta in manifest.get("exactness", []):
         if (p := present(meta, "exactness")) is None:
