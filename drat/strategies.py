@@ -98,6 +98,33 @@ class SAC(ActivationStrategy):
         return model.forward_sites(idx, targets, block_fn=block_fn)
 
 
+REBUILD_WARN_PER_SITE = 8  # predicted rebuilds per step, per site, above which a plan is flagged
+
+
+def warn_on_rebuild_blowup(stored: Sequence[bool], graph) -> float:
+    """Warn when a hand-written plan rebuilds far more sites per step than it has.
+
+    A recomputed parent in another block is rebuilt transiently, once per use (recompute.py). A
+    plan that recomputes the residual stream in every block (its `attn_out` and `mlp_down`) so
+    rebuilds each block's stream once per path back to the last stored one: the count doubles per
+    block, and on `large` (28 blocks) one step would take hours. The cost model predicts exactly
+    this count (`costs.rebuild_counts`), so DRAT's fitted plans never go there; a fixed plan can.
+    Returns the predicted rebuilds per step."""
+    import warnings
+
+    from .costs import SiteCosts, rebuild_counts
+
+    n = len(graph)
+    zeros = [0.0] * n
+    total = sum(rebuild_counts(list(stored), SiteCosts.build(graph, zeros, zeros, 1.0, "structure")))
+    if total > REBUILD_WARN_PER_SITE * n:
+        warnings.warn(f"this plan rebuilds about {total:.3g} sites per step for {n} sites: it recomputes "
+                      "the residual stream across blocks, and each block's rebuild repeats the ones "
+                      "before it. Store at least one residual-stream site (attn_out or mlp_down) every "
+                      "few blocks, or use FullAC / a plan from DRATGates.", stacklevel=3)
+    return total
+
+
 class PlanAC(ActivationStrategy):
     """Explicit per-site decisions: `stored[i]` for every site of `model.graph` ("fixed")."""
 
@@ -112,6 +139,7 @@ class PlanAC(ActivationStrategy):
         if self._stored is not None and len(self._stored) != len(model.graph):
             raise ValueError(f"plan has {len(self._stored)} decisions, model has {len(model.graph)} sites")
         model.graph.decisions_from_names(self._recompute)  # validates names
+        warn_on_rebuild_blowup(self.decisions(model), model.graph)
 
     def decisions(self, model) -> list[bool]:
         if self._stored is not None:

@@ -110,6 +110,7 @@ def test_chunked_head_never_materialises_full_logits(recompute_head):
         assert per_site[head] >= full_logits_bytes  # storing keeps every chunk
 
 
+@pytest.mark.filterwarnings("ignore:this plan rebuilds")  # random plans include blow-ups, on purpose
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_mechanism_rebuild_counts_equal_the_cost_model(dropout):
     """SiteRuntime's real rebuilds == R_j of the dependency-aware cost model, for random plans
@@ -129,6 +130,30 @@ def test_mechanism_rebuild_counts_equal_the_cost_model(dropout):
         model(idx, tgt).backward()
         got = strat.last_runtime.rebuilds if strat.last_runtime else [0] * n
         assert got == [int(r) for r in rebuild_counts(stored, costs)]
+
+
+def test_a_plan_that_recomputes_the_residual_stream_everywhere_is_warned_about():
+    """Recomputing every block's residual stream makes each rebuild repeat the ones before it
+    (cross-block parents are rebuilt once per use): the count doubles per block. A fixed plan that
+    does so is warned about with the cost model's count, which is the mechanism's (test above);
+    a plan storing each block's output is not."""
+    import warnings
+
+    from drat.strategies import REBUILD_WARN_PER_SITE, warn_on_rebuild_blowup
+
+    model = make_model(n_layer=6)
+    n = len(model.graph)
+    labels = [k.label() for k in model.graph.keys]
+    blowup = [lab.endswith("attn_core") for lab in labels]  # every residual-stream site recomputed
+    blocks = [lab.endswith("mlp_down") or lab == "embed" for lab in labels]
+    with pytest.warns(UserWarning, match="recomputes the residual stream across blocks"):
+        model.set_strategy(PlanAC(stored=blowup))
+    assert warn_on_rebuild_blowup(blowup, model.graph) > REBUILD_WARN_PER_SITE * n
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.set_strategy(PlanAC(stored=blocks))
+        model.set_strategy(PlanAC(stored=[True] * n))
+    assert warn_on_rebuild_blowup(blocks, model.graph) < 2 * n
 
 
 def test_recompute_all_rebuilds_each_block_once_and_holds_about_one_block():

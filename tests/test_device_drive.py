@@ -40,3 +40,21 @@ def test_the_driver_packs_what_the_call_wrote_under_results(tmp_path):
         packed = sorted(tar.getnames())
     assert packed == ["results/bench/new.csv", "results/paper/bench/medium/frontier.json"]
     assert "packed 2 files" in r.stdout
+
+
+def test_drift_probe_writes_every_condition_and_strategy(tmp_path):
+    """workflow/scripts/drift_probe.py (a device diagnostic) runs end to end on the CPU and keeps
+    one row per round × condition × strategy, with per-step host and device times."""
+    import json
+    import sys
+
+    out = tmp_path / "drift"
+    subprocess.run([sys.executable, str(ROOT / "workflow/scripts/drift_probe.py"), "--size", "tiny",
+                    "--seq-len", "16", "--batch-size", "2", "--vocab-size", "128", "--layers", "2",
+                    "--steps", "2", "--warmup", "1", "--rounds", "1", "--device", "cpu", "--out", str(out)],
+                   check=True, capture_output=True, cwd=ROOT)
+    rows = json.loads((out / "drift.json").read_text())["rows"]
+    strategies = ("none", "full", "plan-store-block-outputs")
+    assert {(r["condition"], r["strategy"]) for r in rows} == {
+        (c, s) for c in ("as-benched", "gc-off", "synced") for s in strategies}
+    assert all(len(r["host_ms"]) == len(r["gpu_ms"]) == 2 and r["gc_passes"] >= 0 for r in rows)

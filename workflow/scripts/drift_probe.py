@@ -5,12 +5,19 @@ same recompute plan ran at 74–117 ms in one row and 83–145 ms in the next, w
 *less* power and clocking *higher* in the slow rows: the signature of a GPU waiting for its host.
 This probe tests that on one model, strategy by strategy, repeated in rounds:
 
-  host_ms  the Python time to enqueue one step (no sync inside it), from perf_counter
+  host_ms  the Python time to enqueue one step, from perf_counter
   gpu_ms   the same step's CUDA-event time
   gc       how many garbage-collector passes ran inside the timed steps (gc.callbacks)
 
-under the default interpreter and with the collector disabled around the steps. A step whose
-host_ms reaches its gpu_ms is host-bound: its time is the launch path's, not the kernels'.
+under three conditions: as the benches run (no sync between steps), with the collector disabled
+around the steps, and with a sync before each step. Without syncs a full launch queue makes the
+host wait for the GPU, so host_ms tracks gpu_ms either way; after a sync the GPU starts idle, and
+a step whose host_ms still reaches its gpu_ms is host-bound: its time is the launch path's.
+
+Session 7's first run used a plan recomputing everything but attention's core, and never
+finished a step on `large`: with the residual stream recomputed in every block, each rebuild
+repeats the ones before it (PlanAC warns about such plans now). The recompute-heavy plan here
+stores each block's output instead.
 
     python workflow/scripts/drift_probe.py --size large --seq-len 1024 --batch-size 8 --out DIR
 Writes DIR/drift.json (every step, provenance) and prints a summary per strategy and condition.
@@ -31,12 +38,17 @@ from drat.profile import autocast_ctx
 from drat.provenance import provenance
 from drat.strategies import FullAC, NoneAC, PlanAC
 
+# (name, collector disabled around the steps, sync before each step)
+CONDITIONS = (("as-benched", False, False), ("gc-off", True, False), ("synced", False, True))
 
-def timed_steps(model, idx, targets, steps: int, warmup: int, gc_off: bool) -> dict:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+def timed_steps(model, idx, targets, steps: int, warmup: int, gc_off: bool, sync: bool) -> dict:
+    cuda = idx.device.type == "cuda"
+    sync_fn = torch.cuda.synchronize if cuda else (lambda: None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     model.zero_grad(set_to_none=True)
     gc.collect()
-    torch.cuda.synchronize()
+    sync_fn()
     passes = [0]
 
     def count(phase, info):
@@ -51,23 +63,28 @@ def timed_steps(model, idx, targets, steps: int, warmup: int, gc_off: bool) -> d
         for i in range(warmup + steps):
             if i == warmup:
                 passes[0] = 0
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s, e = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else (
+                None, None)
+            if sync:
+                sync_fn()
             t0 = time.perf_counter()
-            s.record()
+            if cuda:
+                s.record()
             with autocast_ctx(idx.device):
                 loss = model(idx, targets)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            e.record()
+            if cuda:
+                e.record()
             if i >= warmup:
                 host.append(1e3 * (time.perf_counter() - t0))
                 events.append((s, e))
-        torch.cuda.synchronize()
+        sync_fn()
     finally:
         gc.enable()
         gc.callbacks.remove(count)
-    gpu = [s.elapsed_time(e) for s, e in events]  # ms
+    gpu = [s.elapsed_time(e) for s, e in events] if cuda else list(host)  # ms (the CPU: its own time)
     del opt
     return {"host_ms": host, "gpu_ms": gpu, "gc_passes": passes[0],
             "host_median_ms": statistics.median(host), "gpu_median_ms": statistics.median(gpu)}
@@ -82,32 +99,32 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--layers", type=int, default=None, help="override the size's layer count")
+    p.add_argument("--device", default="cuda", help="cuda (what it is for) or cpu (to test the script)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("drift_probe.py times CUDA steps: run it on a GPU machine")
-    dev, cfg, model, idx, targets = bench_model(a.size, a.seq_len, a.batch_size, "cuda",
-                                                vocab_size=a.vocab_size)
-    # the large budget-¼ plan of the paper bench: everything recomputed but attention's core
-    heavy = [model.graph.keys[i].label().endswith("attn_core") for i in range(len(model.graph))]
-    strategies = {"none": NoneAC(), "full": FullAC(), "plan-recompute-all-but-attn-core": PlanAC(heavy)}
-    rows = []
-    for r in range(a.rounds):
-        for gc_off in (False, True):
-            for name, strat in strategies.items():
-                model.set_strategy(strat)
-                m = timed_steps(model, idx, targets, a.steps, a.warmup, gc_off)
-                rows.append({"round": r, "strategy": name, "gc_off": gc_off, **m})
-                print(f"round {r} {name:<34} gc_off={gc_off!s:<5} host {m['host_median_ms']:7.2f} ms  "
-                      f"gpu {m['gpu_median_ms']:7.2f} ms  gc passes {m['gc_passes']:3d}  "
-                      f"gpu steps {' '.join(f'{x:.0f}' for x in m['gpu_ms'])}", flush=True)
+    dev, cfg, model, idx, targets = bench_model(a.size, a.seq_len, a.batch_size, a.device,
+                                                n_layer=a.layers, vocab_size=a.vocab_size)
+    # recompute-heavy and linear: every site rebuilt but each block's output (and the embedding)
+    labels = [k.label() for k in model.graph.keys]
+    heavy = [lab.endswith("mlp_down") or lab == "embed" for lab in labels]
+    strategies = {"none": NoneAC(), "full": FullAC(), "plan-store-block-outputs": PlanAC(heavy)}
+    meta = {"config": cfg.to_dict(), "seq_len": a.seq_len, "batch_size": a.batch_size, **provenance(dev)}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "drift.json.tmp"
-    tmp.write_text(json.dumps({"meta": {"config": cfg.to_dict(), "seq_len": a.seq_len,
-                                        "batch_size": a.batch_size, **provenance(dev)},
-                               "rows": rows}, indent=1, default=str))
-    tmp.replace(out / "drift.json")
+    rows = []
+    for r in range(a.rounds):
+        for cond, gc_off, sync in CONDITIONS:
+            for name, strat in strategies.items():
+                model.set_strategy(strat)
+                m = timed_steps(model, idx, targets, a.steps, a.warmup, gc_off, sync)
+                rows.append({"round": r, "strategy": name, "condition": cond, **m})
+                print(f"round {r} {name:<26} {cond:<10} host {m['host_median_ms']:7.2f} ms  "
+                      f"gpu {m['gpu_median_ms']:7.2f} ms  gc passes {m['gc_passes']:3d}  "
+                      f"gpu steps {' '.join(f'{x:.0f}' for x in m['gpu_ms'])}", flush=True)
+                tmp = out / "drift.json.tmp"  # after every measurement: a cut-off run keeps its rows
+                tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+                tmp.replace(out / "drift.json")
     return 0
 
 
