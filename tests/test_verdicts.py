@@ -38,7 +38,8 @@ def test_no_dratpoint_under_full_states_the_trade_and_a_wide_spread():
     v = " ".join(bench_verdicts(b))
     assert "No eager DRAT point keeps as little memory as \\texttt{full} (6.00 GiB, 100.0 ms)" in v
     # the smallest eager DRAT point, its memory and time against full's, in words
-    assert "\\texttt{drat-budget0.25} (6.60 GiB, 75.0 ms), keeps 10.0\\% more memory at a 25.0\\% faster step" in v
+    assert ("\\texttt{drat-budget0.25} (6.60 GiB, 75.0 ms), keeps 10.0\\% more memory at a 25.0\\% "
+            "faster step") in v
     # full's spread (10%) is under the note's threshold, drat-budget0.25's (44%) is not
     assert "The steps of \\texttt{drat-budget0.25} spread by 44\\%" in v
     assert "\\texttt{full}, " not in v
