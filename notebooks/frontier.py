@@ -25,6 +25,9 @@
 #   median step time over the timed steps.
 # * **lambda_sweep**: final-plan activation memory, step time and final validation loss of the
 #   trained runs against λ (mean over seeds, bootstrap CI), with `none` as the reference.
+# * **bench**: the one-process benches (`tables/bench.csv`), every strategy side by side on one
+#   batch per size, compiled rows included. Bars span the 10th to 90th percentile of the row's
+#   own steps: two rows whose bars overlap are not told apart by their medians.
 #
 # Executed by papermill from the Snakefile; the parameters below are overridden there.
 
@@ -44,6 +47,7 @@ import numpy as np
 from nbcommon import data_provenance, empty_panel, read_csv, save_figure, sizes_in
 
 frontier = read_csv(Path(stats_dir) / "frontier.csv")
+bench = read_csv(Path(tables_dir) / "bench.csv")
 ocurve = read_csv(Path(stats_dir) / "oracle_curve.csv")
 summary = read_csv(Path(stats_dir) / "summary.csv")
 prov = data_provenance(tables_dir)
@@ -139,3 +143,49 @@ else:
 fig.tight_layout(rect=(0, 0.04, 1, 1))
 save_figure(fig, "lambda_sweep", figures_dir, prov, [f"{stats_dir}/summary.csv"],
             note="trained runs: mean over seeds with bootstrap CI")
+
+
+# %%
+# one panel per benched size; each group of rows one marker, its p10-p90 step spread as bars
+BASELINES = ["none", "full", "selective", "sac"]
+BENCH_GROUPS = [  # (label, row selector, marker, colour, filled)
+    ("none / full / selective / sac", lambda d: d["name"].isin(BASELINES), "o", "C0", True),
+    ("DRAT, eager (λ, budgets)",
+     lambda d: d["name"].str.startswith("drat-") & (d["mode"] == "eager"), "v", "C3", True),
+    ("oracle plan, eager",
+     lambda d: d["name"].str.startswith("oracle-") & (d["mode"] == "eager"), "s", "k", False),
+    ("DRAT, compiled",
+     lambda d: d["name"].str.startswith("drat-") & (d["mode"] == "compiled"), "*", "C3", True),
+    ("torch.compile memory budget", lambda d: d["name"].str.startswith("compile-budget"), "P", "C2", True),
+]
+bsizes = sizes_in(bench)
+fig, axes = plt.subplots(1, max(1, len(bsizes)), figsize=(5.2 * max(1, len(bsizes)), 4.2), squeeze=False)
+for ax, size in zip(axes[0], bsizes or [None]):
+    d = bench[bench["size"] == size] if size else bench
+    if d.empty:
+        empty_panel(ax, "no one-process bench")
+        continue
+    gpu_b = d["peak_gib"].map(np.isfinite).all() if "peak_gib" in d else False
+    y_all = d["peak_gib"] if gpu_b else d["saved_activation_bytes"] / 2**20
+    have_spread = {"step_ms_p10", "step_ms_p90"} <= set(d.columns)
+    for label, sel, marker, color, filled in BENCH_GROUPS:
+        g = d[sel(d)]
+        if g.empty:
+            continue
+        xerr = (np.nan_to_num([g["step_ms"] - g["step_ms_p10"], g["step_ms_p90"] - g["step_ms"]])
+                if have_spread else None)
+        ax.errorbar(g["step_ms"], y_all[g.index], xerr=xerr, fmt=marker, color=color,
+                    mfc=color if filled else "none", label=label, capsize=2, ms=6 if marker != "*" else 9)
+    named = d[d["name"].isin(BASELINES) | d["name"].str.startswith("compile-")]
+    for _, r in named.iterrows():
+        ax.annotate(r["name"], (r["step_ms"], y_all[r.name]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("step time (ms, median; bars: p10-p90 of the row's steps; log scale)")
+    ax.set_ylabel("peak allocated (GiB)" if gpu_b else "saved activations (MiB)")
+    ax.set_title(f"{size}: one process, rows side by side", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+fig.tight_layout(rect=(0, 0.03, 1, 1))
+save_figure(fig, "bench", figures_dir, prov, [f"{tables_dir}/bench.csv"],
+            note="one-process benches: peak vs median step time; bars p10-p90 of the row's own steps")

@@ -259,7 +259,7 @@ def test_archived_regenerates_figures_tables_and_pdf(tmp_path):
     assert r.returncode == 0, r.stderr[-5000:] + r.stdout[-3000:]
     paper = tmp_path / "paper"
     assert (paper / "drat.pdf").stat().st_size > 10_000
-    for fig in ("frontier", "lambda_sweep", "gate_heatmap", "loss_curves", "budget_tracking"):
+    for fig in ("frontier", "lambda_sweep", "gate_heatmap", "loss_curves", "budget_tracking", "bench"):
         side = json.loads((paper / "figures" / f"{fig}.json").read_text())
         assert side["data_provenance"]["torch_version"] and side["render_provenance"]["git_commit"]
         assert (paper / "figures" / f"{fig}.pdf").is_file() and (paper / "figures" / f"{fig}.png").is_file()

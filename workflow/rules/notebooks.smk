@@ -1,7 +1,7 @@
 """Notebooks (jupytext percent scripts in notebooks/) executed by papermill on the `drat` kernel.
 
     kernel       -> {R}/notebooks/kernel.json   `python -m ipykernel install --user --name drat`
-    nb_frontier  -> figures frontier, lambda_sweep
+    nb_frontier  -> figures frontier, lambda_sweep, bench
     nb_training  -> figures loss_curves, gate_heatmap, budget_tracking
     nb_tables    -> {generated}/results_table, baselines_table, frontier_table, setup_table, macros .tex
 
