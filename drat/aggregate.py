@@ -301,7 +301,8 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
     _write_csv(out / "bench.csv", bench, bench_fields if bench else ["size"])
     _write_csv(out / "exactness.csv", exact, EXACTNESS_FIELDS)
     _write_csv(out / "repeats.csv", repeats, REPEAT_FIELDS)
-    prov: dict[str, Any] = {k: sorted({str(r.get(k)) for r in runs + profiles if r.get(k) is not None})
+    every = runs + profiles + bench + exact + repeats  # every row a figure or table may draw on
+    prov: dict[str, Any] = {k: sorted({str(r.get(k)) for r in every if r.get(k) is not None})
                             for k in ("device", "torch_version", "git_commit")}
     prov.update({"scale": manifest.get("scale"), "results_dir": manifest.get("results_dir"),
                  "n_runs": len(runs), "n_profiles": len(profiles), "n_bench_rows": len(bench)})

@@ -491,6 +491,9 @@ def test_aggregate_reads_exactness_and_compares_a_repeated_run(tmp_path):
     step = json.loads(lines[train_at[1]])["step"]
     assert int(r["first_differing_step"]) == step and r["initial_val_loss_equal"] == "True"
     assert float(r["abs_gap"]) == pytest.approx(0.25)
+    # the figures' footers name every device and commit the tables hold, not only the runs'
+    prov = json.loads((tmp_path / "t" / "provenance.json").read_text())
+    assert "GPU-X" in prov["device"] and "c" * 40 in prov["git_commit"]
 
 
 def test_oracle_curve_script_places_the_predicted_frontier_in_the_profiles_units(tmp_path):
