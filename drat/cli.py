@@ -83,6 +83,8 @@ _TRAIN_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--log-every", "log_every", int, "steps between metrics.jsonl records"),
     ("--ckpt-every", "ckpt_every", int, "steps between checkpoints (0: only the last)"),
     ("--keep-last-k", "keep_last_k", int, "checkpoints to keep"),
+    ("--gc-every-steps", "gc_every_steps", int,
+     "Python's collector paused, a young-generation pass every N steps (0: automatic collection)"),
     ("--seed", "seed", int, "seed of the model init, batches, dropout and gate noise"),
     ("--device", "device", str, "cpu | cuda | auto (under torchrun each rank takes cuda:LOCAL_RANK)"),
     ("--distributed", "distributed", str, "ddp | fsdp: data-parallel training, launched by torchrun"),

@@ -17,6 +17,7 @@ import torch
 from .accounting import saved_activation_bytes
 from .costs import build_costs, model_state_bytes
 from .gates import budget_to_activation_bytes, fit_gates
+from .gc_control import gc_paused
 from .model import GPT, config_for
 from .provenance import provenance, resolve_device
 from .strategies import STRATEGY_NAMES, DRATGates, make_strategy
@@ -114,8 +115,9 @@ def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, co
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    times = [_timed_step(fwd, idx, targets, opt) for _ in range(warmup + steps)][warmup:]
-    ms = _elapsed_ms(times, device)
+    with gc_paused():  # no collector pass lands in some timed steps and not others (gc_control.py)
+        times = [_timed_step(fwd, idx, targets, opt) for _ in range(warmup + steps)][warmup:]
+        ms = _elapsed_ms(times, device)
     if device.type == "cuda":
         out = {"peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
                "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
@@ -126,6 +128,7 @@ def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, co
     gc.collect()
     out["step_ms"] = statistics.median(ms)
     out["step_ms_all"] = ms
+    out["gc_paused"] = True  # timed with the collector off; rows without the field ran with it on
     return out
 
 
@@ -141,13 +144,14 @@ def interleaved_step_ms(model: GPT, idx, targets, strategies: list, steps: int =
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     model.zero_grad(set_to_none=True)
     times: list[list] = [[] for _ in strategies]
-    for i in range(warmup + steps):
-        for k, strategy in enumerate(strategies):
-            model.set_strategy(strategy)
-            t = _timed_step(model, idx, targets, opt)
-            if i >= warmup:
-                times[k].append(t)
-    times = [_elapsed_ms(t, device) for t in times]
+    with gc_paused():
+        for i in range(warmup + steps):
+            for k, strategy in enumerate(strategies):
+                model.set_strategy(strategy)
+                t = _timed_step(model, idx, targets, opt)
+                if i >= warmup:
+                    times[k].append(t)
+        times = [_elapsed_ms(t, device) for t in times]
     del opt
     gc.collect()
     return [statistics.median(t) for t in times]

@@ -77,6 +77,7 @@ from .distributed import (
     wrap_model,
 )
 from .gates import DualAscent, GateBank, anneal_tau, budget_to_activation_bytes, fit_gates, resource_loss
+from .gc_control import ScheduledGC
 from .model import GPT, SIZES, GPTConfig, config_for
 from .profile import autocast_ctx
 from .provenance import provenance, resolve_device
@@ -91,7 +92,7 @@ ADAM_BETAS = (0.9, 0.95)  # nanoGPT/GPT-3 values; β2=0.95 is steadier than 0.99
 # of the steps already taken. (`steps` re-stretches the schedules from the resume point on.)
 RESUMABLE_CHANGES = frozenset({
     "steps", "eval_every", "eval_batches", "log_every", "ckpt_every", "keep_last_k", "device",
-    "tensorboard", "wandb", "wandb_project", "out", "deterministic",
+    "tensorboard", "wandb", "wandb_project", "out", "deterministic", "gc_every_steps",
 })
 
 
@@ -154,6 +155,10 @@ class TrainingConfig:
     log_every: int = 10
     ckpt_every: int = 500  # 0: only the final checkpoint
     keep_last_k: int = 3
+    # Python's automatic garbage collector is paused during training and a young-generation pass
+    # runs every this many steps instead (drat/gc_control.py: its full passes stalled recompute
+    # steps on the host); 0 leaves the automatic collector on
+    gc_every_steps: int = 50
     # run
     seed: int = 0
     device: str = "auto"  # cpu | cuda | cuda:N | auto (under torchrun: cuda:LOCAL_RANK)
@@ -181,6 +186,7 @@ class TrainingConfig:
             need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
         need(self.ckpt_every >= 0 and self.keep_last_k >= 1,
              "ckpt_every must be >= 0 (0: final checkpoint only) and keep_last_k >= 1")
+        need(self.gc_every_steps >= 0, "gc_every_steps must be >= 0 (0: Python's automatic collector)")
         need(self.lr > 0 and 0 <= self.min_lr <= self.lr, f"need 0 <= min_lr <= lr and lr > 0, "
              f"got lr={self.lr}, min_lr={self.min_lr}")
         need(self.warmup is None or self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
@@ -932,23 +938,25 @@ class ResourceAwareTrainer:
             pbar = tqdm(total=cfg.steps, initial=self.step, dynamic_ncols=True, desc="train",
                         disable=not sys.stderr.isatty() or not self.dist.is_main)
             t_log, steps_since_log = time.perf_counter(), 0
-            while self.step < end:
-                out = self.train_step()
-                steps_since_log += 1
-                pbar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == end:
-                    rec = self.log_metrics(out, time.perf_counter() - t_log, steps_since_log)
-                    pbar.set_postfix(loss=f"{rec['loss']:.4f}")
-                    if self.step % (cfg.log_every * 10) == 0 or self.step == end:
-                        self.log.info(f"step {self.step}: loss {rec['loss']:.4f}, lr {rec['lr']:.2e}, "
-                                      f"{rec['tokens_per_s']:.0f} tok/s")
-                    t_log, steps_since_log = time.perf_counter(), 0
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    self.run_eval()
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end:
-                    self.train_time_s += time.perf_counter() - t_start
-                    t_start = time.perf_counter()
-                    self.save_checkpoint()
+            with ScheduledGC(cfg.gc_every_steps) as sgc:  # the collector on a schedule (gc_control.py)
+                while self.step < end:
+                    out = self.train_step()
+                    sgc.step(self.step)
+                    steps_since_log += 1
+                    pbar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == end:
+                        rec = self.log_metrics(out, time.perf_counter() - t_log, steps_since_log)
+                        pbar.set_postfix(loss=f"{rec['loss']:.4f}")
+                        if self.step % (cfg.log_every * 10) == 0 or self.step == end:
+                            self.log.info(f"step {self.step}: loss {rec['loss']:.4f}, lr {rec['lr']:.2e}, "
+                                          f"{rec['tokens_per_s']:.0f} tok/s")
+                        t_log, steps_since_log = time.perf_counter(), 0
+                    if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                        self.run_eval()
+                    if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == end:
+                        self.train_time_s += time.perf_counter() - t_start
+                        t_start = time.perf_counter()
+                        self.save_checkpoint()
             pbar.close()
             self.train_time_s += time.perf_counter() - t_start
             summary = self._summary(finished=self.step >= cfg.steps)

@@ -435,3 +435,33 @@ def test_gated_train_step_never_waits_for_the_gpu(tmp_path, tokenizer_path, kw):
         assert trainer.gates.logits.device.type == "cpu"
     finally:
         trainer.close()
+
+
+def test_training_pauses_the_collector_on_a_schedule_and_gives_it_back(tmp_path, tokenizer_path):
+    """Steps run with the automatic collector off and a young pass every gc_every_steps; the
+    collector is on again afterwards, the setting may change on resume, and a negative one is
+    refused."""
+    import gc
+
+    from drat import train as train_mod
+
+    passes = []
+    orig = train_mod.ScheduledGC.step
+
+    def spy(self, step):
+        assert not gc.isenabled()  # inside the loop the automatic collector is off
+        orig(self, step)
+        passes.append(self.passes)
+
+    train_mod.ScheduledGC.step = spy
+    try:
+        cfg = small_cfg(tmp_path / "g", tokenizer_path, steps=4, gc_every_steps=2, ckpt_every=2)
+        run(cfg, stop_after=2)
+        run(small_cfg(tmp_path / "g", tokenizer_path, steps=4, gc_every_steps=3, ckpt_every=2),
+            resume="latest")
+    finally:
+        train_mod.ScheduledGC.step = orig
+    assert passes == [0, 1, 1, 1]  # steps 1, 2 (every 2), then 3 (every 3), 4
+    assert gc.isenabled()
+    with pytest.raises(TrainingError, match="gc_every_steps"):
+        small_cfg(tmp_path / "bad", tokenizer_path, gc_every_steps=-1)
