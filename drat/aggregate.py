@@ -69,8 +69,11 @@ def step_spread(step_ms_all) -> dict:
         return {}
     steps = list(step_ms_all) * (2 if len(step_ms_all) == 1 else 1)  # quantiles needs two points
     q = statistics.quantiles(steps, n=10, method="inclusive")
-    return {"step_ms_p10": q[0], "step_ms_p90": q[-1],
-            "step_spread_pct": 100 * (q[-1] - q[0]) / statistics.median(steps)}
+    med = statistics.median(steps)
+    # interpolation can put p10 a rounding step above the median of tied steps (or p90 below):
+    # clamped, so a plot's error bar (median - p10, p90 - median) is never negative
+    p10, p90 = min(q[0], med), max(q[-1], med)
+    return {"step_ms_p10": p10, "step_ms_p90": p90, "step_spread_pct": 100 * (p90 - p10) / med}
 
 
 def read_jsonl(path: Path) -> list[dict]:

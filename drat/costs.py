@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .accounting import SavedTensorAccountant, analytic_site_bytes
+from .gc_control import gc_paused
 from .model import GPT
 from .sites import SiteGraph
 
@@ -240,7 +241,7 @@ def measure_site_time_ms(model: GPT, idx, targets, reps: int = 5,
 
     for rep in range(reps + 1):
         events.clear()
-        with torch.no_grad(), torch.autocast("cuda", autocast_dtype):
+        with torch.no_grad(), torch.autocast("cuda", autocast_dtype), gc_paused():  # as bench steps are
             model.forward_sites(idx, targets, run=run)
         torch.cuda.synchronize()
         if rep == 0:
@@ -350,7 +351,7 @@ def measure_rebuild_overhead_ms(model: GPT, idx, targets, costs: SiteCosts, step
                 ms.append(1e3 * (time.perf_counter() - t0))
         return statistics.median(ms)
 
-    with _model_as_found(model, dev):
+    with _model_as_found(model, dev), gc_paused():  # timed as bench and training steps run
         t_store = timed([True] * len(cheap))
         t_cheap = timed(cheap)
     return max(0.0, (t_cheap - t_store - modelled_ms) / n_rebuilds)

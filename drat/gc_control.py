@@ -36,7 +36,10 @@ def gc_paused():
 class ScheduledGC:
     """The training loop's collector: off between scheduled passes, a generation-1 pass (young
     objects only: milliseconds) every `every_steps` steps. `every_steps=0` leaves Python's
-    automatic collector as it is.
+    automatic collector as it is. What survives a pass moves to the oldest generation, which is
+    only collected when the loop ends (the collector back on): reference cycles that live that
+    long stay until then. The steps make almost none (tensors and autograd graphs are freed by
+    reference counting), and torchtitan runs the same schedule.
 
         with ScheduledGC(50) as sgc:
             for step in ...:

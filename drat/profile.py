@@ -128,7 +128,7 @@ def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, co
     gc.collect()
     out["step_ms"] = statistics.median(ms)
     out["step_ms_all"] = ms
-    out["gc_paused"] = True  # timed with the collector off; rows without the field ran with it on
+    out["gc_paused"] = True  # bench rows without this field were timed with the collector on
     return out
 
 

@@ -121,7 +121,8 @@ def warn_on_rebuild_blowup(stored: Sequence[bool], graph) -> float:
         warnings.warn(f"this plan rebuilds about {total:.3g} sites per step for {n} sites: it recomputes "
                       "the residual stream across blocks, and each block's rebuild repeats the ones "
                       "before it. Store at least one residual-stream site (attn_out or mlp_down) every "
-                      "few blocks, or use FullAC / a plan from DRATGates.", stacklevel=3)
+                      "few blocks, or use FullAC / a plan from DRATGates.",
+                      stacklevel=4)  # the caller of model.set_strategy
     return total
 
 

@@ -154,6 +154,8 @@ BENCH_GROUPS = [  # (label, row selector, marker, colour, filled)
      lambda d: d["name"].str.startswith("drat-") & (d["mode"] == "eager"), "v", "C3", True),
     ("oracle plan, eager",
      lambda d: d["name"].str.startswith("oracle-") & (d["mode"] == "eager"), "s", "k", False),
+    ("oracle plan, compiled",
+     lambda d: d["name"].str.startswith("oracle-") & (d["mode"] == "compiled"), "X", "k", False),
     ("DRAT, compiled",
      lambda d: d["name"].str.startswith("drat-") & (d["mode"] == "compiled"), "*", "C3", True),
     ("torch.compile memory budget", lambda d: d["name"].str.startswith("compile-budget"), "P", "C2", True),
@@ -172,8 +174,8 @@ for ax, size in zip(axes[0], bsizes or [None]):
         g = d[sel(d)]
         if g.empty:
             continue
-        xerr = (np.nan_to_num([g["step_ms"] - g["step_ms_p10"], g["step_ms_p90"] - g["step_ms"]])
-                if have_spread else None)
+        xerr = (np.clip(np.nan_to_num([g["step_ms"] - g["step_ms_p10"], g["step_ms_p90"] - g["step_ms"]]),
+                        0, None) if have_spread else None)
         ax.errorbar(g["step_ms"], y_all[g.index], xerr=xerr, fmt=marker, color=color,
                     mfc=color if filled else "none", label=label, capsize=2, ms=6 if marker != "*" else 9)
     named = d[d["name"].isin(BASELINES) | d["name"].str.startswith("compile-")]

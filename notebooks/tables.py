@@ -461,14 +461,17 @@ if len(bench) and "step_spread_pct" in bench:
               | (sp["name"] == "none")]
     if len(rec) and len(keep):
         r, k = rec.loc[rec["step_spread_pct"].idxmax()], keep.loc[keep["step_spread_pct"].idxmax()]
+        paired_rows = "paired_vs_oracle" in bench and bench["paired_vs_oracle"].map(finite).any()
         M.add("BenchSpreadText",
               f"Within one bench row, the steps of a plan that recomputes spread by up to "
               f"{num(r['step_spread_pct'], 0)}\\% of the row's median (p10 to p90; "
               f"\\texttt{{{tex_escape(r['name'])}}}, {tex_escape(r['size'])}), those of plans that recompute "
               f"nothing by at most {num(k['step_spread_pct'], 0)}\\%. A difference between two rows' medians "
-              "smaller than that spread is not resolved: DRAT's budget plans are held to the oracle's by "
-              "alternating their steps in one loop, and the verdicts of Section~\\ref{sec:results} name the "
-              "spread of the rows they compare where it is wide.",
+              "smaller than that spread is not resolved"
+              + (": DRAT's budget plans are held to the oracle's by alternating their steps in one loop, and "
+                 if paired_rows else "; ")
+              + "the verdicts of Section~\\ref{sec:results} name the spread of the rows they compare where "
+              "it is wide.",
               "generated sentence: step-time spread within bench rows")
 if "BenchSpreadText" not in M.items:
     M.add("BenchSpreadText", "", "no bench rows with per-step times")

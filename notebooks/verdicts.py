@@ -20,11 +20,19 @@ def bench_verdicts(b, source: str = "bench") -> list[str]:
     def pt(r):
         return f"{num(r['mem'], 2)} {unit}, {num(r['step_ms'], 1)} ms"
 
-    def pct(x, ref):  # signed % change of x against ref
-        return f"{'+' if x >= ref else ''}{num(100 * (x / ref - 1), 1)}\\%"
+    def pct(x, ref):  # signed % change of x against ref, "0.0\%" when it rounds to nothing
+        r = 100 * (x / ref - 1)
+        return "0.0\\%" if num(abs(r), 1) == "0.0" else f"{'+' if r > 0 else ''}{num(r, 1)}\\%"
 
-    def change(x, ref, up="more", down="less"):  # "7.3\% more" / "24.5\% less"
-        return f"{num(100 * abs(x / ref - 1), 1)}\\% {up if x >= ref else down}"
+    def memory(x, ref):  # "7.3\% more memory" / "the same memory"
+        r = 100 * (x / ref - 1)
+        return "the same memory" if num(abs(r), 1) == "0.0" else \
+            f"{num(abs(r), 1)}\\% {'more' if r > 0 else 'less'} memory"
+
+    def step(x, ref):  # "a 24.5\% faster step" / "an equally fast step"
+        r = 100 * (x / ref - 1)
+        return "an equally fast step" if num(abs(r), 1) == "0.0" else \
+            f"a {num(abs(r), 1)}\\% {'slower' if r > 0 else 'faster'} step"
 
     def spread(*rows):  # a caveat where the compared rows' own steps spread widely (p10-p90)
         wide = [r for r in rows if finite(r.get("step_spread_pct", float("nan")))
@@ -51,8 +59,7 @@ def bench_verdicts(b, source: str = "bench") -> list[str]:
             d = drat_e.sort_values("mem").iloc[0]
             out.append(f"No eager DRAT point keeps as little memory as \\texttt{{full}} ({pt(f)}); the "
                        f"smallest, \\texttt{{{tex_escape(d['name'])}}} ({pt(d)}), keeps "
-                       f"{change(d['mem'], f['mem'])} memory at a "
-                       f"{change(d['step_ms'], f['step_ms'], 'slower', 'faster')} step.")
+                       f"{memory(d['mem'], f['mem'])} at {step(d['step_ms'], f['step_ms'])}.")
         out[-1] += spread(f, d)
     drat_any = b[b["name"].str.startswith("drat-")]
     comp = b[b["name"].str.startswith("compile-budget")]
@@ -66,16 +73,14 @@ def bench_verdicts(b, source: str = "bench") -> list[str]:
         if len(dom):
             d = dom.sort_values("mem").iloc[0]
             out.append(f"DRAT dominates \\texttt{{{name}}} ({pt(c)}): \\texttt{{{tex_escape(d['name'])}}} "
-                       f"keeps {pt(d)}: {change(d['mem'], c['mem'])} memory at a "
-                       f"{change(d['step_ms'], c['step_ms'], 'slower', 'faster')} step.")
+                       f"keeps {pt(d)}: {memory(d['mem'], c['mem'])} at {step(d['step_ms'], c['step_ms'])}.")
         else:
             near = drat_any[drat_any["mem"] <= c["mem"] * 1.001]
             if len(near):
                 d = near.sort_values("step_ms").iloc[0]
                 out.append(f"DRAT does not dominate \\texttt{{{name}}} ({pt(c)}): the fastest DRAT point "
                            f"with no more memory, \\texttt{{{tex_escape(d['name'])}}} ({pt(d)}), keeps "
-                           f"{change(d['mem'], c['mem'])} memory at a "
-                           f"{change(d['step_ms'], c['step_ms'], 'slower', 'faster')} step.")
+                           f"{memory(d['mem'], c['mem'])} at {step(d['step_ms'], c['step_ms'])}.")
             else:
                 d = None
                 out.append(f"DRAT does not dominate \\texttt{{{name}}} ({pt(c)}); no DRAT point keeps as "
@@ -89,6 +94,6 @@ def bench_verdicts(b, source: str = "bench") -> list[str]:
         pv = pv[pv.map(finite)]
         if len(pv):
             out.append(f"Timed in alternating steps against the oracle's plan for the same budget, "
-                       f"the steps of DRAT's {len(pv)} budget plans differ from the oracle's by "
+                       f"the steps of DRAT's {len(pv)} budget-mode plans differ from the oracle's by "
                        f"{pct(1 + pv.min(), 1)} to {pct(1 + pv.max(), 1)} (negative: DRAT is faster).")
     return out

@@ -56,5 +56,5 @@ def test_drift_probe_writes_every_condition_and_strategy(tmp_path):
     rows = json.loads((out / "drift.json").read_text())["rows"]
     strategies = ("none", "full", "plan-store-block-outputs")
     assert {(r["condition"], r["strategy"]) for r in rows} == {
-        (c, s) for c in ("as-benched", "gc-off", "synced") for s in strategies}
+        (c, s) for c in ("gc-on", "gc-off", "synced") for s in strategies}
     assert all(len(r["host_ms"]) == len(r["gpu_ms"]) == 2 and r["gc_passes"] >= 0 for r in rows)

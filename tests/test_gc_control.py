@@ -62,11 +62,21 @@ def test_scheduled_gc_of_zero_leaves_the_automatic_collector_alone():
 
 
 def test_timed_steps_run_with_the_collector_paused_and_say_so():
+    """Every forward of a timed step sees the automatic collector off, and it is on afterwards."""
     model = make_model(n_layer=2)
     idx, tgt = make_batch()
+    seen = []
+    forward = model.forward
+
+    def watched(*a, **kw):
+        seen.append(gc.isenabled())
+        return forward(*a, **kw)
+
+    model.forward = watched
     model.set_strategy(FullAC())
     m = measure_steps(model, idx, tgt, steps=2, warmup=1)
     assert m["gc_paused"] is True and len(m["step_ms_all"]) == 2
-    assert gc.isenabled()
+    assert seen == [False] * 3 and gc.isenabled()
+    seen.clear()
     assert len(interleaved_step_ms(model, idx, tgt, [NoneAC(), FullAC()], steps=2, warmup=1)) == 2
-    assert gc.isenabled()
+    assert seen == [False] * 6 and gc.isenabled()

@@ -21,6 +21,9 @@ def test_step_spread_is_p10_to_p90_over_the_median():
     assert step_spread([5.0, 5.0, 5.0])["step_spread_pct"] == 0.0
     assert step_spread([7.0]) == {"step_ms_p10": 7.0, "step_ms_p90": 7.0, "step_spread_pct": 0.0}
     assert step_spread(None) == {} and step_spread([]) == {}
+    for n in range(1, 12):  # tied steps: interpolation must not put p10 above or p90 below the median
+        s = step_spread([151.114] * n)
+        assert s["step_ms_p10"] <= 151.114 <= s["step_ms_p90"]
 
 
 def row(name, peak_gib, step_ms, mode="eager", spread=1.0, paired=None):
@@ -47,7 +50,7 @@ def test_no_dratpoint_under_full_states_the_trade_and_a_wide_spread():
     assert ("DRAT does not dominate \\texttt{compile-budget0.5} (9.30 GiB, 54.0 ms): the fastest DRAT point "
             "with no more memory, \\texttt{drat-compiled-lam0.2} (6.90 GiB, 55.0 ms), keeps 25.8\\% less "
             "memory at a 1.9\\% slower step.") in v
-    assert "DRAT's 2 budget plans differ from the oracle's by -2.0\\% to +1.0\\%" in v
+    assert "DRAT's 2 budget-mode plans differ from the oracle's by -2.0\\% to +1.0\\%" in v
 
 
 def test_dominating_and_beating_full_are_said_so():
@@ -61,6 +64,16 @@ def test_dominating_and_beating_full_are_said_so():
     assert ("DRAT dominates \\texttt{compile-budget0.5} (7.00 GiB, 45.9 ms): \\texttt{drat-compiled-lam0.2} "
             "keeps 4.30 GiB, 43.6 ms: 38.6\\% less memory at a 5.0\\% faster step.") in v
     assert "alternating" not in v  # no paired rows, no sentence about them
+
+
+def test_a_tie_is_called_a_tie_not_minus_zero():
+    b = pd.DataFrame([row("full", 2.0, 40.0), row("drat-budget0.25", 2.2, 40.001, paired=-0.0001),
+                      row("drat-compiled-lam0.2", 1.5, 30.0, mode="compiled"),
+                      row("compile-budget0.5", 1.5, 30.0, mode="compiled")])
+    v = " ".join(bench_verdicts(b))
+    assert "keeps 10.0\\% more memory at an equally fast step" in v
+    assert "keeps 1.50 GiB, 30.0 ms: the same memory at an equally fast step" in v
+    assert "by 0.0\\% to 0.0\\%" in v and "-0.0" not in v
 
 
 def test_slower_dratpoint_under_full_is_not_called_a_win():

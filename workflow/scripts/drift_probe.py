@@ -9,8 +9,9 @@ This probe tests that on one model, strategy by strategy, repeated in rounds:
   gpu_ms   the same step's CUDA-event time
   gc       how many garbage-collector passes ran inside the timed steps (gc.callbacks)
 
-under three conditions: as the benches run (no sync between steps), with the collector disabled
-around the steps, and with a sync before each step. Without syncs a full launch queue makes the
+under three conditions, none with a sync between steps unless named: the automatic collector on
+(how the benches ran until session 7), off (how they run since, drat/gc_control.py), and on with
+a sync before each step. Without syncs a full launch queue makes the
 host wait for the GPU, so host_ms tracks gpu_ms either way; after a sync the GPU starts idle, and
 a step whose host_ms still reaches its gpu_ms is host-bound: its time is the launch path's.
 
@@ -39,7 +40,7 @@ from drat.provenance import provenance
 from drat.strategies import FullAC, NoneAC, PlanAC
 
 # (name, collector disabled around the steps, sync before each step)
-CONDITIONS = (("as-benched", False, False), ("gc-off", True, False), ("synced", False, True))
+CONDITIONS = (("gc-on", False, False), ("gc-off", True, False), ("synced", False, True))
 
 
 def timed_steps(model, idx, targets, steps: int, warmup: int, gc_off: bool, sync: bool) -> dict:
@@ -56,8 +57,11 @@ def timed_steps(model, idx, targets, steps: int, warmup: int, gc_off: bool, sync
             passes[0] += 1
 
     gc.callbacks.append(count)
+    was_enabled = gc.isenabled()
     if gc_off:
         gc.disable()
+    else:
+        gc.enable()
     host, events = [], []
     try:
         for i in range(warmup + steps):
@@ -82,7 +86,7 @@ def timed_steps(model, idx, targets, steps: int, warmup: int, gc_off: bool, sync
                 events.append((s, e))
         sync_fn()
     finally:
-        gc.enable()
+        (gc.enable if was_enabled else gc.disable)()
         gc.callbacks.remove(count)
     gpu = [s.elapsed_time(e) for s, e in events] if cuda else list(host)  # ms (the CPU: its own time)
     del opt
