@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(notebooks_dir).resolve()))
 import matplotlib.pyplot as plt
 import numpy as np
-from nbcommon import data_provenance, empty_panel, read_csv, save_figure, sizes_in
+from nbcommon import data_provenance, empty_panel, read_csv, save_figure, size_panels, sizes_in
 
 frontier = read_csv(Path(stats_dir) / "frontier.csv")
 bench = read_csv(Path(tables_dir) / "bench.csv")
@@ -63,12 +63,8 @@ def mem_scale(df):
 
 
 STYLE = {"none": ("o", "C0"), "full": ("s", "C1"), "selective": ("D", "C2"), "sac": ("^", "C4")}
-fig, axes = plt.subplots(1, max(1, len(sizes)), figsize=(5.2 * max(1, len(sizes)), 4.2), squeeze=False)
-for ax, size in zip(axes[0], sizes or [None]):
-    d = prof[prof["size"] == size] if size else prof
-    if d.empty:
-        empty_panel(ax, "no profiled plans")
-        continue
+fig, size_axes = size_panels(prof, sizes, "no profiled plans")
+for ax, size, d in size_axes:
     div, ylabel = mem_scale(d)
 
     def pts(sel, d=d, div=div):  # this panel's rows (bound now: the loop moves on)
@@ -160,13 +156,8 @@ BENCH_GROUPS = [  # (label, row selector, marker, colour, filled)
      lambda d: d["name"].str.startswith("drat-") & (d["mode"] == "compiled"), "*", "C3", True),
     ("torch.compile memory budget", lambda d: d["name"].str.startswith("compile-budget"), "P", "C2", True),
 ]
-bsizes = sizes_in(bench)
-fig, axes = plt.subplots(1, max(1, len(bsizes)), figsize=(5.2 * max(1, len(bsizes)), 4.2), squeeze=False)
-for ax, size in zip(axes[0], bsizes or [None]):
-    d = bench[bench["size"] == size] if size else bench
-    if d.empty:
-        empty_panel(ax, "no one-process bench")
-        continue
+fig, size_axes = size_panels(bench, sizes_in(bench), "no one-process bench")
+for ax, size, d in size_axes:
     gpu_b = d["peak_gib"].map(np.isfinite).all() if "peak_gib" in d else False
     y_all = d["peak_gib"] if gpu_b else d["saved_activation_bytes"] / 2**20
     have_spread = {"step_ms_p10", "step_ms_p90"} <= set(d.columns)

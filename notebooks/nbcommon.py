@@ -73,6 +73,21 @@ def empty_panel(ax, text: str) -> None:
     ax.set_yticks([])
 
 
+def size_panels(df, sizes: list[str], empty_text: str, width: float = 5.2, height: float = 4.2):
+    """One panel per size in a row: (fig, [(ax, size, that size's rows), ...]). A size without rows
+    gets an empty panel saying `empty_text`; no sizes at all, one panel for all of `df`."""
+    n = max(1, len(sizes))
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    panels = []
+    for ax, size in zip(axes[0], sizes or [None]):
+        d = df[df["size"] == size] if size and len(df) else df
+        if d.empty:
+            empty_panel(ax, empty_text)
+            continue
+        panels.append((ax, size, d))
+    return fig, panels
+
+
 # ---------------------------------------------------------------------------------------------- LaTeX
 _TEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}

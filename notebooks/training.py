@@ -36,7 +36,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(notebooks_dir).resolve()))
 import matplotlib.pyplot as plt
 import numpy as np
-from nbcommon import BASELINE_ORDER, data_provenance, empty_panel, read_csv, save_figure, sizes_in
+from nbcommon import (
+    BASELINE_ORDER,
+    data_provenance,
+    empty_panel,
+    read_csv,
+    save_figure,
+    size_panels,
+    sizes_in,
+)
 
 bands = read_csv(Path(stats_dir) / "curves_ci.csv")
 gates = read_csv(Path(tables_dir) / "gates.csv")
@@ -56,12 +64,8 @@ def run_order(runs):
     return base + lam + bud
 
 
-fig, axes = plt.subplots(1, max(1, len(sizes)), figsize=(5.5 * max(1, len(sizes)), 4), squeeze=False)
-for ax, size in zip(axes[0], sizes or [None]):
-    d = bands[bands["size"] == size] if size else bands
-    if d.empty:
-        empty_panel(ax, "no evaluation records")
-        continue
+fig, size_axes = size_panels(bands, sizes, "no evaluation records", width=5.5, height=4)
+for ax, size, d in size_axes:
     for i, run in enumerate(run_order(set(d["run"]))):
         r = d[d["run"] == run].sort_values("step")
         ls = "-" if run == "none" else "--" if run.startswith("drat") else ":"
