@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from drat.bench import bench_model
-from drat.profile import autocast_ctx
+from drat.profile import _elapsed_ms, _timed_step
 from drat.provenance import provenance
 from drat.strategies import FullAC, NoneAC, PlanAC
 
@@ -62,33 +62,22 @@ def timed_steps(model, idx, targets, steps: int, warmup: int, gc_off: bool, sync
         gc.disable()
     else:
         gc.enable()
-    host, events = [], []
+    host, timings = [], []
     try:
         for i in range(warmup + steps):
             if i == warmup:
                 passes[0] = 0
-            s, e = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else (
-                None, None)
             if sync:
                 sync_fn()
             t0 = time.perf_counter()
-            if cuda:
-                s.record()
-            with autocast_ctx(idx.device):
-                loss = model(idx, targets)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if cuda:
-                e.record()
+            timing = _timed_step(model, idx, targets, opt)  # the benches' own step and its timing
             if i >= warmup:
                 host.append(1e3 * (time.perf_counter() - t0))
-                events.append((s, e))
-        sync_fn()
+                timings.append(timing)
+        gpu = _elapsed_ms(timings, idx.device)  # CUDA-event ms (the CPU: its wall-clock ms)
     finally:
         (gc.enable if was_enabled else gc.disable)()
         gc.callbacks.remove(count)
-    gpu = [s.elapsed_time(e) for s, e in events] if cuda else list(host)  # ms (the CPU: its own time)
     del opt
     return {"host_ms": host, "gpu_ms": gpu, "gc_passes": passes[0],
             "host_median_ms": statistics.median(host), "gpu_median_ms": statistics.median(gpu)}
