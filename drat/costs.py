@@ -239,18 +239,19 @@ def measure_site_time_ms(model: GPT, idx, targets, reps: int = 5,
         events.append((site, start, end))
         return y
 
-    for rep in range(reps + 1):
-        events.clear()
-        with torch.no_grad(), torch.autocast("cuda", autocast_dtype), gc_paused():  # as bench steps are
-            model.forward_sites(idx, targets, run=run)
-        torch.cuda.synchronize()
-        if rep == 0:
-            continue  # warm-up
-        per = [0.0] * len(graph)
-        for site, s, e in events:
-            per[site] += s.elapsed_time(e)
-        for i, t in enumerate(per):
-            samples[i].append(t)
+    with gc_paused():  # one collection up front, none inside the timed forwards (as bench steps)
+        for rep in range(reps + 1):
+            events.clear()
+            with torch.no_grad(), torch.autocast("cuda", autocast_dtype):
+                model.forward_sites(idx, targets, run=run)
+            torch.cuda.synchronize()
+            if rep == 0:
+                continue  # warm-up
+            per = [0.0] * len(graph)
+            for site, s, e in events:
+                per[site] += s.elapsed_time(e)
+            for i, t in enumerate(per):
+                samples[i].append(t)
     return [sorted(s)[len(s) // 2] for s in samples]
 
 
