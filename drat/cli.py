@@ -18,6 +18,11 @@ import argparse
 import json
 import sys
 
+from .bench import ProfileArgs, add_bench_parser, run_profile
+from .data import DataError, load_corpus, train_tokenizer
+from .train import ResourceAwareTrainer, evaluate_checkpoint, generate_text, resolve_training_config
+from .train.checkpoint import CheckpointError
+
 
 class UsageError(Exception):
     """Input the user can fix; reported in one line with exit status 2."""
@@ -32,8 +37,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_profile(args) -> int:
-    from .profile import ProfileArgs, run_profile
-
     out = run_profile(ProfileArgs(
         size=args.size, strategy=args.strategy, lam=args.lam, budget_gib=args.budget_gib,
         device=args.device, seq_len=args.seq_len, batch_size=args.batch_size,
@@ -96,9 +99,6 @@ def _usage_errors(fn):
     """Report the data and checkpoint errors of the library in the one-line convention of main()."""
 
     def wrapped(args) -> int:
-        from .checkpoint import CheckpointError
-        from .data import DataError
-
         try:
             return fn(args)
         except (DataError, CheckpointError) as e:
@@ -109,8 +109,6 @@ def _usage_errors(fn):
 
 @_usage_errors
 def cmd_train(args) -> int:
-    from .train import ResourceAwareTrainer, resolve_training_config
-
     overrides = {field: getattr(args, field) for _, field, _, _ in _TRAIN_FLAGS if hasattr(args, field)}
     for field in ("lam", "budget_gib", "wandb", "tensorboard", "gate_warm_start", "deterministic"):
         if hasattr(args, field):
@@ -130,16 +128,12 @@ def cmd_train(args) -> int:
 
 @_usage_errors
 def cmd_eval(args) -> int:
-    from .train import evaluate_checkpoint
-
     print(json.dumps(evaluate_checkpoint(args.ckpt, device=args.device, max_batches=args.max_batches)))
     return 0
 
 
 @_usage_errors
 def cmd_generate(args) -> int:
-    from .train import generate_text
-
     print(generate_text(args.ckpt, args.prompt, args.tokens, seed=args.seed, temperature=args.temperature,
                         top_k=args.top_k, device=args.device))
     return 0
@@ -147,8 +141,6 @@ def cmd_generate(args) -> int:
 
 @_usage_errors
 def cmd_tokenizer_train(args) -> int:
-    from .data import load_corpus, train_tokenizer
-
     if args.vocab_size <= 0:
         raise UsageError(f"--vocab-size must be positive, got {args.vocab_size}")
     tok = train_tokenizer(load_corpus(args.corpus, max_bytes=args.max_corpus_bytes), args.vocab_size,
@@ -222,8 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_profile)
-
-    from .bench import add_bench_parser
 
     add_bench_parser(sub)
     _add_train_parsers(sub)

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 
 from .costs import SiteCosts, expected_recompute, plan_cost
+from .oracle import activation_floor_bytes
+from .search import greedy_repair, local_search
 
 
 class BudgetInfeasibleError(ValueError):
@@ -140,8 +142,6 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
     if (lam is None) == (budget_act_bytes is None):
         raise ValueError("give exactly one of lam and budget_act_bytes")
     if budget_act_bytes is not None:
-        from .oracle import activation_floor_bytes
-
         floor = activation_floor_bytes(costs, max_time_frac)
         if budget_act_bytes < floor:
             asked, need = (base_bytes + budget_act_bytes) / 2**30, (base_bytes + floor) / 2**30
@@ -171,13 +171,9 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
         history.append({"step": step, "lam": cur_lam, "tau": float(gates.tau), "mem_frac": mem_h,
                         "time_frac": t_h, "n_stored": sum(stored)})
     if dual is None:
-        from .oracle import local_search
-
         stored = local_search([bool(v) for v in gates.hard().tolist()], costs, lam)  # rounding polish
         obj, mem_h, t_h = plan_cost(stored, costs, lam)
         return GateFit(stored, lam, obj, mem_h * total, t_h, history, _sync_logits(gates, stored))
-    from .oracle import greedy_repair, local_search
-
     # Rounding. Dual ascent oscillates around the budget and a Lagrangian plan of this
     # knapsack-like problem can sit well inside it (a duality gap), so the plans the trajectory
     # visited are made feasible (greedy) and polished with feasible flips and swaps.

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .sites import SiteGraph
+from .strategies import NoneAC
 
 
 @dataclass
@@ -164,8 +165,6 @@ class GPT(nn.Module):
         self.graph = SiteGraph(cfg.n_layer, cfg.loss_chunks)
         for block in self.blocks:
             block.site_ids = {k.name: i for i, k in enumerate(self.graph.keys) if k.layer == block.layer}
-        from .strategies import NoneAC  # local import: strategies import this module
-
         self.strategy = NoneAC()
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth

@@ -60,12 +60,3 @@ def provenance(device: torch.device | str = "cpu") -> dict:
     }
 
 
-def resolve_device(name: str) -> torch.device:
-    """'cpu', 'cuda' or 'cuda:N', with a clear error where no GPU is present."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but this machine has no CUDA GPU (use --device cpu)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r}; use cpu or cuda")
-    return torch.device(name)

@@ -20,6 +20,7 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from .costs import SiteCosts, rebuild_counts
 from .recompute import SiteRuntime, active_accountant, model_state_ptrs
 
 STRATEGY_NAMES = ("none", "full", "selective", "sac", "fixed", "drat")
@@ -111,8 +112,6 @@ def warn_on_rebuild_blowup(stored: Sequence[bool], graph) -> float:
     this count (`costs.rebuild_counts`), so DRAT's fitted plans never go there; a fixed plan can.
     Returns the predicted rebuilds per step."""
     import warnings
-
-    from .costs import SiteCosts, rebuild_counts
 
     n = len(graph)
     zeros = [0.0] * n

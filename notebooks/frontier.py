@@ -35,16 +35,14 @@
 tables_dir = "results/smoke/tables"
 stats_dir = "results/smoke/stats"
 figures_dir = "results/smoke/paper/figures"
-notebooks_dir = "notebooks"
 
 # %%
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(notebooks_dir).resolve()))
 import matplotlib.pyplot as plt
 import numpy as np
-from nbcommon import data_provenance, empty_panel, read_csv, save_figure, size_panels, sizes_in
+
+from drat.analysis.report import data_provenance, empty_panel, read_csv, save_figure, size_panels, sizes_in
 
 frontier = read_csv(Path(stats_dir) / "frontier.csv")
 bench = read_csv(Path(tables_dir) / "bench.csv")

@@ -30,18 +30,15 @@
 tables_dir = "results/smoke/tables"
 stats_dir = "results/smoke/stats"
 generated_dir = "results/smoke/paper/generated"
-notebooks_dir = "notebooks"
 config_json = "{}"
 headline_size = "tiny"
 headline_lambda = 0.05
 
 # %%
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(notebooks_dir).resolve()))
-from nbcommon import (
+from drat.analysis.report import (
     BASELINE_ORDER,
     Macros,
     booktabs,
@@ -55,7 +52,7 @@ from nbcommon import (
     with_ci,
     write_tex,
 )
-from verdicts import bench_verdicts
+from drat.analysis.verdicts import bench_verdicts
 
 cfg = json.loads(config_json)
 gen = Path(generated_dir)

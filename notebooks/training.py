@@ -26,17 +26,15 @@
 tables_dir = "results/smoke/tables"
 stats_dir = "results/smoke/stats"
 figures_dir = "results/smoke/paper/figures"
-notebooks_dir = "notebooks"
 headline_size = "tiny"
 
 # %%
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(notebooks_dir).resolve()))
 import matplotlib.pyplot as plt
 import numpy as np
-from nbcommon import (
+
+from drat.analysis.report import (
     BASELINE_ORDER,
     data_provenance,
     empty_panel,

@@ -5,7 +5,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from drat.accounting import analytic_site_bytes, saved_activation_bytes
-from drat.costs import build_costs, rebuild_counts
+from drat.costs import rebuild_counts
+from drat.measure import build_costs
 from drat.strategies import FullAC, NoneAC, PlanAC
 
 from .conftest import make_batch, make_model

@@ -4,7 +4,7 @@
 import torch
 from torch.utils.checkpoint import CheckpointPolicy
 
-from drat.profile import autocast_ctx
+from drat.runtime import autocast_ctx
 from drat.strategies import CompiledPlanAC, NoneAC
 
 from .conftest import make_batch, make_model

@@ -6,8 +6,9 @@ import random
 import pytest
 import torch
 
-from drat.costs import COST_MODELS, SiteCosts, build_costs, expected_recompute, plan_cost, rebuild_counts
+from drat.costs import COST_MODELS, SiteCosts, expected_recompute, plan_cost, rebuild_counts
 from drat.gates import BudgetInfeasibleError, GateBank, budget_to_activation_bytes, fit_gates, resource_loss
+from drat.measure import build_costs
 from drat.oracle import brute_force, solve_oracle
 from drat.sites import SiteGraph
 
@@ -179,8 +180,8 @@ def test_oracle_is_optimal_when_times_are_tiny(seed):
 def _dropout_model_under_full_ac():
     """A tiny training-mode model with dropout (so a measurement that moved the RNG would show)
     under a strategy the measurement must restore, and a CPU batch."""
+    from drat.measure import random_batch
     from drat.model import GPT, config_for
-    from drat.profile import random_batch
     from drat.strategies import FullAC
 
     torch.manual_seed(0)
@@ -195,7 +196,7 @@ def _dropout_model_under_full_ac():
 def test_rebuild_overhead_calibration_leaves_the_model_untouched():
     """The calibration runs real forward/backward passes; it must not step, keep gradients,
     move the RNG or change the strategy (a training run measures costs before step 0)."""
-    from drat.costs import build_costs, measure_rebuild_overhead_ms
+    from drat.measure import build_costs, measure_rebuild_overhead_ms
 
     model, idx, targets, strategy = _dropout_model_under_full_ac()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -212,8 +213,8 @@ def test_rebuild_overhead_calibration_leaves_the_model_untouched():
     # forced on: every T_i grows by c per rebuild unit, and compiled costs take it out again
     import dataclasses
 
-    import drat.costs as costs_mod
-    from drat.bench import compiled_costs
+    import drat.measure as costs_mod
+    from drat.bench.common import compiled_costs
 
     fixed_t = [0.01 * (i + 1) for i in range(len(model.graph))]
     orig = (costs_mod.estimate_site_time_ms, costs_mod.measure_rebuild_overhead_ms)
@@ -238,9 +239,9 @@ def test_peak_aware_costs_charge_the_lm_head_what_its_recompute_saves_at_the_pea
     (its rebuild sits on top of the peak); the bytes it owns are kept beside it. Everything that
     plans from the table then sees the peak's memory: a budget's base (peak of `none` minus the
     table's total) absorbs what the head's rebuild keeps live."""
-    import drat.costs as costs_mod
+    import drat.measure as costs_mod
+    from drat.measure import random_batch
     from drat.model import GPT, config_for
-    from drat.profile import random_batch
 
     torch.manual_seed(0)
     model = GPT(config_for("tiny", vocab_size=128))
@@ -270,9 +271,9 @@ def test_peak_aware_costs_charge_the_lm_head_what_its_recompute_saves_at_the_pea
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_peak_saving_of_a_block_site_is_its_bytes_and_the_head_saves_less_than_it_owns():
-    from drat.costs import measure_peak_saving_bytes, measure_site_bytes
+    from drat.measure import measure_peak_saving_bytes, measure_site_bytes, random_batch
     from drat.model import GPT, config_for
-    from drat.profile import autocast_ctx, random_batch
+    from drat.runtime import autocast_ctx
 
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -293,7 +294,7 @@ def test_peak_saving_of_a_block_site_is_its_bytes_and_the_head_saves_less_than_i
 def test_measuring_inside_model_as_found_keeps_strategy_grads_and_rng():
     """Cost measurements run real forwards/backwards; the caller's strategy object, its
     accumulated gradients and the RNG stream (dropout masks) come back untouched."""
-    from drat.costs import _forward_backward, _model_as_found, _set_plan
+    from drat.measure import _forward_backward, _model_as_found, _set_plan
 
     model, idx, targets, strategy = _dropout_model_under_full_ac()
     for p in model.parameters():

@@ -6,8 +6,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from drat.accounting import saved_activation_bytes
-from drat.costs import build_costs, rebuild_counts
+from drat.costs import rebuild_counts
 from drat.gates import GateBank
+from drat.measure import build_costs
 from drat.strategies import NoneAC, PlanAC
 
 from .conftest import make_batch, make_model

@@ -1,8 +1,8 @@
 """Cheap rules over the raw results: the manifest, tidy CSVs, statistics.
 
     manifest  -> {R}/manifest.json     every expected run folder / profile / bench file (from the config)
-    aggregate -> {R}/tables/*.csv      python -m drat.aggregate (missing runs are listed by folder)
-    stats     -> {R}/stats/*           python -m drat.stats (bootstrap CIs, TOST, frontier, budgets)
+    aggregate -> {R}/tables/*.csv      python -m drat.analysis.aggregate (missing runs are listed by folder)
+    stats     -> {R}/stats/*           python -m drat.analysis.stats (bootstrap CIs, TOST, frontier, budgets)
     oracle_curve -> {R}/stats/oracle_curve.csv   the oracle's predicted frontier per cost table
 
 With `archived: true` the aggregate rule does not depend on the compute rules: it reads what is
@@ -48,7 +48,7 @@ rule aggregate:
     benchmark:
         f"{R}/benchmarks/aggregate.tsv"
     shell:
-        "python -m drat.aggregate --manifest {input.manifest} --out {params.out} {params.allow} > {log} 2>&1"
+        "python -m drat.analysis.aggregate --manifest {input.manifest} --out {params.out} {params.allow} > {log} 2>&1"
 
 
 STATS_FILES = ["summary.csv", "paired.csv", "frontier.csv", "budget.csv", "curves_ci.csv", "stats.json"]
@@ -69,7 +69,7 @@ rule stats:
     benchmark:
         f"{R}/benchmarks/stats.tsv"
     shell:
-        "python -m drat.stats --tables {params.tables} --out {params.out} --margin {params.s[tost_margin]} "
+        "python -m drat.analysis.stats --tables {params.tables} --out {params.out} --margin {params.s[tost_margin]} "
         "--alpha {params.s[alpha]} --confidence {params.s[confidence]} --n-resamples {params.s[n_resamples]} "
         "--seed {params.s[seed]} --headline-lambda {params.s[headline_lambda]} > {log} 2>&1"
 
@@ -92,5 +92,5 @@ rule oracle_curve:
     benchmark:
         f"{R}/benchmarks/oracle_curve.tsv"
     shell:
-        "python workflow/scripts/oracle_curve.py --costs {input.costs} --profile {input.profile} "
+        "python -m drat.analysis.curve --costs {input.costs} --profile {input.profile} "
         "--out {output} > {log} 2>&1"

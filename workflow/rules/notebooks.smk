@@ -12,12 +12,11 @@ its data (and of the rendering); the executed notebooks and their HTML copies st
 
 NB_INPUTS = [f"{R}/stats/{f}" for f in STATS_FILES + ["oracle_curve.csv"]] + [f"{R}/tables/{t}.csv" for t in AGG_TABLES] + [
     f"{R}/tables/provenance.json", f"{R}/tables/missing.json", f"{R}/notebooks/kernel.json",
-    "notebooks/nbcommon.py", "notebooks/verdicts.py"]
+    "drat/analysis/report.py", "drat/analysis/verdicts.py"]
 
 
 def nb_params(**extra):
-    return json.dumps({"tables_dir": f"{R}/tables", "stats_dir": f"{R}/stats", "notebooks_dir": "notebooks",
-                       **extra})
+    return json.dumps({"tables_dir": f"{R}/tables", "stats_dir": f"{R}/stats", **extra})
 
 
 rule kernel:

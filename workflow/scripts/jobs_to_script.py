@@ -10,7 +10,7 @@ rule would have written. Around each command the script does what Snakemake woul
 - otherwise its stale outputs are removed and its output and log folders made;
 - while it runs, `<first output>.incomplete` marks it (Snakemake's incomplete-job tracking): a job
   killed mid-way (a bench writes its outputs after every row) is rerun, not taken as done, and
-  `drat.aggregate` reports such a result as missing;
+  `drat.analysis.aggregate` reports such a result as missing;
 - a failure is reported without stopping the remaining jobs.
 `JOBS_STOP_AFTER_S=<whole seconds>` stops starting new jobs once the script has run that long,
 so a time-limited call (the device machine's 10 minutes) ends between jobs, not inside one.

@@ -86,12 +86,13 @@ def main(argv=None) -> int:
     import torch
 
     from drat.accounting import saved_activation_bytes
-    from drat.costs import SiteCosts, build_costs, measure_site_bytes, model_state_bytes
+    from drat.costs import SiteCosts, model_state_bytes
     from drat.gates import budget_to_activation_bytes, fit_gates
+    from drat.measure import build_costs, measure_site_bytes, random_batch, time_training_steps
     from drat.model import GPT, config_for
     from drat.oracle import solve_oracle
-    from drat.profile import autocast_ctx, random_batch, time_training_steps
-    from drat.provenance import provenance, resolve_device
+    from drat.provenance import provenance
+    from drat.runtime import autocast_ctx, resolve_device
     from drat.strategies import DRATGates, PlanAC, make_strategy
 
     if a.threads:

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from drat.train import RUN_ARTIFACTS, ResourceAwareTrainer, TrainingConfig
+    from drat.train.trainer import RUN_ARTIFACTS, ResourceAwareTrainer, TrainingConfig
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -1,0 +1,28 @@
+"""Benchmarks: strategies measured side by side in one process.
+
+    drat bench frontier     every strategy's peak memory against its step time
+    drat bench capacity     the largest batch each strategy fits under a memory cap
+    drat bench trace        where a step's time goes (kernels, rebuilds, idle GPU)
+    drat bench exactness    losses and gradients of every plan against `none`, bit for bit
+    drat profile            one strategy: what it keeps for backward (and on CUDA its peak and time)
+"""
+
+from .capacity import add_capacity_parser, run_capacity
+from .exactness import add_exactness_parser, run_exactness
+from .frontier import add_frontier_parser, run_frontier
+from .profile import ProfileArgs, run_profile
+from .trace import add_trace_parser, run_trace
+
+
+def add_bench_parser(sub) -> None:
+    """`drat bench ...`: one subcommand per benchmark module."""
+    p = sub.add_parser("bench", help="benchmarks")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    add_frontier_parser(bsub)
+    add_capacity_parser(bsub)
+    add_trace_parser(bsub)
+    add_exactness_parser(bsub)
+
+
+__all__ = ["ProfileArgs", "add_bench_parser", "run_capacity", "run_exactness", "run_frontier", "run_profile",
+           "run_trace"]

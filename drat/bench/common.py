@@ -1,0 +1,203 @@
+"""What every `drat bench` command shares: the model flags, the plans it times, writing rows.
+
+`plan_under_measured_peak` is the bench's budget loop. It plans on the cost table, executes the
+plan, reads the peak, and re-plans on the measured overshoot until the peak meets the budget.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from ..gates import budget_to_activation_bytes, fit_gates
+from ..measure import measure_steps, random_batch
+from ..model import GPT, config_for
+from ..oracle import solve_oracle
+from ..runtime import autocast_ctx, resolve_device
+from ..strategies import CompiledPlanAC, DRATGates, PlanAC
+
+POINTWISE_SITES = ("embed", "attn_norm", "mlp_norm", "mlp_act", "final_norm")
+
+
+def compiled_costs(costs, pointwise_factor: float = 0.1):
+    """Costs for compiled execution: Inductor fuses a recomputed norm or activation into the
+    kernels around it, so its recompute time is a fraction of the eager kernel's."""
+    import dataclasses
+
+    # no hooks under compile: the eager per-rebuild overhead does not apply
+    t = [(ms - costs.rebuild_overhead_ms * n) * (pointwise_factor if lab.split(".")[-1] in POINTWISE_SITES
+                                                  else 1.0)
+         for lab, ms, n in zip(costs.labels, costs.time_ms, costs.instances)]
+    # embed and final_norm feed checkpoint regions, which keep their inputs: nothing to save
+    m = [0.0 if lab in CompiledPlanAC.ALWAYS_STORED else b for lab, b in zip(costs.labels, costs.mem_bytes)]
+    return dataclasses.replace(costs, time_ms=t, mem_bytes=m, kind=costs.kind + "+compiled",
+                               rebuild_overhead_ms=0.0)
+
+
+class BudgetPlan(NamedTuple):
+    stored: list[bool]
+    gates: object  # the fitted GateBank (DRAT kinds), None for the oracle
+    lam: float | None
+    trace: list[dict]  # one entry per closed-loop round
+    compiled: object  # the torch.compile'd model (kinds "*-compiled"), else None
+
+
+def install_plan(model, idx, kind: str, stored: list[bool], gates=None):
+    """Put a plan on the model: DRAT's gates, the oracle's fixed plan, or either plan as SAC
+    policies under torch.compile (kinds "drat-compiled", "oracle-compiled": returned compiled;
+    None otherwise)."""
+    if kind == "drat":
+        model.set_strategy(DRATGates(gates))
+        return None
+    if kind == "oracle":
+        model.set_strategy(PlanAC(stored=stored))
+        return None
+    if kind not in ("drat-compiled", "oracle-compiled"):
+        raise ValueError(f"unknown plan kind {kind!r}")
+    strat = CompiledPlanAC(stored)
+    torch._dynamo.reset()
+    model.set_strategy(strat)  # attach: embed/final_norm forced to store
+    strat.prepare(model, idx, autocast_ctx(idx.device))
+    return torch.compile(model)
+
+
+def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base_bytes: float, kind: str,
+                             max_rounds: int = 4, grow_below: float | None = 0.97) -> BudgetPlan:
+    """Budget mode closed on the *measured* peak (DESIGN §1): plan for the activation bytes the
+    budget leaves, run a step, and move the activation budget by what the measured peak missed
+    the budget by, until the peak is within 1% over and `grow_below` under the budget.
+    `kind`: "drat", "oracle", "drat-compiled" or "oracle-compiled" (give these `compiled_costs`;
+    each round compiles once).
+
+    Both directions matter. An overshoot breaks the budget; an undershoot wastes it, since a
+    plan that keeps less than it may recomputes more than it must: compiled, the cost model
+    overstates what a plan keeps (session 6 measured compiled plans 4–32% under their budgets
+    in one round). The plan kept is the fitting round with the highest peak (most kept, least
+    recomputed), reinstalled if a later round overshot. `grow_below=None` only shrinks: under a
+    hard cap (`capacity`) a plan's headroom absorbs the allocator's fragmentation over a long
+    run. The kept plan is left installed on the model; its trace entry has "kept"."""
+    budget = budget_gib * 2**30
+    act = budget_to_activation_bytes(budget_gib, base_bytes)
+    trace: list[dict] = []
+    best = None  # (peak, stored, gates, lam, trace index) of the fitting round with the highest peak
+    stored, gates, lam, compiled = None, None, None, None  # the plan installed last
+    for rnd in range(max_rounds):
+        try:
+            if kind in ("oracle", "oracle-compiled"):
+                plan = (solve_oracle(costs, budget_act_bytes=max(act, 0.0)).stored, None, None)
+            else:
+                fit = fit_gates(costs, budget_act_bytes=max(act, 0.0), base_bytes=base_bytes)
+                plan = (fit.stored, fit.gates, fit.lam)
+        except ValueError as e:  # BudgetInfeasibleError: the shrunk budget is below the floor
+            if rnd == 0:
+                raise
+            trace.append({"activation_budget_bytes": act, "infeasible": str(e).splitlines()[0]})
+            break  # keep the last plan that could be made
+        if plan[0] == stored:  # the moved budget gives the plan just measured: nothing new to learn
+            trace.append({"activation_budget_bytes": act, "same_plan": True})
+            break
+        stored, gates, lam = plan
+        compiled = None  # free the last round's compiled graph before compiling the next
+        compiled = install_plan(model, idx, kind, stored, gates)
+        peak = measure_steps(model, idx, targets, steps=1, warmup=1, compiled=compiled)["peak_gib"] * 2**30
+        trace.append({"activation_budget_bytes": act, "measured_peak_bytes": peak})
+        fits = peak <= 1.01 * budget
+        if fits and (best is None or peak > best[0]):
+            best = (peak, stored, gates, lam, len(trace) - 1)
+        if fits and (grow_below is None or peak >= grow_below * budget or all(stored)):
+            break
+        if not fits and act <= 0:
+            break
+        act += budget - peak - 0.005 * budget  # aim 0.5% under the budget, from either side
+    if best is not None:
+        trace[best[4]]["kept"] = True
+        if best[1] != stored:  # a later round overshot: back to the best plan that fitted
+            _, stored, gates, lam, _ = best
+            compiled = None
+            compiled = install_plan(model, idx, kind, stored, gates)
+    return BudgetPlan(stored, gates, lam, trace, compiled)
+
+
+def lambda_plans(costs, lams) -> list[tuple[str, DRATGates, int]]:
+    """(name, strategy, sites recomputed) of DRAT fitted at each λ on one cost table: the DRAT
+    rows of `bench trace` and `bench exactness`."""
+    out = []
+    for lam in lams:
+        fit = fit_gates(costs, lam=lam)
+        out.append((f"drat-lam{lam:g}", DRATGates(fit.gates), len(fit.stored) - sum(fit.stored)))
+    return out
+
+
+def bench_model(size: str, seq_len: int, batch_size: int, device: str, n_layer: int | None = None,
+                n_embd: int | None = None, n_head: int | None = None, vocab_size: int | None = None,
+                tie_weights: bool | None = None):
+    """The model every bench command measures: a named size with overrides, seed 0, and one
+    random batch. Returns (device, config, model, idx, targets); idx, targets: [B, S] int64."""
+    dev = resolve_device(device)
+    cfg = config_for(size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
+                     tie_weights=tie_weights, block_size=max(seq_len, config_for(size).block_size))
+    torch.manual_seed(0)
+    model = GPT(cfg).to(dev)
+    idx, targets = random_batch(cfg.vocab_size, batch_size, seq_len, dev)
+    return dev, cfg, model, idx, targets
+
+
+def add_model_args(p, batch_size: bool = True, steps: int = 12) -> None:
+    """The model, batch and timing flags shared by the bench commands."""
+    p.add_argument("--size", default="tiny")
+    p.add_argument("--layers", type=int, default=None)
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--heads", type=int, default=None)
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("--untied", action="store_true", help="untie embedding and LM head (ANCHORS.md)")
+    p.add_argument("--seq-len", type=int, default=64)
+    if batch_size:
+        p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=steps, help="timed steps (at least 10 on GPU)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", required=True)
+
+
+def model_kwargs(args) -> dict:
+    """add_model_args' flags as bench_model keyword arguments."""
+    return {"n_layer": args.layers, "n_embd": args.hidden, "n_head": args.heads,
+            "vocab_size": args.vocab_size, "tie_weights": False if args.untied else None}
+
+
+def check_steps(args) -> None:
+    if args.steps < 10 and resolve_device(args.device).type == "cuda":
+        raise ValueError("--steps must be at least 10 on GPU (median of >=10 timed steps)")
+
+
+def write_rows(rows: list[dict], out: Path, stem: str, fields: list[str], meta: dict) -> None:
+    """`<stem>.csv` (the schema's columns) and `<stem>.json` (meta + full rows), each written to a
+    temporary file and renamed, so a reader never sees half a table."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{stem}.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    tmp.replace(out / f"{stem}.csv")
+    tmp = out / f"{stem}.json.tmp"
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    tmp.replace(out / f"{stem}.json")
+
+
+def save_stamped(fig, path: Path, meta: dict, title_extra: str = "") -> None:
+    """Title with the device and model, a provenance footer (torch, commit), then save and close."""
+    import matplotlib.pyplot as plt
+
+    c = meta["config"]
+    fig.suptitle(f"{meta['device']}: L={c['n_layer']} h={c['n_embd']} V={c['vocab_size']} "
+                 f"S={meta['seq_len']}{title_extra}", fontsize=9)
+    fig.text(0.01, 0.01, f"torch {meta['torch_version']} · commit {meta['git_commit'][:10]}", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -1,0 +1,271 @@
+"""`drat bench frontier`: every strategy measured side by side in one process.
+
+Rows: the baselines (`none`, `full`, `selective`, `sac`), `torch.compile` with the partitioner's
+activation-memory budgets, DRAT at a λ sweep and at memory budgets, eager and compiled, DRAT with
+every gate set to store (the ≤2% overhead check) and the ILP oracle's plan, executed. Each row reports peak
+allocated/reserved GiB, step ms (median of CUDA-event-timed steps after warm-up), tokens/s and
+MFU against a bf16 matmul rate measured in the same run. On CPU, peak memory is replaced by
+exact saved-activation bytes and time by wall-clock.
+
+Outputs in --out: `frontier.csv`, `frontier.json` (rows + provenance), `frontier.png`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..accounting import saved_activation_bytes
+from ..gates import GateBank, fit_gates
+from ..measure import build_costs, interleaved_step_ms, matmul_tflops, measure_steps, model_flops_per_step
+from ..oracle import oracle_curve, place_curve
+from ..provenance import provenance
+from ..runtime import autocast_ctx
+from ..strategies import SAC, DRATGates, FullAC, NoneAC, SelectiveAC
+from .common import (
+    add_model_args,
+    bench_model,
+    check_steps,
+    compiled_costs,
+    install_plan,
+    model_kwargs,
+    plan_under_measured_peak,
+    save_stamped,
+    write_rows,
+)
+
+CSV_FIELDS = ["name", "strategy", "mode", "lam", "budget_gib", "peak_gib", "reserved_gib", "step_ms",
+              "tokens_per_s", "mfu", "saved_activation_bytes", "n_recomputed", "recomputed_sites"]
+
+
+def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device: str = "cpu",
+                 n_layer: int | None = None, n_embd: int | None = None, n_head: int | None = None,
+                 vocab_size: int | None = None, tie_weights: bool | None = None,
+                 lams=(0.05, 0.2, 0.5, 1.0, 2.0, 5.0), budget_fracs=(0.25, 0.5, 0.75), peak_cuts=(0.45,),
+                 compile_budgets=(1.0, 0.5, 0.2), compiled_lams=(0.0, 0.2, 0.5, 1.0, 2.0, 5.0),
+                 compiled_budget_targets: bool = True, steps: int = 12, warmup: int = 3,
+                 only: set[str] | None = None, out: str | Path | None = None, log=print) -> list[dict]:
+    dev, cfg, model, idx, targets = bench_model(size, seq_len, batch_size, device, n_layer, n_embd, n_head,
+                                                vocab_size, tie_weights)
+    tokens = batch_size * seq_len
+    peak_tflops = matmul_tflops(dev) if dev.type == "cuda" else float("nan")
+    flops = model_flops_per_step(model, batch_size, seq_len)
+    rows: list[dict] = []
+    meta = {"config": cfg.to_dict(), "batch_size": batch_size, "seq_len": seq_len,
+            "matmul_tflops": peak_tflops, "model_flops_per_step": flops, "params": model.num_params(),
+            **provenance(dev)}
+    want = (lambda name: True) if not only else (lambda name: any(name.startswith(o) for o in only))
+
+    def record(name, strategy, mode, lam=None, budget=None, compiled=None, stored=None):
+        model.set_strategy(strategy)
+        if dev.type == "cpu" or compiled is None:
+            with autocast_ctx(dev):
+                saved, _ = saved_activation_bytes(model, idx, targets)
+        else:
+            saved = None
+        m = measure_steps(model, idx, targets, steps, warmup, compiled)
+        rec = [k.label() for k, s in zip(model.graph.keys, stored)] if stored else []
+        rec = [lab for lab, s in zip(rec, stored) if not s] if stored else []
+        row = {"name": name, "strategy": strategy.name, "mode": mode, "lam": lam, "budget_gib": budget,
+               **m, "tokens_per_s": tokens / (m["step_ms"] / 1e3),
+               "mfu": flops / (m["step_ms"] / 1e3) / (peak_tflops * 1e12) if dev.type == "cuda" else None,
+               "saved_activation_bytes": saved, "n_recomputed": len(rec),
+               "recomputed_sites": " ".join(sorted({r.split(".")[-1] for r in rec}))}
+        rows.append(row)
+        if out is not None:  # rewrite after every row: a killed run keeps what it measured
+            write_outputs(rows, Path(out), meta)
+        clock = f"  {row['sm_clock_mhz']} MHz" if row.get("sm_clock_mhz") is not None else ""
+        log(f"{name:<22} peak {row['peak_gib']:7.3f} GiB  {row['step_ms']:8.2f} ms  "
+            f"{row['tokens_per_s']:10.0f} tok/s{clock}  recompute={row['recomputed_sites']}")
+        return row
+
+    for name, strat in [("none", NoneAC()), ("full", FullAC()), ("selective", SelectiveAC()), ("sac", SAC())]:
+        if want(name):
+            record(name, strat, "eager")
+    none_row = next((r for r in rows if r["name"] == "none"), None)
+
+    # DRAT: costs measured on this device, then gates fitted per λ / budget
+    step_ms = none_row["step_ms"] if none_row else None
+    costs = build_costs(model, idx, targets, "measured", step_ms=step_ms)
+    n = len(model.graph)
+    # the table every DRAT and oracle row below was planned on, and the oracle's predicted
+    # frontier on it: the analysis of a missed target needs both (see oracle_curve)
+    meta["costs"] = costs.to_dict()
+    if want("oracle-curve"):
+        meta["oracle_curve"] = oracle_curve(costs)
+        if none_row is not None:
+            base = none_row["peak_gib"] * 2**30 - costs.total_bytes if dev.type == "cuda" else 0.0
+            meta["oracle_curve"] = [
+                {**pt, "predicted_peak_gib": p["memory_bytes"] / 2**30, "predicted_step_ms": p["step_ms"]}
+                for pt, p in zip(meta["oracle_curve"], place_curve(meta["oracle_curve"], base,
+                                                                   none_row["step_ms"]))]
+    if want("drat-store-all"):
+        record("drat-store-all", DRATGates(GateBank(n, init_logit=5.0)), "eager", stored=[True] * n)
+    for lam in lams:
+        if want(f"drat-lam{lam}"):
+            fit = fit_gates(costs, lam=lam)
+            record(f"drat-lam{lam}", DRATGates(fit.gates), "eager", lam=lam, stored=fit.stored)
+    targets_gib: list[tuple[str, float]] = []
+    base = 0.0
+    if none_row is None and dev.type == "cuda" and any(
+            want(f"{k}-{t}") for k in ("drat", "oracle", "drat-compiled") for t in ("budget", "cut")):
+        log("budget rows skipped: their targets are set from the `none` row (add `none` to --only)")
+    if none_row and dev.type == "cuda":
+        # base = everything in the `none` peak that is not stored activations (model states,
+        # gradients, transient working memory); the plan then has budget − base for activations
+        base = none_row["peak_gib"] * 2**30 - costs.total_bytes
+        # budgets as fractions of the stored activations, then as cuts of the `none` peak (the
+        # issue's eager target: a peak ≥45% below none's, where the step time is the question)
+        targets_gib = [(f"budget{frac}", (base + frac * costs.total_bytes) / 2**30) for frac in budget_fracs]
+        targets_gib += [(f"cut{round(cut * 100)}", (1 - cut) * none_row["peak_gib"]) for cut in peak_cuts]
+        for label, budget_gib in targets_gib:
+            placed = {}
+            for kind in ("drat", "oracle"):
+                if not want(f"{kind}-{label}"):
+                    continue
+                try:
+                    plan = plan_under_measured_peak(model, idx, targets, costs, budget_gib, base, kind)
+                except ValueError as e:  # below the floor on this device's costs: no row
+                    log(f"{kind}-{label}: skipped, {str(e).splitlines()[0]}")
+                    continue
+                row = record(f"{kind}-{label}", model.strategy, "eager", lam=plan.lam, budget=budget_gib,
+                             stored=plan.stored)
+                row["budget_trace"] = plan.trace
+                placed[kind] = (row, model.strategy)
+                if out is not None:
+                    write_outputs(rows, Path(out), meta)
+            if len(placed) == 2:  # the budget target is their ratio: also time them alternately
+                (r_drat, s_drat), (r_oracle, s_oracle) = placed["drat"], placed["oracle"]
+                paired = interleaved_step_ms(model, idx, targets, [s_drat, s_oracle], steps, warmup)
+                r_drat["step_ms_paired"], r_oracle["step_ms_paired"] = paired
+                r_drat["paired_vs_oracle"] = paired[0] / paired[1] - 1
+                log(f"{'':<22} alternating steps: drat {paired[0]:.2f} ms, oracle {paired[1]:.2f} ms "
+                    f"({100 * r_drat['paired_vs_oracle']:+.1f}%)")
+                if out is not None:
+                    write_outputs(rows, Path(out), meta)
+    if dev.type == "cuda":
+        # DRAT compiled: gate plans handed to the partitioner as SAC policies, fitted on costs
+        # where the compiler fuses pointwise recomputation into neighbouring kernels
+        ccosts = compiled_costs(costs)
+        for lam in compiled_lams:
+            if not want(f"drat-compiled-lam{lam}"):
+                continue
+            fit = fit_gates(ccosts, lam=lam)
+            compiled = install_plan(model, idx, "drat-compiled", fit.stored)
+            strat = model.strategy
+            record(f"drat-compiled-lam{lam}", strat, "compiled", lam=lam, compiled=compiled,
+                   stored=strat.decisions(model))
+            del compiled
+        # DRAT's budget mode under compile: the same targets as the eager rows, closed on the
+        # measured compiled peak (≤3 rounds, a compile each, and one more to reinstall the best
+        # fitting plan if the last round overshot). Its base is what the compiled
+        # store-all peak holds beyond the stored activations, where that row was measured:
+        # compiled, `none`'s own activations shrink (fused pointwise ops save less)
+        # The oracle's plan on the same compiled table is run the same way, as the reference a
+        # budget row's step time is held to (the issue's "within 3% of the oracle's").
+        compiled_targets = [(label, b) for label, b in targets_gib if compiled_budget_targets and any(
+            want(f"{k}-compiled-{label}") for k in ("drat", "oracle"))]
+        if compiled_targets:
+            store_all = next((r for r in rows if r["name"] == "drat-compiled-lam0.0"), None)
+            if store_all is None:  # not a row of this run: its peak, measured now
+                compiled = install_plan(model, idx, "drat-compiled", [True] * n)
+                store_all = measure_steps(model, idx, targets, steps=1, warmup=1, compiled=compiled)
+                del compiled
+            cbase = store_all["peak_gib"] * 2**30 - ccosts.total_bytes
+        for label, budget_gib in compiled_targets:
+            for kind in ("drat-compiled", "oracle-compiled"):
+                name = f"{kind}-{label}"
+                if not want(name):
+                    continue
+                try:
+                    plan = plan_under_measured_peak(model, idx, targets, ccosts, budget_gib, cbase, kind,
+                                                    max_rounds=3)
+                except ValueError as e:
+                    log(f"{name}: skipped, {str(e).splitlines()[0]}")
+                    continue
+                strat = model.strategy
+                row = record(name, strat, "compiled", lam=plan.lam, budget=budget_gib, compiled=plan.compiled,
+                             stored=strat.decisions(model))
+                row["budget_trace"] = plan.trace
+                if out is not None:
+                    write_outputs(rows, Path(out), meta)
+                del plan
+
+        import torch._functorch.config as fconfig
+
+        for b in compile_budgets:
+            if not want(f"compile-budget{b}"):
+                continue
+            torch._dynamo.reset()
+            model.set_strategy(NoneAC())
+            with fconfig.patch(activation_memory_budget=b):
+                compiled = torch.compile(model)
+                record(f"compile-budget{b}", NoneAC(), "compiled", budget=b, compiled=compiled)
+            del compiled
+    return rows
+
+
+def write_outputs(rows: list[dict], out: Path, meta: dict) -> None:
+    write_rows(rows, out, "frontier", CSV_FIELDS, meta)
+    plot_frontier(rows, out / "frontier.png", meta)
+
+
+def plot_frontier(rows: list[dict], path: Path, meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    on_gpu = not any(r["peak_gib"] != r["peak_gib"] for r in rows)  # NaN on CPU
+    ykey = "peak_gib" if on_gpu else "saved_activation_bytes"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        y = r[ykey] if on_gpu else r[ykey] / 2**20
+        color = "C3" if r["name"].startswith("drat") else "C2" if r["name"].startswith("oracle") else (
+            "C1" if r["mode"] == "compiled" else "C0")
+        ax.scatter(r["step_ms"], y, color=color)
+        ax.annotate(r["name"], (r["step_ms"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    lam_rows = sorted((r for r in rows if r["name"].startswith("drat-lam")), key=lambda r: r["step_ms"])
+    if lam_rows:
+        ax.plot([r["step_ms"] for r in lam_rows], [r[ykey] if on_gpu else r[ykey] / 2**20 for r in lam_rows],
+                color="C3", lw=1, label="DRAT λ sweep")
+    curve = [pt for pt in meta.get("oracle_curve", []) if "predicted_step_ms" in pt]
+    if curve:  # what the cost model says the best per-site plan at each memory costs
+        ax.plot([pt["predicted_step_ms"] for pt in curve],
+                [pt["predicted_peak_gib"] if on_gpu else pt["activation_bytes"] / 2**20 for pt in curve],
+                color="C2", ls="--", lw=1, label="oracle, predicted by the cost model")
+    if lam_rows or curve:
+        ax.legend(fontsize=7)
+    ax.set_xlabel("step time (ms)")
+    ax.set_ylabel("peak allocated (GiB)" if on_gpu else "saved activations (MiB)")
+    save_stamped(fig, path, meta, f" B={meta['batch_size']}")
+
+
+def add_frontier_parser(bsub) -> None:
+    f = bsub.add_parser("frontier", help="every strategy side by side: peak memory vs step time")
+    add_model_args(f)
+    f.add_argument("--lambdas", default="0.05,0.2,0.5,1,2,5")
+    f.add_argument("--compiled-lambdas", default="0,0.2,0.5,1,2,5",
+                   help="λ values run under torch.compile (0: store-all, i.e. plain torch.compile)")
+    f.add_argument("--compile-budgets", default="1,0.5,0.2",
+                   help="torch.compile activation_memory_budget values (empty: none)")
+    f.add_argument("--peak-cuts", default="0.45",
+                   help="DRAT and oracle rows budgeted at (1 - cut) x the `none` peak (GPU only)")
+    f.add_argument("--no-compiled-drat-budgets", dest="compiled_budget_targets", action="store_false",
+                   help="skip the budget rows under torch.compile, DRAT's and the oracle's (up to 4 "
+                        "compiles each)")
+    f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
+    f.set_defaults(func=_cmd_frontier)
+
+
+def _cmd_frontier(args) -> int:
+    check_steps(args)
+    run_frontier(args.size, args.seq_len, args.batch_size, args.device, **model_kwargs(args),
+                 lams=tuple(float(x) for x in args.lambdas.split(",")),
+                 compiled_lams=tuple(float(x) for x in args.compiled_lambdas.split(",") if x),
+                 compile_budgets=tuple(float(x) for x in args.compile_budgets.split(",") if x),
+                 peak_cuts=tuple(float(x) for x in args.peak_cuts.split(",") if x),
+                 compiled_budget_targets=args.compiled_budget_targets, steps=args.steps, warmup=args.warmup,
+                 only=set(args.only.split(",")) if args.only else None, out=args.out)
+    return 0

@@ -1,0 +1,157 @@
+"""drat.analysis.stats: bootstrap CIs, TOST, ratios, the Pareto mask, and the pipeline step on small tables."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from drat.analysis import stats
+
+
+def test_bootstrap_ci_covers_the_mean_and_is_reproducible():
+    x = np.random.default_rng(1).normal(3.0, 1.0, size=40)
+    a = stats.bootstrap_ci(x, n_resamples=2000, seed=0)
+    b = stats.bootstrap_ci(x, n_resamples=2000, seed=0)
+    assert a == b
+    assert a.method == "BCa" and a.n == 40
+    assert a.lo < x.mean() < a.hi
+    assert a.value == pytest.approx(x.mean())
+    # about ±1.96·σ/√n
+    assert a.hi - a.lo == pytest.approx(2 * 1.96 * x.std(ddof=1) / math.sqrt(40), rel=0.35)
+
+
+def test_bootstrap_ci_small_and_degenerate_samples():
+    assert stats.bootstrap_ci([1.0, 2.0, 3.0]).method == "percentile"
+    e = stats.bootstrap_ci([5.0, 5.0, 5.0])
+    assert (e.value, e.lo, e.hi, e.method) == (5.0, 5.0, 5.0, "degenerate")
+    one = stats.bootstrap_ci([2.0])
+    assert one.value == 2.0 and math.isnan(one.lo) and one.method == "single"
+    assert stats.bootstrap_ci([]).method == "empty"
+    assert stats.bootstrap_ci([1.0, float("nan"), 3.0]).n == 2  # NaNs are dropped
+
+
+def test_bootstrap_ci_of_median():
+    x = np.arange(1.0, 31.0)
+    e = stats.bootstrap_ci(x, statistic=np.median, n_resamples=999)
+    assert e.value == 15.5 and e.lo < 15.5 < e.hi
+
+
+def test_paired_bootstrap_and_ratios():
+    a = np.array([2.0, 4.0, 6.0, 8.0])
+    b = np.array([1.0, 2.0, 3.0, 4.0])
+    r = stats.ratio_ci(a, b, paired=True)
+    assert (r.value, r.lo, r.hi) == (2.0, 2.0, 2.0)  # every per-seed ratio is exactly 2
+    d = stats.paired_bootstrap_ci(a, b, lambda x, y, axis: np.mean(x - y, axis=axis), n_resamples=999)
+    assert d.value == 2.5 and d.lo <= 2.5 <= d.hi
+    u = stats.ratio_ci([2.0, 2.2, 1.8], [1.0, 1.1, 0.9], paired=False, n_resamples=999)
+    assert u.value == pytest.approx(2.0) and u.lo < 2.0 < u.hi
+    with pytest.raises(ValueError, match="equal lengths"):
+        stats.ratio_ci([1.0, 2.0], [1.0], paired=True)
+
+
+def test_tost_equivalent_when_differences_are_small_and_precise():
+    rng = np.random.default_rng(0)
+    base = rng.normal(3.0, 0.05, size=20)
+    gated = base + rng.normal(0.0, 0.002, size=20)
+    t = stats.tost(gated, base, margin=0.01)
+    assert t.method == "paired" and t.equivalent and t.p < 0.05
+    assert -0.01 < t.ci_lo <= t.diff <= t.ci_hi < 0.01
+    # the same data under a margin smaller than the noise is not equivalent
+    assert not stats.tost(gated, base, margin=1e-5).equivalent
+
+
+def test_tost_not_equivalent_for_a_real_shift_and_matches_the_ci_rule():
+    rng = np.random.default_rng(0)
+    base = rng.normal(3.0, 0.01, size=10)
+    shifted = base + 0.05 + rng.normal(0.0, 0.005, size=10)
+    t = stats.tost(shifted, base, margin=0.02)
+    assert not t.equivalent and t.p > 0.05
+    # TOST at α is the (1 − 2α) CI inside the margins
+    assert t.equivalent == (t.ci_lo > -0.02 and t.ci_hi < 0.02)
+
+
+def test_tost_bitwise_equal_losses_and_too_few_seeds():
+    x = [3.1, 3.2]
+    t = stats.tost(x, x, margin=0.01)
+    assert t.method == "degenerate" and t.equivalent and t.p == 0.0 and t.diff == 0.0
+    t2 = stats.tost([3.0], [3.0], margin=0.01)
+    assert t2.method == "insufficient" and not t2.equivalent
+    with pytest.raises(ValueError, match="margin"):
+        stats.tost(x, x, margin=0.0)
+
+
+def test_tost_welch_for_unpaired_arms():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(2.0, 0.01, 12), rng.normal(2.0, 0.01, 9)
+    t = stats.tost(a, b, margin=0.05, paired=False)
+    assert t.method == "welch" and t.equivalent and (t.n_a, t.n_b) == (12, 9)
+
+
+def test_pareto_mask():
+    x = [1.0, 2.0, 3.0, 2.5, float("nan")]
+    y = [3.0, 2.0, 1.0, 2.5, 0.0]
+    assert stats.pareto_mask(x, y).tolist() == [True, True, True, False, False]
+
+
+def _tables(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rows = []
+    for seed in (0, 1, 2):
+        for run, strategy, lam, mem, ms, loss in [("none", "none", None, 100.0, 10.0, 3.0),
+                                                  ("drat-lam0.05", "drat", 0.05, 60.0, 11.0, 3.0),
+                                                  ("full", "full", None, 30.0, 13.0, 3.0)]:
+            rows.append({"size": "tiny", "run": run, "strategy": strategy, "lam": lam, "budget_gib": None,
+                         "seed": seed, "finished": True, "final_val_loss": loss + 0.001 * seed,
+                         "saved_activation_bytes": mem, "peak_memory_bytes": None,
+                         "step_ms": ms * (1 + 0.01 * seed), "tokens_per_s": 1000.0 / ms, "params": 10})
+    rows.append({"size": "tiny", "run": "drat-budget0.1", "strategy": "drat", "lam": 0.3, "budget_gib": 1e-7,
+                 "seed": 0, "finished": True, "final_val_loss": 3.0, "saved_activation_bytes": 40.0,
+                 "peak_memory_bytes": None, "step_ms": 12.0, "tokens_per_s": 80.0, "params": 10})
+    pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+    curves = [{"size": "tiny", "run": "none", "seed": s, "kind": "eval", "step": st,
+               "val_loss": 4.0 - st / 10 + s / 100, "loss": None} for s in (0, 1) for st in (0, 5, 10)]
+    pd.DataFrame(curves).to_csv(tmp_path / "curves.csv", index=False)
+    pd.DataFrame([{"size": "tiny", "point": p, "kind": k, "strategy": s, "lam": lam, "budget_gib": None,
+                   "saved_activation_bytes": m, "peak_memory_bytes": None, "step_ms": t}
+                  for p, k, s, lam, m, t in [("none", "baseline", "none", None, 100, 10),
+                                             ("drat-lam0.05", "drat", "drat", 0.05, 60, 11),
+                                             ("oracle-lam0.05", "oracle", "fixed", 0.05, 55, 11.5),
+                                             ("full", "baseline", "full", None, 30, 13)]]
+                 ).to_csv(tmp_path / "profile.csv", index=False)
+    pd.DataFrame([{"size": "tiny", "point": p, "step": i, "step_ms": t + 0.1 * i}
+                  for p, t in [("none", 10), ("drat-lam0.05", 11), ("oracle-lam0.05", 11.5), ("full", 13)]
+                  for i in range(5)]).to_csv(tmp_path / "profile_steps.csv", index=False)
+    return pd
+
+
+def test_run_stats_pipeline_step(tmp_path):
+    pd = _tables(tmp_path)
+    out = tmp_path / "stats"
+    res = stats.run_stats(tmp_path, out, margin=0.01, n_resamples=999, headline_lambda=0.05)
+    assert res["n_runs"] == 10
+    paired = pd.read_csv(out / "paired.csv")
+    head = paired[paired["run"] == "drat-lam0.05"].iloc[0]
+    assert head["mem_reduction"] == pytest.approx(0.4)
+    assert head["step_time_ratio"] == pytest.approx(1.1)
+    assert head["tost_equivalent"] and head["val_loss_diff"] == 0.0
+    assert len(res["headline"]) == 1
+    # the budget run has no `none` partner of its own seeds set: compared unpaired
+    assert not paired[paired["run"] == "drat-budget0.1"].iloc[0]["paired"]
+    frontier = pd.read_csv(out / "frontier.csv")
+    prof = frontier[frontier["source"] == "profile"].set_index("point")
+    assert prof.loc["none", "step_ms"] == pytest.approx(10.2)  # median of 10.0 .. 10.4
+    assert prof.loc["none", "pareto"] and prof.loc["full", "pareto"]
+    budget = pd.read_csv(out / "budget.csv")
+    assert budget.iloc[0]["measured_gib"] == pytest.approx((10 * 16 + 40) / 2**30)
+    assert not budget.iloc[0]["within"]
+    bands = pd.read_csv(out / "curves_ci.csv")
+    assert len(bands) == 3 and (bands["val_loss_lo"] <= bands["val_loss"]).all()
+    assert json.loads((out / "stats.json").read_text())["parameters"]["tost_margin"] == 0.01
+
+
+def test_stats_cli(tmp_path, capsys):
+    _tables(tmp_path)
+    assert stats.main(["--tables", str(tmp_path), "--out", str(tmp_path / "s"), "--margin", "0.02",
+                       "--n-resamples", "499"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_runs"] == 10
