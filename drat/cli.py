@@ -20,6 +20,7 @@ import sys
 
 from .bench import ProfileArgs, add_bench_parser, run_profile
 from .data import DataError, load_corpus, train_tokenizer
+from .model import SHAPE_FLAGS, add_shape_args, shape_overrides
 from .train import ResourceAwareTrainer, evaluate_checkpoint, generate_text, resolve_training_config
 from .train.checkpoint import CheckpointError
 
@@ -28,20 +29,11 @@ class UsageError(Exception):
     """Input the user can fix; reported in one line with exit status 2."""
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", default="tiny", help="tiny | small | medium | large")
-    p.add_argument("--layers", type=int, default=None, help="override the size's number of layers")
-    p.add_argument("--hidden", type=int, default=None, help="override the size's hidden width")
-    p.add_argument("--heads", type=int, default=None, help="override the size's number of heads")
-    p.add_argument("--vocab-size", type=int, default=None, help="vocabulary (default 32000)")
-
-
 def cmd_profile(args) -> int:
     out = run_profile(ProfileArgs(
         size=args.size, strategy=args.strategy, lam=args.lam, budget_gib=args.budget_gib,
         device=args.device, seq_len=args.seq_len, batch_size=args.batch_size,
-        cost_model=args.cost_model, vocab_size=args.vocab_size, n_layer=args.layers,
-        n_embd=args.hidden, n_head=args.heads, steps=args.steps, seed=args.seed,
+        cost_model=args.cost_model, **shape_overrides(args), steps=args.steps, seed=args.seed,
     ))
     if args.json:
         print(json.dumps(out))
@@ -57,14 +49,9 @@ def cmd_profile(args) -> int:
 # `drat train` flags: (flag, TrainingConfig field, type, help). Their argparse default is SUPPRESS,
 # so only the flags actually given reach the namespace and override --config and a resumed run.
 _TRAIN_FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--size", "size", str, "tiny | small | medium | large"),
-    ("--layers", "n_layer", int, "override the size's number of layers"),
-    ("--hidden", "n_embd", int, "override the size's hidden width"),
-    ("--heads", "n_head", int, "override the size's number of heads"),
     ("--dropout", "dropout", float, "dropout probability"),
     ("--corpus", "corpus", str, "shakespeare | stdlib | text:PATH | hf:NAME"),
     ("--max-corpus-bytes", "max_corpus_bytes", int, "keep only this many bytes of the corpus"),
-    ("--vocab-size", "vocab_size", int, "BPE vocabulary to train (default 8192)"),
     ("--tokenizer", "tokenizer", str, "use this tokenizer.json instead of training one"),
     ("--seq-len", "seq_len", int, "tokens per sequence"),
     ("--batch-size", "batch_size", int, "sequences per micro-batch"),
@@ -109,7 +96,8 @@ def _usage_errors(fn):
 
 @_usage_errors
 def cmd_train(args) -> int:
-    overrides = {field: getattr(args, field) for _, field, _, _ in _TRAIN_FLAGS if hasattr(args, field)}
+    overrides = {field: getattr(args, field) for _, field, _, _ in SHAPE_FLAGS + _TRAIN_FLAGS
+                 if hasattr(args, field)}
     for field in ("lam", "budget_gib", "wandb", "tensorboard", "gate_warm_start", "deterministic"):
         if hasattr(args, field):
             overrides[field] = getattr(args, field)
@@ -152,6 +140,7 @@ def cmd_tokenizer_train(args) -> int:
 def _add_train_parsers(sub) -> None:
     p = sub.add_parser("train", help="train a gated GPT (checkpoints, resume, metrics.jsonl)",
                        argument_default=argparse.SUPPRESS)
+    add_shape_args(p, suppress=True)
     for flag, field, typ, help_ in _TRAIN_FLAGS:
         p.add_argument(flag, dest=field, type=typ, help=help_)
     g = p.add_mutually_exclusive_group()
@@ -200,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("profile", help="activation bytes (and GPU peak/time) of one strategy")
-    _add_model_args(p)
+    add_shape_args(p)
     p.add_argument("--strategy", default="none", help="none | full | selective | sac | drat")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--lambda", dest="lam", type=float, default=None, help="price of memory (drat)")

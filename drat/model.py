@@ -64,6 +64,32 @@ SIZES: dict[str, GPTConfig] = {
 NOMINAL_PARAMS: dict[str, float] = {"tiny": 5e6, "small": 50e6, "medium": 150e6, "large": 400e6}
 
 
+# The model-shape flags of every command, defined here once: (flag, dest, type, help). `dest` is the
+# GPTConfig field a value overrides (`size` picks the named size the others override).
+SHAPE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--size", "size", str, "tiny | small | medium | large"),
+    ("--layers", "n_layer", int, "override the size's number of layers"),
+    ("--hidden", "n_embd", int, "override the size's hidden width"),
+    ("--heads", "n_head", int, "override the size's number of attention heads"),
+    ("--vocab-size", "vocab_size", int, "vocabulary (default: the size's 32000, or the tokenizer's)"),
+)
+
+
+def add_shape_args(p, suppress: bool = False) -> None:
+    """Add SHAPE_FLAGS to an argparse parser. With `suppress`, a flag not given leaves no attribute
+    (so it cannot override a config file); otherwise --size defaults to tiny and the rest to None."""
+    for flag, dest, typ, help_ in SHAPE_FLAGS:
+        if suppress:
+            p.add_argument(flag, dest=dest, type=typ, help=help_)
+        else:
+            p.add_argument(flag, dest=dest, type=typ, default="tiny" if dest == "size" else None, help=help_)
+
+
+def shape_overrides(args) -> dict:
+    """The GPTConfig overrides SHAPE_FLAGS gave (`size` excluded), as config_for keyword arguments."""
+    return {dest: getattr(args, dest, None) for _, dest, _, _ in SHAPE_FLAGS if dest != "size"}
+
+
 def config_for(size: str, **overrides) -> GPTConfig:
     """The named size with overrides applied (e.g. vocab_size from the tokenizer)."""
     if size not in SIZES:

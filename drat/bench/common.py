@@ -15,7 +15,7 @@ import torch
 
 from ..gates import budget_to_activation_bytes, fit_gates
 from ..measure import measure_steps, random_batch
-from ..model import GPT, config_for
+from ..model import GPT, add_shape_args, config_for, shape_overrides
 from ..oracle import solve_oracle
 from ..runtime import autocast_ctx, resolve_device
 from ..strategies import CompiledPlanAC, DRATGates, PlanAC
@@ -148,12 +148,8 @@ def bench_model(size: str, seq_len: int, batch_size: int, device: str, n_layer: 
 
 def add_model_args(p, batch_size: bool = True, steps: int = 12) -> None:
     """The model, batch and timing flags shared by the bench commands."""
-    p.add_argument("--size", default="tiny")
-    p.add_argument("--layers", type=int, default=None)
-    p.add_argument("--hidden", type=int, default=None)
-    p.add_argument("--heads", type=int, default=None)
-    p.add_argument("--vocab-size", type=int, default=None)
-    p.add_argument("--untied", action="store_true", help="untie embedding and LM head (ANCHORS.md)")
+    add_shape_args(p)
+    p.add_argument("--untied", action="store_true", help="untie the embedding and the LM head")
     p.add_argument("--seq-len", type=int, default=64)
     if batch_size:
         p.add_argument("--batch-size", type=int, default=2)
@@ -165,8 +161,7 @@ def add_model_args(p, batch_size: bool = True, steps: int = 12) -> None:
 
 def model_kwargs(args) -> dict:
     """add_model_args' flags as bench_model keyword arguments."""
-    return {"n_layer": args.layers, "n_embd": args.hidden, "n_head": args.heads,
-            "vocab_size": args.vocab_size, "tie_weights": False if args.untied else None}
+    return {**shape_overrides(args), "tie_weights": False if args.untied else None}
 
 
 def check_steps(args) -> None:

@@ -1,4 +1,4 @@
-"""drat.analysis.stats: bootstrap CIs, TOST, ratios, the Pareto mask, and the pipeline step on small tables."""
+"""drat.analysis.stats: bootstrap CIs, TOST, ratios, the Pareto mask, the pipeline step on small tables."""
 
 import json
 import math
