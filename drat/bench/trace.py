@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .. import recompute
+import drat.recompute as recompute
+
 from ..measure import build_costs, measure_steps
 from ..provenance import provenance
 from ..runtime import autocast_ctx
