@@ -31,6 +31,8 @@ class SavedTensorAccountant:
         self._seen: dict[int, list] = {}  # storage data_ptr -> [nbytes, owner site or None, storage]
         self._extra: dict[int, int] = defaultdict(int)
         self._sac_storages: list = []
+        # site -> {storage data_ptr: [nbytes, storage]}: what each site reads (see input_hold_bytes)
+        self._site_inputs: dict[int, dict[int, list]] = defaultdict(dict)
         self._token = None
         self._hooks = None
 
@@ -48,6 +50,9 @@ class SavedTensorAccountant:
         self._flush_sac()
         for ent in self._seen.values():  # counted: stop pinning the storages
             ent[2] = None
+        for ins in self._site_inputs.values():
+            for ent in ins.values():
+                ent[1] = None
         return False
 
     def _pack(self, t):
@@ -65,6 +70,21 @@ class SavedTensorAccountant:
             self._seen[st.data_ptr()] = [st.nbytes(), site, st]
         elif ent[1] is None and site is not None:
             ent[1] = site
+
+    def record_inputs(self, site: int, inputs) -> None:
+        """The tensors a site reads (called by the mechanism for every site it runs)."""
+        for x in inputs:
+            if isinstance(x, torch.Tensor) and not is_parameter(x, self._state_ptrs):
+                st = x.untyped_storage()
+                self._site_inputs[site].setdefault(st.data_ptr(), [st.nbytes(), st])
+
+    def input_hold_bytes(self) -> dict[int, int]:
+        """Per site, the bytes of its inputs that the forward saved nowhere: a recomputed site's recipe
+        must hold them (unless they are a recomputed parent's output), so recomputing the site frees
+        its own bytes less these. DRAT's GPT has none (every site input is saved by the site's own
+        ops); a wrapped model has some, e.g. logits that only the loss reads and the loss does not save."""
+        return {site: sum(nb for ptr, (nb, _) in ins.items() if ptr not in self._seen)
+                for site, ins in self._site_inputs.items()}
 
     def record_extra(self, site: int, nbytes: int) -> None:
         """Bytes a recipe keeps besides tensors (the RNG state of a dropout site)."""
@@ -112,7 +132,7 @@ def saved_activation_bytes(model, idx: torch.Tensor, targets: torch.Tensor) -> t
 
     Returns (total bytes, bytes per site index with -1 for unattributed). Runs no backward."""
     with SavedTensorAccountant(model) as acct:
-        loss = model(idx, targets)
+        loss = model.step_loss(idx, targets)
     total, per_site = acct.total_bytes, acct.by_site()
     del loss
     return total, per_site

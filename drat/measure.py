@@ -24,22 +24,26 @@ from .strategies import PlanAC
 
 
 def measure_site_bytes(model: GPT, idx, targets) -> list[int]:
-    """M_i: bytes each site owns, from one all-store forward under the accountant."""
+    """M_i: bytes each site frees when recomputed, from one all-store forward under the accountant:
+    the bytes it owns, less those of its inputs that only its recipe would hold (none in DRAT's GPT;
+    see SavedTensorAccountant.input_hold_bytes)."""
 
     saved = model.strategy
     model.set_strategy(PlanAC(stored=[True] * len(model.graph)))
     try:
         with SavedTensorAccountant(model) as acct:
-            loss = model(idx, targets)
-        per_site = acct.by_site()
+            loss = model.step_loss(idx, targets)
+        per_site, hold = acct.by_site(), acct.input_hold_bytes()
         del loss
     finally:
         model.set_strategy(saved)
-    return [per_site.get(i, 0) for i in range(len(model.graph))]
+    return [max(per_site.get(i, 0) - hold.get(i, 0), 0) for i in range(len(model.graph))]
 
 
 def _site_flops_bytes(model: GPT, batch: int, seq: int, act_bytes: int) -> list[tuple[float, float]]:
     """Analytic forward (FLOPs, bytes moved) per site: the CPU roofline's inputs."""
+    if hasattr(model, "site_flops_bytes"):  # a wrapped model counts its own sites
+        return model.site_flops_bytes(batch, seq, act_bytes)
     cfg = model.cfg
     n, h, f, v = batch * seq, cfg.n_embd, cfg.mlp_hidden, cfg.vocab_size
     up = 2 * f if cfg.mlp == "swiglu" else f
@@ -139,7 +143,7 @@ def _set_plan(model: GPT, stored: list[bool]) -> None:
 def _forward_backward(model: GPT, idx, targets) -> None:
     """One forward + backward under the model's strategy; gradients dropped (no optimizer step)."""
     with autocast_ctx(idx.device):
-        loss = model(idx, targets)
+        loss = model.step_loss(idx, targets)
     loss.backward()
     del loss
     for p in model.parameters():
@@ -187,7 +191,8 @@ def measure_rebuild_overhead_ms(model: GPT, idx, targets, costs: SiteCosts, step
     import statistics
 
     dev = idx.device
-    cheap = [k.name not in ("attn_norm", "mlp_norm", "mlp_act") for k in model.graph.keys]
+    cheap = ([not c for c in model.cheap_sites()] if hasattr(model, "cheap_sites")  # a wrapped model
+             else [k.name not in ("attn_norm", "mlp_norm", "mlp_act") for k in model.graph.keys])
     counts = rebuild_counts(cheap, costs)
     n_rebuilds = sum(counts)
     if n_rebuilds == 0:
@@ -230,13 +235,15 @@ def build_costs(model: GPT, idx, targets, kind: str = "measured", step_ms: float
     if kind == "uniform":
         return SiteCosts.build(graph, [1.0] * len(graph), [1.0] * len(graph), len(graph), kind)
     if kind == "layer_weighted":
-        # the seed's heuristic: early layers' activations live longest, so they cost more
+        # a heuristic: early layers' activations live longest, so they cost more
         L = max(graph.n_layer, 1)
         depth = [0 if k.layer is None and k.name == "embed" else (L if k.layer is None else k.layer)
                  for k in graph.keys]
         mem = [(L + 1 - d) / (L + 1) for d in depth]
         return SiteCosts.build(graph, mem, [1.0] * len(graph), len(graph), kind)
     if kind == "activation_size":
+        if not hasattr(model, "cfg"):
+            raise ValueError("the activation_size cost model knows DRAT's GPT only; use measured costs")
         an = analytic_site_bytes(model.cfg, batch, seq, act_bytes=act_bytes,
                                  mask_bytes=1 if on_cuda else 4, training=model.training)
         mem = [an[k.name] for k in graph.keys]
@@ -262,8 +269,10 @@ def build_costs(model: GPT, idx, targets, kind: str = "measured", step_ms: float
         costs.rebuild_overhead_ms = c
     if peak_aware is None:
         peak_aware = on_cuda
-    if peak_aware:
-        head = graph.idx(None, "lm_head_loss")
+    # the site that holds the loss's log-probabilities: DRAT's chunked head, or a wrapped model's loss
+    head = next((i for i, k in enumerate(graph.keys)
+                 if k.layer is None and k.name in ("lm_head_loss", "loss")), None)
+    if peak_aware and head is not None:
         saving = measure_peak_saving_bytes(model, idx, targets, head)
         costs.owned_bytes = list(costs.mem_bytes)
         costs.mem_bytes[head] = min(max(saving, 0.0), costs.mem_bytes[head])
@@ -326,7 +335,7 @@ def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, co
     timed on GPU (wall-clock on CPU), and the peak allocated/reserved GiB on GPU (NaN on CPU).
     `compiled` is a torch.compile'd wrapper of `model` to run instead."""
     device = idx.device
-    fwd = compiled if compiled is not None else model
+    fwd = compiled if compiled is not None else model.step_loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     model.zero_grad(set_to_none=True)  # gradients a failed (OOM) step left behind
     gc.collect()  # nothing of the previous row may stay alive into this row's peak
@@ -347,7 +356,7 @@ def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, co
     gc.collect()
     out["step_ms"] = statistics.median(ms)
     out["step_ms_all"] = ms
-    out["gc_paused"] = True  # bench rows without this field were timed with the collector on
+    out["gc_paused"] = True  # a bench row without this field timed its steps with the collector on
     return out
 
 
@@ -367,7 +376,7 @@ def interleaved_step_ms(model: GPT, idx, targets, strategies: list, steps: int =
         for i in range(warmup + steps):
             for k, strategy in enumerate(strategies):
                 model.set_strategy(strategy)
-                t = _timed_step(model, idx, targets, opt)
+                t = _timed_step(model.step_loss, idx, targets, opt)
                 if i >= warmup:
                     times[k].append(t)
         times = [_elapsed_ms(t, device) for t in times]
@@ -407,6 +416,8 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
 def model_flops_per_step(model: GPT, batch: int, seq: int) -> float:
     """6·params·tokens for the matmuls plus causal attention (PaLM appendix B, halved for causality).
     Embedding lookups are not matmuls: an untied input embedding is left out."""
+    if hasattr(model, "flops_per_step"):  # a wrapped model counts its own sites
+        return model.flops_per_step(batch, seq)
     cfg = model.cfg
     n = model.num_params(exclude_positions=True)
     if not cfg.tie_weights:

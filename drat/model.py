@@ -251,6 +251,11 @@ class GPT(nn.Module):
             return self._logits_last(idx)
         return self.strategy.forward(self, idx, targets)
 
+    def step_loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch: what DRAT's profilers and benchmarks call on any model
+        (a wrapped model's `step_loss` picks the loss out of its own outputs)."""
+        return self(idx, targets)
+
     def forward_sites(self, idx, targets, run: Callable = plain_run, block_fn=None) -> torch.Tensor:
         """The forward pass written once for every strategy; strategies pick `run`/`block_fn`."""
         g = self.graph

@@ -27,7 +27,7 @@ Rebuild semantics (the cost model in `costs.py` mirrors them exactly):
   memory saving. The parent is paid again, which is why the expected recompute cost is
   multilinear in the gates rather than a sum.
 
-The hooks run once per *saved tensor*, never per op (DESIGN §3): there is no dispatch mode. A model
+The hooks run once per *saved tensor*, never per op (docs/design.md): there is no dispatch mode. A model
 whose sites are all stored runs without the hooks at all.
 """
 
@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 # The accountant of an enclosing `SavedTensorAccountant`, if any (see accounting.py).
 _ACCOUNTANT: contextvars.ContextVar[Any] = contextvars.ContextVar("drat_accountant", default=None)
@@ -122,7 +123,7 @@ class _Instance:
 
     __slots__ = (
         "site", "fn", "inputs", "input_grad", "autocast", "rng", "slots", "n_packs", "cache", "needs_rng",
-        "internal_ks", "sdp", "versions", "internal_meta",
+        "internal_ks", "sdp", "versions", "internal_meta", "unowned",
     )
 
     def __init__(self, site: int, fn: Callable, needs_rng: bool):
@@ -140,12 +141,13 @@ class _Instance:
         self.sdp: tuple[bool, ...] | None = None
         self.versions: list[tuple[torch.Tensor, int]] = []  # held inputs and weights, at forward
         self.internal_meta: dict[int, tuple] = {}  # k -> (shape, dtype) of the internal at pack
+        self.unowned: set[int] = set()  # storages of inputs that no site produced
 
 
 class _OutRef:
     """A saved view of a recomputed site's output: geometry relative to that output."""
 
-    __slots__ = ("inst", "size", "stride", "offset", "same")
+    __slots__ = ("inst", "size", "stride", "offset", "same", "tref", "version")
 
     def __init__(self, inst: _Instance, t: torch.Tensor, base_offset: int, same: bool):
         self.inst = inst
@@ -153,6 +155,18 @@ class _OutRef:
         self.stride = t.stride()
         self.offset = t.storage_offset() - base_offset
         self.same = same
+        # the saved tensor is not held, but while it lives an in-place change of it must fail as it
+        # would without recomputation (the rebuild would silently use the unchanged values)
+        self.tref = weakref.ref(t)
+        self.version = t._version
+
+    def check_version(self) -> None:
+        t = self.tref()
+        if t is not None and t._version != self.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace "
+                f"operation: a tensor of shape {tuple(self.size)} is at version {t._version}; expected "
+                f"version {self.version} instead (DRAT recomputes it in backward)")
 
     def view_of(self, y: torch.Tensor) -> torch.Tensor:
         if self.same:
@@ -214,11 +228,14 @@ class SiteRuntime:
         self.has_dropout = list(site_has_dropout)
         self.device = device
         self.accountant = active_accountant()
-        # storage data_ptr -> (instance, weakref to the output, storage offset of the output)
-        self._owner: dict[int, tuple[_Instance, weakref.ref, int]] = {}
+        # storage data_ptr -> (instance, weak reference to the output's storage, the output's storage
+        # offset, size and stride). The storage, not the output tensor, decides whether a saved tensor
+        # is the output: a wrapped model passes views of a site's output on and drops the output itself.
+        self._owner: dict[int, tuple[_Instance, StorageWeakRef, int, torch.Size, tuple]] = {}
         self._current: _Instance | None = None
         self._inputs: set[int] = set()  # storages of model inputs (token ids, targets)
         self._weights: dict[int, list[torch.Tensor]] = {}  # id(owner module) -> its parameters
+        self._outrefs: list[_OutRef] = []  # this forward's references to recomputed outputs
         self.rebuilds = [0] * len(self.stored)  # rebuild count per site, for tests and cost checks
         self.live_rebuilt_bytes = 0
         self.peak_rebuilt_bytes = 0
@@ -240,11 +257,22 @@ class SiteRuntime:
         self._weights.clear()
         self._current = None
         self.accountant = None
+        refs, self._outrefs = self._outrefs, []
+        for ref in refs:  # a saved output changed in place later in the forward, and still alive
+            ref.check_version()
 
     def run(self, site: int, fn: Callable, *inputs: torch.Tensor) -> torch.Tensor:
         """Run site `site` as `fn(*inputs)` and register its output."""
         stored = self.stored[site]
         inst = _Instance(site, fn, needs_rng=(not stored) and self.has_dropout[site])
+        # An input that no site produced (a residual add or rotary embedding in a wrapped model) is
+        # owned by no site: saved by this site's ops it stays stored, never this site's internal,
+        # because recomputing this site would need it anyway.
+        for x in inputs:
+            if self._lookup(x) is None:
+                inst.unowned.add(x.untyped_storage().data_ptr())
+        if self.accountant is not None:
+            self.accountant.record_inputs(site, inputs)
         if not stored:
             for x in inputs:
                 inst.inputs.append(self._ref_for_input(x))
@@ -265,7 +293,7 @@ class SiteRuntime:
         finally:
             self._current = prev
         st = y.untyped_storage()
-        self._owner[st.data_ptr()] = (inst, weakref.ref(y), y.storage_offset())
+        self._owner[st.data_ptr()] = (inst, StorageWeakRef(st), y.storage_offset(), y.size(), y.stride())
         if self.accountant is not None and not stored and inst.rng is not None:
             self.accountant.record_extra(site, sum(s.numel() * s.element_size() for s in inst.rng))
         return y
@@ -286,7 +314,7 @@ class SiteRuntime:
         garbage collector cannot see, leaking a whole step when a forward has no backward."""
         ent = self._lookup(x)
         if ent is not None and not self.stored[ent[0].site]:
-            inst, _, base_offset = ent
+            inst, _, base_offset, _, _ = ent
             return _OutRef(inst, x, base_offset, same=False)
         if self.accountant is not None:
             self.accountant.record(x, None if ent is None else ent[0].site)
@@ -294,7 +322,7 @@ class SiteRuntime:
 
     def _lookup(self, t: torch.Tensor):
         ent = self._owner.get(t.untyped_storage().data_ptr())
-        if ent is None or ent[1]() is None:  # unknown, or a freed output whose memory was reused
+        if ent is None or ent[1].expired():  # unknown, or a freed output whose memory was reused
             return None
         return ent
 
@@ -309,16 +337,18 @@ class SiteRuntime:
             return _Kept(t)
         ent = self._lookup(t)
         if ent is not None:
-            inst, yref, base_offset = ent
+            inst, _, base_offset, size, stride = ent
             if self.stored[inst.site]:
                 if self.accountant is not None:
                     self.accountant.record(t, inst.site)
                 return _Kept(t)
             inst.slots += 1
-            y = yref()
-            same = t.size() == y.size() and t.stride() == y.stride() and t.storage_offset() == base_offset
-            return _OutRef(inst, t, base_offset, same)
-        if cur is None or t.untyped_storage().data_ptr() in self._inputs:
+            same = t.size() == size and t.stride() == stride and t.storage_offset() == base_offset
+            ref = _OutRef(inst, t, base_offset, same)
+            self._outrefs.append(ref)
+            return ref
+        ptr = t.untyped_storage().data_ptr()
+        if cur is None or ptr in self._inputs or ptr in cur.unowned:
             if self.accountant is not None:
                 self.accountant.record(t, None)
             return _Kept(t)
@@ -336,6 +366,8 @@ class SiteRuntime:
         if isinstance(ref, _Kept):
             return ref.get()
         inst = ref.inst
+        if isinstance(ref, _OutRef):
+            ref.check_version()
         y, internals, _ = self._own_rebuild(inst)
         out = ref.view_of(y) if isinstance(ref, _OutRef) else internals[ref.k]
         inst.slots -= 1

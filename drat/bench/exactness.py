@@ -16,7 +16,7 @@ Each row is one forward + backward from the same weights and batch, compared wit
 `none`: `loss_equal` (bitwise), `grads_equal` (every parameter's gradient bitwise), and the
 largest absolute gradient difference, so a near miss is told from a real error. With
 `--deterministic`, PyTorch's deterministic algorithms are on for the whole run, strictly (an op
-that has none stops the run with PyTorch's error naming it; see `train.set_deterministic`).
+that has none stops the run with PyTorch's error naming it; see `runtime.set_deterministic`).
 Exit status: 0 every row bitwise equal, 3 some row differs (a measured result), anything else an
 error (then the tables may hold only the rows before it).
 
@@ -44,7 +44,7 @@ def loss_and_grads(model, idx, targets) -> tuple[torch.Tensor, dict[str, torch.T
     """One forward + backward from cleared gradients; the loss and every gradient, detached."""
     model.zero_grad(set_to_none=True)
     with autocast_ctx(idx.device):
-        loss = model(idx, targets)
+        loss = model.step_loss(idx, targets)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)

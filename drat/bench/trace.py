@@ -60,7 +60,7 @@ def profile_steps(model, idx, targets, steps: int = 3, warmup: int = 2) -> dict:
 
     def step():
         with autocast_ctx(dev):
-            loss = model(idx, targets)
+            loss = model.step_loss(idx, targets)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
