@@ -7,10 +7,16 @@ notebooks → paper.
     snakemake --cores all --configfile workflow/config/paper.yaml --config archived=true
                                                                          # figures/tables/PDF from
                                                                          # committed raw results
+    snakemake -n -F --configfile workflow/config/paper.yaml              # every job of the grid
+                                                                         # (-n alone: the out-of-date ones)
 
-Every path comes from the config (`results_dir`, `paper.*`); the rules live in workflow/rules/.
-Compute rules (train, profile, bench, exactness, repeat) are separate from the cheap rules that only read their
+Without --configfile the smoke config is taken; the first line on stderr names the config used.
+Every path comes from the config (`results_dir`, `paper.*`); every derived file, the PDF, figures
+and generated tables included, lands under results_dir (gitignored). The rules live in
+workflow/rules/ and run only the `drat` command and `python -m drat.…` modules. Compute rules
+(train, profile, bench, exactness, repeat) are separate from the cheap rules that only read their
 outputs (aggregate, stats, notebooks, paper), so a figure tweak never retrains anything.
+docs/reproducing.md walks through all of it.
 """
 
 from snakemake.utils import min_version
@@ -26,6 +32,10 @@ include: "workflow/rules/exactness.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/notebooks.smk"
 include: "workflow/rules/paper.smk"
+
+
+onstart:
+    check_latex(workflow.dag)  # LaTeX missing: one line and exit 2 before any job, if the PDF is to be built
 
 
 rule all:

@@ -20,6 +20,7 @@ from .model import GPT, GPTConfig, config_for
 from .oracle import solve_oracle
 from .strategies import SAC, CompiledPlanAC, DRATGates, FullAC, NoneAC, PlanAC, SelectiveAC, make_strategy
 from .train import ResourceAwareTrainer, TrainingConfig
+from .wrap import GatedModel, unwrap, wrap
 
 __version__ = "0.1.0"
 
@@ -27,5 +28,5 @@ __all__ = [
     "GPT", "GPTConfig", "config_for",
     "NoneAC", "FullAC", "SelectiveAC", "SAC", "PlanAC", "DRATGates", "CompiledPlanAC", "make_strategy",
     "SiteCosts", "build_costs", "plan_cost", "GateBank", "fit_gates", "solve_oracle",
-    "saved_activation_bytes", "ResourceAwareTrainer", "TrainingConfig",
+    "saved_activation_bytes", "ResourceAwareTrainer", "TrainingConfig", "wrap", "unwrap", "GatedModel",
 ]

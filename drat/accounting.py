@@ -6,6 +6,14 @@ once), attributed to the site that owns it where DRAT's mechanism knows the owne
 are never counted. The numbers are what is held between forward and backward: read them before
 calling `backward()`.
 
+Besides tensors, what recomputation keeps to replay randomness is counted too: the RNG state of
+a recomputed dropout site (DRAT's mechanism reports it), and the RNG state that every call of
+`torch.utils.checkpoint` (non-reentrant, `preserve_rng_state=True`, the default) stashes for its
+recomputation: the CPU generator's state (5056 bytes) plus the state of each GPU its inputs live
+on. `full`, `selective` and SAC keep one per checkpointed block. These bytes are unowned (key -1
+of `by_site`). `held_bytes_of(idx, targets)` says how much of the total the model's inputs are:
+the embedding keeps the token ids for backward and the loss its targets (2·B·S·8 bytes).
+
 `analytic_site_bytes` is the closed-form count of the same quantities, which the tests compare
 against the measurement (Korthikanti et al. 2022 give ~34·h bytes per token per block in bf16).
 """
@@ -15,6 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+import torch.utils.checkpoint as _checkpoint
 
 from .model import GPTConfig
 from .recompute import _ACCOUNTANT, _Kept, is_parameter, model_state_ptrs
@@ -39,6 +48,7 @@ class SavedTensorAccountant:
     # --- context ------------------------------------------------------------------------
     def __enter__(self):
         self._token = _ACCOUNTANT.set(self)
+        _count_checkpoint_rng(+1)
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
         self._hooks.__enter__()
         return self
@@ -46,6 +56,7 @@ class SavedTensorAccountant:
     def __exit__(self, *exc):
         self._hooks.__exit__(*exc)
         self._hooks = None  # the hooks hold bound methods of self: break the cycle
+        _count_checkpoint_rng(-1)
         _ACCOUNTANT.reset(self._token)
         self._flush_sac()
         for ent in self._seen.values():  # counted: stop pinning the storages
@@ -87,8 +98,14 @@ class SavedTensorAccountant:
                 for site, ins in self._site_inputs.items()}
 
     def record_extra(self, site: int, nbytes: int) -> None:
-        """Bytes a recipe keeps besides tensors (the RNG state of a dropout site)."""
+        """Bytes a recipe keeps besides tensors (the RNG state of a dropout site; -1: unowned)."""
         self._extra[site] += nbytes
+
+    def held_bytes_of(self, *tensors: torch.Tensor) -> int:
+        """Bytes of the storages of `tensors` that the forward kept for backward (e.g. the token ids
+        and targets), part of `total_bytes`."""
+        ptrs = {t.untyped_storage().data_ptr() for t in tensors if t is not None}
+        return sum(self._seen[p][0] for p in ptrs if p in self._seen)
 
     def add_sac_storage(self, storage) -> None:
         self._sac_storages.append(storage)
@@ -125,6 +142,39 @@ class SavedTensorAccountant:
         for site, nbytes in self._extra.items():
             out[site] += nbytes
         return dict(out)
+
+
+def _rng_state_bytes(args) -> int:
+    """What one `torch.utils.checkpoint` call stashes to replay randomness: the CPU generator's state,
+    and that of every GPU a tensor argument lives on (what checkpoint's `get_device_states` takes)."""
+    cpu = torch.get_rng_state()
+    _, states = _checkpoint.get_device_states(*args)
+    return cpu.numel() * cpu.element_size() + sum(s.numel() * s.element_size() for s in states)
+
+
+_ORIGINAL_GENERATOR = getattr(_checkpoint, "_checkpoint_without_reentrant_generator", None)
+_counting_depth = 0
+
+
+def _counting_generator(fn, preserve_rng_state=True, *rest, **kwargs):
+    """torch.utils.checkpoint's non-reentrant set-up, reporting the RNG state it keeps to the
+    active accountant. `rest`: context_fn, determinism_check, debug, early_stop, then fn's args."""
+    acct = _ACCOUNTANT.get()
+    if acct is not None and preserve_rng_state and torch.is_grad_enabled():
+        acct.record_extra(-1, _rng_state_bytes(rest[4:]))
+    return _ORIGINAL_GENERATOR(fn, preserve_rng_state, *rest, **kwargs)
+
+
+def _count_checkpoint_rng(delta: int) -> None:
+    """While an accountant is open, checkpoint calls go through `_counting_generator` (it only
+    counts, and only for a thread whose context has an accountant); the last one closed restores
+    torch's own function. `checkpoint()` looks the generator up in its module at every call."""
+    global _counting_depth
+    if _ORIGINAL_GENERATOR is None:  # a torch without it: the test of this count says so
+        return
+    _counting_depth += delta
+    _checkpoint._checkpoint_without_reentrant_generator = (
+        _counting_generator if _counting_depth > 0 else _ORIGINAL_GENERATOR)
 
 
 def saved_activation_bytes(model, idx: torch.Tensor, targets: torch.Tensor) -> tuple[int, dict[int, int]]:

@@ -117,7 +117,7 @@ def expected_recompute(s: torch.Tensor, T: torch.Tensor, costs: SiteCosts) -> to
 @functools.lru_cache(maxsize=16)
 def _structure(labels: tuple, parents: tuple, instances: tuple) -> tuple[torch.Tensor, ...]:
     """(C, W, n) of `expected_recompute`, built once per site graph: the gates' resource loss runs
-    every training step on the host, and rebuilding these from the labels was half its time.
+    every training step on the host, and rebuilding these from the labels would be half its time.
     Built outside inference mode, whatever the first caller runs under: an inference tensor in
     the cache could never be saved for a later backward."""
     with torch.inference_mode(False):

@@ -6,7 +6,7 @@ straight-through estimator: the forward uses 1[θ/τ + ε > 0], the gradient flo
 value σ(θ/τ + ε). The noise comes from the gate bank's own generator, never from the global RNG, so
 dropout masks stay those of the ungated model.
 
-The objective is DESIGN §1:
+The objective (docs/design.md):
 
     L_total = L_task + Σ_i λ·g_i·M_i + E[recompute time](g)
 
@@ -97,24 +97,25 @@ def resource_loss(s: torch.Tensor, costs: SiteCosts, lam: float | torch.Tensor):
     return lam * mem + t, mem, t
 
 
-class DualAscent:
-    """λ ← max(0, λ + η·(mem − budget)): the seed's "memory pressure adaptation".
+DUAL_ASCENT_ETA = 2.0  # step size of λ per unit of memory overshoot (fraction of store-everything)
 
-    Memory is in the normalised units of `SiteCosts.normalized` (fraction of store-everything)."""
 
-    def __init__(self, budget_frac: float, lam0: float = 0.0, eta: float = 2.0):
-        self.budget_frac = budget_frac
-        self.lam = lam0
-        self.eta = eta
+def dual_ascent(lam: float, mem_frac: float, budget_frac: float, eta: float = DUAL_ASCENT_ETA) -> float:
+    """One step of budget mode's dual ascent: λ ← max(0, λ + η·(mem − budget)).
 
-    def update(self, mem_frac: float) -> float:
-        self.lam = max(0.0, self.lam + self.eta * (mem_frac - self.budget_frac))
-        return self.lam
+    Memory is in the normalised units of `SiteCosts.normalized` (fraction of store-everything). A
+    pure function: whoever runs the loop holds λ (`fit_gates` a local, a training run its
+    `drat.train.gating.GateTraining`), so λ never has two holders that could disagree."""
+    return max(0.0, lam + eta * (mem_frac - budget_frac))
 
 
 @dataclass
 class GateFit:
+    """What `fit_gates` found. Every field is an output: nothing reads a GateFit back into a fit."""
+
     stored: list[bool]
+    # the λ the fit ended at: the λ given (λ mode), or the dual variable's last value (budget mode:
+    # the price of memory at which the gates' plans settled around the budget)
     lam: float
     objective: float  # λ·mem + time of the final hard plan (budget mode: time)
     mem_bytes: float
@@ -153,24 +154,24 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
     gates = gates or GateBank(len(costs), seed=seed)
     opt = torch.optim.Adam(gates.parameters(), lr=lr)
     total = max(costs.total_bytes, 1.0)
-    dual = DualAscent(budget_act_bytes / total, lam0=0.0) if budget_act_bytes is not None else None
+    budget_frac = budget_act_bytes / total if budget_act_bytes is not None else None
+    cur_lam = lam if budget_frac is None else 0.0  # budget mode: λ starts free and dual ascent prices memory
     candidates: dict[tuple[bool, ...], float] = {}  # distinct hard plans the trajectory visited
     history = []
     for step in range(steps):
         gates.set_temperature(anneal_tau(step, steps, tau_start, tau_end))
-        cur_lam = dual.lam if dual else lam
         loss, mem, t = resource_loss(gates.sample_st(), costs, cur_lam)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         stored = [bool(v) for v in gates.hard().tolist()]
         obj, mem_h, t_h = plan_cost(stored, costs, cur_lam)
-        if dual is not None:
-            dual.update(mem_h)
-            candidates[tuple(stored)] = t_h
         history.append({"step": step, "lam": cur_lam, "tau": float(gates.tau), "mem_frac": mem_h,
                         "time_frac": t_h, "n_stored": sum(stored)})
-    if dual is None:
+        if budget_frac is not None:
+            candidates[tuple(stored)] = t_h
+            cur_lam = dual_ascent(cur_lam, mem_h, budget_frac)
+    if budget_frac is None:
         stored = local_search([bool(v) for v in gates.hard().tolist()], costs, lam)  # rounding polish
         obj, mem_h, t_h = plan_cost(stored, costs, lam)
         return GateFit(stored, lam, obj, mem_h * total, t_h, history, _sync_logits(gates, stored))
@@ -189,7 +190,7 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
             best = (c, cand)
     stored = best[1]
     _, mem_h, t_h = plan_cost(stored, costs, 0.0)
-    return GateFit(stored, dual.lam, t_h, mem_h * total, t_h, history, _sync_logits(gates, stored))
+    return GateFit(stored, cur_lam, t_h, mem_h * total, t_h, history, _sync_logits(gates, stored))
 
 
 def budget_to_activation_bytes(budget_gib: float, base_bytes: float) -> float:

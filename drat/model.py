@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .sites import SiteGraph
 from .strategies import NoneAC
+from .validate import POSITIVE_INT
 
 
 @dataclass
@@ -37,6 +38,8 @@ class GPTConfig:
     loss_chunks: int = 8  # the LM head never holds more than 1/loss_chunks of the logits
 
     def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            POSITIVE_INT.check(getattr(self, name), name, ValueError)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.mlp not in ("gelu", "swiglu"):
@@ -65,13 +68,15 @@ NOMINAL_PARAMS: dict[str, float] = {"tiny": 5e6, "small": 50e6, "medium": 150e6,
 
 
 # The model-shape flags of every command, defined here once: (flag, dest, type, help). `dest` is the
-# GPTConfig field a value overrides (`size` picks the named size the others override).
+# GPTConfig field a value overrides (`size` picks the named size the others override); the type is
+# the rule of drat.validate that every command applies to it.
 SHAPE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--size", "size", str, "tiny | small | medium | large"),
-    ("--layers", "n_layer", int, "override the size's number of layers"),
-    ("--hidden", "n_embd", int, "override the size's hidden width"),
-    ("--heads", "n_head", int, "override the size's number of attention heads"),
-    ("--vocab-size", "vocab_size", int, "vocabulary (default: the size's 32000, or the tokenizer's)"),
+    ("--layers", "n_layer", POSITIVE_INT, "override the size's number of layers"),
+    ("--hidden", "n_embd", POSITIVE_INT, "override the size's hidden width"),
+    ("--heads", "n_head", POSITIVE_INT, "override the size's number of attention heads"),
+    ("--vocab-size", "vocab_size", POSITIVE_INT,
+     "vocabulary (default: the size's 32000, or the tokenizer's)"),
 )
 
 

@@ -14,7 +14,9 @@ import torch
 _REPO = Path(__file__).resolve().parent.parent
 
 
-OUTPUT_PATHS = ("results", "paper/generated", "paper/figures")
+# what the pipeline writes: raw results (committed at paper scale) and every derived file, the
+# paper's figures and generated tables included (results/<scale>/paper/, gitignored)
+OUTPUT_PATHS = ("results",)
 
 
 def git_commit() -> tuple[str, bool]:
@@ -28,8 +30,8 @@ def git_commit() -> tuple[str, bool]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
-        # dirty = code that differs from the commit; the pipeline's own committed outputs (raw
-        # results, generated tables and figures) are rewritten while a build runs and do not count
+        # dirty = code that differs from the commit; the pipeline's own outputs under OUTPUT_PATHS
+        # are written while a build runs and do not count
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                                 *(f":(exclude){p}" for p in OUTPUT_PATHS)], cwd=_REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip() != ""

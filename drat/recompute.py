@@ -144,6 +144,12 @@ class _Instance:
         self.unowned: set[int] = set()  # storages of inputs that no site produced
 
 
+def _version_of(t: torch.Tensor) -> int | None:
+    """`t._version`, or None for an inference tensor: it has no version counter, and outside
+    inference mode it cannot be changed in place, so there is nothing to check."""
+    return None if t.is_inference() else t._version
+
+
 class _OutRef:
     """A saved view of a recomputed site's output: geometry relative to that output."""
 
@@ -158,11 +164,11 @@ class _OutRef:
         # the saved tensor is not held, but while it lives an in-place change of it must fail as it
         # would without recomputation (the rebuild would silently use the unchanged values)
         self.tref = weakref.ref(t)
-        self.version = t._version
+        self.version = _version_of(t)
 
     def check_version(self) -> None:
         t = self.tref()
-        if t is not None and t._version != self.version:
+        if t is not None and self.version is not None and t._version != self.version:
             raise RuntimeError(
                 "one of the variables needed for gradient computation has been modified by an inplace "
                 f"operation: a tensor of shape {tuple(self.size)} is at version {t._version}; expected "
@@ -182,10 +188,10 @@ class _Kept:
 
     def __init__(self, t: torch.Tensor):
         self.t = t.detach()
-        self.version = t._version
+        self.version = _version_of(t)
 
     def get(self) -> torch.Tensor:
-        if self.t._version != self.version:
+        if self.version is not None and self.t._version != self.version:
             raise RuntimeError(
                 "one of the variables needed for gradient computation has been modified by an inplace "
                 f"operation: a tensor of shape {tuple(self.t.shape)} is at version {self.t._version}; "
@@ -263,6 +269,10 @@ class SiteRuntime:
 
     def run(self, site: int, fn: Callable, *inputs: torch.Tensor) -> torch.Tensor:
         """Run site `site` as `fn(*inputs)` and register its output."""
+        if not torch.is_grad_enabled():
+            # no_grad or inference_mode: autograd saves nothing, so there is no recipe to record
+            # and no saved tensor to own (inference tensors have no version counter to read)
+            return fn(*inputs)
         stored = self.stored[site]
         inst = _Instance(site, fn, needs_rng=(not stored) and self.has_dropout[site])
         # An input that no site produced (a residual add or rotary embedding in a wrapped model) is
@@ -285,8 +295,8 @@ class SiteRuntime:
             # (autograd skips its own version check when hooks are installed).
             owner = getattr(fn, "__self__", None)
             weights = self._weights_of(owner) if isinstance(owner, torch.nn.Module) else []
-            inst.versions = [(t, t._version) for t in weights] + [
-                (x, x._version) for x in inst.inputs if isinstance(x, torch.Tensor)]
+            inst.versions = [(t, v) for t in weights + [x for x in inst.inputs if isinstance(x, torch.Tensor)]
+                             if (v := _version_of(t)) is not None]
         prev, self._current = self._current, inst
         try:
             y = fn(*inputs)

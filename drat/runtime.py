@@ -103,7 +103,7 @@ def set_deterministic():
     deterministic path only when it is strict; under warn_only they warn and stay
     non-deterministic. Measured on the H200 (results/bench/exactness_small_h200_det_warn_only): with
     warn_only, two identical `none` steps still differed in 49 gradients. An op that has no
-    deterministic implementation now stops the run with PyTorch's error naming it. cuBLAS reads
+    deterministic implementation then stops the run with PyTorch's error naming it. cuBLAS reads
     its workspace setting when its handle is created: set here, before the model touches the GPU."""
     if torch.cuda.is_available() and torch.cuda.is_initialized() \
             and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):

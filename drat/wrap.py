@@ -385,7 +385,11 @@ class GatedModel(nn.Module):
         return mods
 
     def _loss_call(self, idx, targets) -> tuple[tuple, dict]:
-        return ((), {"input_ids": idx, "labels": targets}) if self.hf else ((idx, targets), {})
+        """DRAT's (idx, targets) convention: targets[t] is the token after idx[t], already shifted, so
+        a transformers model gets them as `shift_labels` (its loss would otherwise shift once more)."""
+        if self.hf:
+            return (), {"input_ids": idx, "labels": targets, "shift_labels": targets}
+        return (idx, targets), {}
 
     def step_loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The scalar training loss of a batch, as DRAT's profilers and benchmarks call it."""

@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from drat.accounting import analytic_site_bytes, saved_activation_bytes
 from drat.costs import rebuild_counts
 from drat.measure import build_costs
-from drat.strategies import FullAC, NoneAC, PlanAC
+from drat.strategies import SAC, FullAC, NoneAC, PlanAC, SelectiveAC
 
 from .conftest import make_batch, make_model
 
@@ -179,3 +179,48 @@ def test_recompute_all_rebuilds_each_block_once_and_holds_about_one_block():
     block_bytes = max(sum(b for i, b in per_site.items() if g.keys[i].layer == layer and not stored[i])
                       for layer in range(L))
     assert 0 < rt.peak_rebuilt_bytes <= 1.5 * block_bytes
+
+
+@pytest.mark.parametrize("strategy, regions_per_block", [(FullAC, 1), (SelectiveAC, 1), (SAC, 1)])
+def test_checkpoint_rng_states_are_counted_once_per_checkpointed_block(strategy, regions_per_block):
+    """torch.utils.checkpoint stashes the CPU generator's state (and each input GPU's) per call to
+    replay dropout: the baselines hold it as DRAT's recipes hold theirs, so it is counted."""
+    import torch.utils.checkpoint as checkpoint_module
+
+    from drat.accounting import SavedTensorAccountant
+
+    original = checkpoint_module._checkpoint_without_reentrant_generator
+    model = make_model(dropout=0.1)
+    idx, tgt = make_batch()
+    model.set_strategy(strategy())
+    with SavedTensorAccountant(model) as acct:
+        model(idx, tgt)
+    rng_bytes = torch.get_rng_state().numel()  # uint8: 5056 bytes on the CPU
+    assert acct._extra == {-1: model.cfg.n_layer * regions_per_block * rng_bytes}
+    assert acct.by_site()[-1] >= acct._extra[-1] and acct.total_bytes == sum(acct.by_site().values())
+    assert checkpoint_module._checkpoint_without_reentrant_generator is original  # given back
+    # a checkpoint that keeps no RNG state, or one outside an accountant, adds nothing
+    with SavedTensorAccountant() as acct:
+        x = torch.ones(4, requires_grad=True)
+        checkpoint_module.checkpoint(torch.sin, x, use_reentrant=False, preserve_rng_state=False)
+        checkpoint_module.checkpoint(torch.sin, x, use_reentrant=False)
+    assert acct._extra == {-1: rng_bytes}
+    # DRAT's own plans checkpoint nothing: their RNG states come from the mechanism, per dropout site
+    model.set_strategy(PlanAC(recompute=["mlp_down"]))
+    with SavedTensorAccountant(model) as acct:
+        model(idx, tgt)
+    assert -1 not in acct._extra and sum(acct._extra.values()) == model.cfg.n_layer * rng_bytes
+
+
+def test_the_inputs_held_for_backward_are_reported_apart():
+    """The embedding keeps the token ids and the loss its targets: 2·B·S·8 bytes of the total, the
+    same under every strategy (profile reports them as input_bytes)."""
+    from drat.accounting import SavedTensorAccountant
+
+    model = make_model()
+    idx, tgt = make_batch()
+    for strategy in (NoneAC(), FullAC(), PlanAC(recompute=["mlp_act", "qkv"])):
+        model.set_strategy(strategy)
+        with SavedTensorAccountant(model) as acct:
+            model(idx, tgt)
+        assert acct.held_bytes_of(idx, tgt) == 2 * idx.numel() * 8

@@ -1,6 +1,7 @@
 """Gate decisions under torch.compile: one graph, the same loss and gradients as eager `none`
 (to compiler tolerance: Inductor reorders float arithmetic), and the SAC policy follows the plan."""
 
+import pytest
 import torch
 from torch.utils.checkpoint import CheckpointPolicy
 
@@ -39,6 +40,7 @@ def test_compiled_plan_maps_every_block_op_to_a_site():
     assert all(p == CheckpointPolicy.MUST_SAVE for p, out in decided["qkv"] if out)
 
 
+@pytest.mark.slow  # torch.compile: seconds
 def test_compiled_plan_is_one_graph_and_matches_eager():
     model = make_model(n_layer=2)
     idx, tgt = make_batch()

@@ -169,7 +169,7 @@ def test_budget_floor_excludes_exponential_recompute_chains():
 
 @pytest.mark.parametrize("seed", [74, 252, 277, 278])
 def test_oracle_is_optimal_when_times_are_tiny(seed):
-    """Step-normalised times of ~1e-7 once fooled HiGHS's absolute gap; the objective is rescaled."""
+    """Step-normalised times of ~1e-7 would fool HiGHS's absolute gap; the objective is rescaled."""
     c = synthetic_costs(seed, chunks=2)
     c.step_ms = 1e7  # every T_i becomes ~1e-7 of a step
     budget = 0.5 * c.total_bytes

@@ -1,4 +1,4 @@
-"""drat/gc_control.py: the collector stays out of timed and training steps, on a schedule, and
+"""drat/runtime.py: the collector stays out of timed and training steps, on a schedule, and
 is always handed back as it was found."""
 
 import gc

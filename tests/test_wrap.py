@@ -96,8 +96,8 @@ def loss_and_grads(model, kind, idx, tgt, seed: int = 5):
         loss = model.step_loss(idx, tgt)
     elif kind == "plain":
         loss = model(idx, tgt)
-    else:
-        loss = model(input_ids=idx, labels=tgt).loss
+    else:  # DRAT's targets are already shifted (see GatedModel.step_loss)
+        loss = model(input_ids=idx, labels=tgt, shift_labels=tgt).loss
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -201,7 +201,7 @@ def test_outputs_are_the_models_own():
     gm, ref, idx, tgt = wrapped("gpt2")
     gm.eval(), ref.eval()
     with torch.no_grad():
-        a, b = gm(input_ids=idx, labels=tgt), ref(input_ids=idx, labels=tgt)
+        a, b = gm(input_ids=idx, labels=tgt), ref(input_ids=idx, labels=tgt)  # the user's own call
     assert type(a) is type(b) and torch.equal(a.logits, b.logits) and torch.equal(a.loss, b.loss)
 
 
@@ -271,3 +271,71 @@ def test_wrapping_twice_is_refused():
     gm = wrap(make("plain"), example_inputs=batch())
     with pytest.raises(WrapError, match="already wrapped"):
         wrap(gm)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2"])
+def test_random_plans_are_bitwise_exact_under_bf16_autocast_in_deterministic_mode(kind):
+    from drat.runtime import set_deterministic
+
+    restore = set_deterministic()
+    try:
+        torch.manual_seed(0)
+        model = BUILDERS[kind]().cuda().train()
+        ref = copy.deepcopy(model)
+        idx, tgt = (t.cuda() for t in batch(s=64))
+        gm = wrap(model)
+
+        def run(m):
+            with torch.autocast("cuda", torch.bfloat16):
+                return loss_and_grads(m, kind, idx, tgt)
+
+        want = run(ref)
+        for t in range(4):
+            rnd = random.Random(t)
+            gm.set_strategy(drat.PlanAC(stored=[rnd.random() < 0.5 for _ in range(len(gm.graph))]))
+            assert_bitwise(run(gm), want, f"{kind} bf16 plan {t}")
+    finally:
+        restore()
+
+
+@pytest.mark.slow
+def test_train_hf_resumes_bitwise(tmp_path):
+    from drat.cli import main
+    from drat.train.checkpoint import load_checkpoint
+
+    common = ("train --hf llama --size tiny --layers 2 --hidden 64 --heads 4 --corpus stdlib "
+              "--max-corpus-bytes 200000 --vocab-size 384 --batch-size 4 --seq-len 32 --device cpu "
+              "--lambda 0.5 --eval-every 2 --eval-batches 1 --ckpt-every 2 --dropout 0.1 --no-tensorboard"
+              ).split()
+    assert main(common + ["--steps", "4", "--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--steps", "4", "--out", str(tmp_path / "b"), "--tokenizer",
+                          str(tmp_path / "a" / "tokenizer.json")]) == 0
+    # cut b after step 2: drop its last checkpoint, resume from step 2
+    (tmp_path / "b" / "checkpoints" / "ckpt_0000004.pt").unlink()
+    assert main(["train", "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "ckpt_0000004.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "ckpt_0000004.pt")
+    assert a["config"]["hf"] == "llama"
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # generate samples DRAT's own GPT: a transformers run is refused in one line
+    assert main(["generate", "--ckpt", str(tmp_path / "a" / "checkpoints" / "ckpt_0000004.pt")]) == 2
+
+
+def test_profile_and_frontier_take_a_transformers_model(tmp_path, capsys):
+    import json
+
+    from drat.cli import main
+
+    shape = ["--hf", "llama", "--layers", "2", "--hidden", "64", "--heads", "4", "--vocab-size", "256",
+             "--seq-len", "32", "--batch-size", "2", "--device", "cpu"]
+    assert main(["profile", *shape, "--point", "drat-lam5", "--steps", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["hf"] == "llama" and any(s["decision"] == "recompute" for s in out["sites"])
+    assert main(["bench", "frontier", *shape, "--steps", "2", "--warmup", "1", "--lambdas", "5",
+                 "--only", "unwrapped,none,hf-checkpointing,drat-lam", "--out", str(tmp_path)]) == 0
+    rows = {r["name"]: r for r in json.loads((tmp_path / "frontier.json").read_text())["rows"]}
+    assert set(rows) == {"unwrapped", "none", "hf-checkpointing", "drat-lam5.0"}
+    assert rows["drat-lam5.0"]["saved_activation_bytes"] < rows["none"]["saved_activation_bytes"]
+    assert rows["none"]["saved_activation_bytes"] == rows["unwrapped"]["saved_activation_bytes"]
+    assert main(["profile", *shape[:-2], "--hf", "mistral", "--device", "cpu"]) == 2

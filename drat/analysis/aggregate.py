@@ -63,8 +63,8 @@ class AggregateError(RuntimeError):
 def step_spread(step_ms_all) -> dict:
     """How far one row's timed steps spread: the 10th and 90th percentile step (ms) and their
     distance as % of the median. On the H200, rows that recompute spread by tens of percent within
-    the row while store-all rows hold within a few (session 7), so a median alone hides how much
-    two rows' difference can be trusted."""
+    the row while store-all rows hold within a few percent, so a median alone hides how much two
+    rows' difference can be trusted."""
     if not step_ms_all:
         return {}
     steps = list(step_ms_all) * (2 if len(step_ms_all) == 1 else 1)  # quantiles needs two points
@@ -104,7 +104,7 @@ def _median(xs: list[float]) -> float:
 
 
 def cut_off(path: Path) -> bool:
-    """A job killed mid-way leaves `<output>.incomplete` (workflow/scripts/jobs_to_script.py):
+    """A job killed mid-way leaves `<output>.incomplete` (the scripts of drat/analysis/jobs.py):
     its output may hold only part of the rows."""
     return Path(str(path) + ".incomplete").exists()
 

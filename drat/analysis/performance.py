@@ -6,9 +6,13 @@ the committed bench results (never typed).
 Every `drat bench` output under `results/bench/h200/` (`frontier.json`, `capacity.json`,
 `trace.json`) and the paper's one-process benches under `results/paper/bench/` become one section
 each: the command that makes it (rebuilt from the JSON's meta and its row names), its folder, its
-provenance (device, torch, commit, read from the JSON) and its rows. Every ratio is taken against
-the `none` row of the same process, and every row shows how far its own timed steps spread
-(p10 to p90 of `step_ms_all`, as % of the median). Figures go to `figures/` next to `--out`.
+provenance (device, torch, commit, read from the JSON) and its rows. A frontier of a transformers
+model wrapped by `drat.wrap` (`--hf`; its meta's config has `hf`) also gets its targets, computed
+from the rows: whether DRAT's plans dominate transformers' own checkpointing, what the wrapping
+costs against the `unwrapped` model, how close each budget row's peak came to its budget, and how
+much of the stored activations no site owns. Every ratio is taken against the `none` row of the
+same process, and every row shows how far its own timed steps spread (p10 to p90 of
+`step_ms_all`, as % of the median). Figures go to `figures/` next to `--out`.
 `tests/analysis/test_performance.py` regenerates both files and compares them with the committed
 ones, so neither can drift from the data.
 """
@@ -33,7 +37,8 @@ MINUS = "\u2212"
 # `drat bench` defaults the command lines are rebuilt against (tests hold them to the parsers')
 FRONTIER_DEFAULTS = {"lambdas": (0.05, 0.2, 0.5, 1.0, 2.0, 5.0),
                      "compiled_lambdas": (0.0, 0.2, 0.5, 1.0, 2.0, 5.0),
-                     "compile_budgets": (1.0, 0.5, 0.2), "peak_cuts": (0.45,), "steps": 12}
+                     "compile_budgets": (1.0, 0.5, 0.2), "peak_cuts": (0.45,), "steps": 12,
+                     "warmup": 3}
 BUDGET_FRACS = (0.25, 0.5, 0.75)  # run_frontier's budget_fracs (no flag)
 CAPACITY_DEFAULTS = {"strategies": ("none", "full", "compile-budget0.5", "drat"), "cap_gib": 40.0,
                      "steps": 10}
@@ -46,6 +51,9 @@ class Entry:
 
     title: str
     shows: str
+    # warm-up steps a row ran before its timed ones, where the JSON's meta does not record them
+    # (`--warmup`; the meta's own "warmup" wins where it has one)
+    warmup: int = FRONTIER_DEFAULTS["warmup"]
 
 
 _FRONTIER_EAGER = Entry(
@@ -111,6 +119,15 @@ CATALOGUE: dict[str, Entry] = {
         "largest batch under 40 GiB, with full AC",
         _CAPACITY + " `none`, DRAT and `full`. DRAT's search here starts from the cost model's "
                     "activation floor: the meta's `drat_reference` has no measured `floor_plan_peaks`."),
+    "llama-1b-s4096-b6/frontier": Entry(
+        "eager frontier, a wrapped transformers model",
+        "A random-init Hugging Face Llama wrapped by `drat.wrap`, every eager strategy in one process: "
+        "`unwrapped` (the model before `drat.wrap`), `none`, `full`, `selective`, `sac`, "
+        "`hf-checkpointing` (transformers' own `gradient_checkpointing_enable()`), DRAT with every gate "
+        "on store, DRAT's λ sweep, and budget plans at ¼, ½ and ¾ of the activations beside the "
+        "oracle's plan on the same cost table, each pair also timed in alternating steps. No compiled "
+        "rows: the compiled plans run DRAT's own GPT only.",
+        warmup=2),
 }
 PAPER_ENTRY = Entry(
     "the paper's bench",
@@ -238,8 +255,17 @@ def discover(root: Path) -> list[Bench]:
 # --------------------------------------------------------------------------- the command line
 
 
+def wrapped(cfg: dict) -> bool:
+    """A transformers model wrapped by `drat.wrap` (`--hf`), not DRAT's own GPT."""
+    return bool(cfg.get("hf"))
+
+
 def model_flags(cfg: dict, seq_len: int) -> list[str]:
-    """--size and the overrides that rebuild `cfg` (bench_model: block_size = max(S, the size's))."""
+    """--size and the overrides that rebuild `cfg` (bench_model: block_size = max(S, the size's));
+    for a wrapped transformers model, --hf and its four shape flags (every one given: no --size)."""
+    if wrapped(cfg):
+        return ["--hf", cfg["hf"], "--layers", str(cfg["n_layer"]), "--hidden", str(cfg["n_embd"]),
+                "--heads", str(cfg["n_head"]), "--vocab-size", str(cfg["vocab_size"])]
     fields = ("n_layer", "n_head", "n_embd")
     candidates = [s for s, c in SIZES.items() if max(seq_len, c.block_size) == cfg["block_size"]]
     size = max(candidates, key=lambda s: (sum(getattr(SIZES[s], f) == cfg[f] for f in fields),
@@ -259,18 +285,43 @@ def _lams(rows, prefix: str, key: str = "lam") -> list[float]:
     return [r[key] for r in rows if r["name"].startswith(prefix) and r["name"][len(prefix):][:1].isdigit()]
 
 
+def feasible_floor_gib(b: Bench) -> float | None:
+    """The lowest peak budget a plan can be made for (run_frontier's base: `none`'s peak less the
+    cost table's stored activations); a cut whose target lies below it is skipped, no row."""
+    costs, none = b.meta.get("costs"), b.none
+    if not costs or none is None:
+        return None
+    return none["peak_gib"] - sum(costs["mem_bytes"]) / 2**30
+
+
+def skipped_cuts(b: Bench) -> list[tuple[float, float]]:
+    """(cut, target GiB) of the default peak cuts below the feasible floor, where the folder has no
+    cut rows: run_frontier skipped them (budget infeasible), so no row was left to name them."""
+    floor = feasible_floor_gib(b)
+    if floor is None or any(re.fullmatch(r"(drat|oracle)(-compiled)?-cut\d+", r["name"]) for r in b.rows):
+        return []
+    targets = [(c, (1 - c) * b.none["peak_gib"]) for c in FRONTIER_DEFAULTS["peak_cuts"]]
+    return targets if all(t < floor for _, t in targets) else []
+
+
 def _frontier_args(b: Bench) -> list[str]:
     rows, names = b.rows, [r["name"] for r in b.rows]
     present = set(names)
+    hf = wrapped(b.meta["config"])  # no compiled rows: run_frontier compiles DRAT's GPT only
     lams = _lams(rows, "drat-lam")
     clams = _lams(rows, "drat-compiled-lam")
     cbudgets = _lams(rows, "compile-budget", "budget_gib")
     cut_rows = (n for n in names if re.fullmatch(r"(drat|oracle)(-compiled)?-cut\d+", n))
     cuts = sorted({int(n.rsplit("cut", 1)[1]) / 100 for n in cut_rows})
+    skipped = skipped_cuts(b)
+    if skipped:  # the defaults, all below the floor: asked for, no rows
+        cuts = [c for c, _ in skipped]
     labels = [f"budget{f}" for f in BUDGET_FRACS] + [f"cut{round(c * 100)}" for c in cuts]
     compiled_targets = any(re.match(r"(drat|oracle)-compiled-(budget|cut)", n) for n in names)
-    families: list[tuple[str, list[str]]] = [(n, [n]) for n in ("none", "full", "selective", "sac",
-                                                                 "drat-store-all")]
+    baselines = ("none", "full", "selective", "sac", "drat-store-all")
+    if hf:
+        baselines = ("unwrapped", "none", "full", "selective", "sac", "hf-checkpointing", "drat-store-all")
+    families: list[tuple[str, list[str]]] = [(n, [n]) for n in baselines]
     families += [("drat-lam", [f"drat-lam{x}" for x in lams])]
     for kind in ("drat", "oracle"):
         families += [(f"{kind}-budget", [f"{kind}-{lab}" for lab in labels if lab.startswith("budget")])]
@@ -283,11 +334,17 @@ def _frontier_args(b: Bench) -> list[str]:
     families += [("compile-budget", [f"compile-budget{x}" for x in cbudgets])]
     expected = {n for fam, members in families for n in members
                 if compiled_targets or not re.match(r"(drat|oracle)-compiled-(budget|cut)", n)}
+    if hf:
+        expected = {n for n in expected if "compile" not in n}
+    if skipped:
+        expected = {n for n in expected if not re.fullmatch(r"(drat|oracle)(-compiled)?-cut\d+", n)}
 
     def listed(flag, values, default):
         return [flag, fmt_list(values)] if tuple(values) != tuple(default) else []
 
     d = FRONTIER_DEFAULTS
+    if expected == present and lams and hf:  # no compiled rows to list
+        return listed("--lambdas", lams, d["lambdas"]) + listed("--peak-cuts", cuts, d["peak_cuts"])
     if expected == present and lams:  # the whole default row set, on these lists: no --only
         args = (listed("--lambdas", lams, d["lambdas"])
                 + listed("--compiled-lambdas", clams, d["compiled_lambdas"])
@@ -326,6 +383,8 @@ def command(b: Bench, out: str | None = None) -> str:
         parts += ["--batch-size", str(m["batch_size"]), "--device", device]
         if steps and steps != FRONTIER_DEFAULTS["steps"]:
             parts += ["--steps", str(steps)]
+        if warmup_steps(b) != FRONTIER_DEFAULTS["warmup"]:
+            parts += ["--warmup", str(warmup_steps(b))]
         parts += _frontier_args(b)
     elif b.stem == "capacity":
         parts += ["--device", device]
@@ -351,7 +410,31 @@ def command(b: Bench, out: str | None = None) -> str:
 # --------------------------------------------------------------------------- provenance and model
 
 
+HF_NAMES = {"llama": "Llama", "gpt2": "GPT-2", "qwen2": "Qwen2"}
+
+
+def warmup_steps(b: Bench) -> int:
+    """Warm-up steps before each row's timed ones: the meta's, else the catalogue's, else the default."""
+    return b.meta.get("warmup", b.entry.warmup if b.entry else FRONTIER_DEFAULTS["warmup"])
+
+
+def _vocab(v: int) -> str:
+    return f"{v // 1000}k" if v % 1000 == 0 else f"{v:,}"
+
+
 def describe_model(cfg: dict, params: int | None) -> str:
+    if wrapped(cfg):
+        name = HF_NAMES.get(cfg["hf"], cfg["hf"])
+        arch = f"`{cfg['model']}`, " if cfg.get("model") else ""
+        version = f"transformers {cfg['transformers_version']}, " if cfg.get("transformers_version") else ""
+        kv = cfg.get("num_key_value_heads")
+        heads = f"{cfg['n_head']} heads" + (f" ({kv} key/value)" if kv and kv != cfg["n_head"] else "")
+        mlp = f", MLP width {cfg['intermediate_size']}" if cfg.get("intermediate_size") else ""
+        tied = cfg.get("tie_word_embeddings")
+        emb = "" if tied is None else f", {'tied' if tied else 'untied'} embeddings"
+        s = (f"{name} ({arch}{version}random init, wrapped by `drat.wrap`), {cfg['n_layer']} layers, "
+             f"h={cfg['n_embd']}, {heads}{mlp}, {_vocab(cfg['vocab_size'])} vocabulary{emb}")
+        return s + (f"; {params / 1e6:.0f}M parameters" if params else "")
     s = (f"{cfg['n_layer']} layers, h={cfg['n_embd']}, {cfg['n_head']} heads, vocabulary "
          f"{cfg['vocab_size']:,}, {'tied' if cfg.get('tie_weights', True) else 'untied'} embeddings")
     return s + (f"; {params / 1e6:.1f}M parameters" if params else "")
@@ -381,7 +464,7 @@ def details(b: Bench) -> list[str]:
     timing = []
     if steps:
         timing.append(f"median of {'/'.join(str(s) for s in sorted(steps))} CUDA-event-timed steps per row "
-                      "after 3 warm-up steps")
+                      f"after {warmup_steps(b)} warm-up steps")
     elif b.stem == "trace":
         timing.append(f"median of the timed steps per row; {m.get('trace_steps', 3)} more steps under "
                       "`torch.profiler`")
@@ -498,8 +581,8 @@ TRACE_HEADER = ["row", "step ms", "step vs none", "GPU busy ms", "GPU busy", "ke
                 "sites recomputed"]
 
 
-KEY_ROWS = ("full", "sac", "drat-store-all", "drat-cut45", "oracle-cut45", "drat-compiled-lam0.0",
-            "compile-budget1.0", "drat-compiled-lam0.2", "compile-budget0.5")
+KEY_ROWS = ("unwrapped", "full", "hf-checkpointing", "sac", "drat-store-all", "drat-cut45", "oracle-cut45",
+            "drat-compiled-lam0.0", "compile-budget1.0", "drat-compiled-lam0.2", "compile-budget0.5")
 
 
 def _span(xs: list[float]) -> str:
@@ -546,10 +629,139 @@ def headline(b: Bench) -> str:
     return "; ".join(out) + "." if out else ""
 
 
+# --------------------------------------------------------------------------- a wrapped model's targets
+
+WITHIN_PCT = 2.0  # the wrapped store-all plan's step against the unwrapped model's; a peak's over its budget
+# the tensors made between a family's sites (outputs of no site, so never recomputed)
+BETWEEN_SITES = {"llama": "the residual stream, the rotary-embedded q and k, the SwiGLU product",
+                 "qwen2": "the residual stream, the rotary-embedded q and k, the SwiGLU product"}
+
+
+def spread_frac(r: dict) -> float:
+    """A row's p10–p90 step width as a fraction of its median (0 without timed steps)."""
+    s = step_spread(r.get("step_ms_all"))
+    return s["step_spread_pct"] / 100 if s else 0.0
+
+
+def beyond_spread(a: dict, b: dict) -> bool:
+    """Whether a's step differs from b's by more than the wider of the two rows' p10–p90 widths."""
+    return abs(a["step_ms"] / b["step_ms"] - 1) > max(spread_frac(a), spread_frac(b))
+
+
+def unowned_share(b: Bench) -> float | None:
+    """The share of `none`'s saved activation bytes that no site owns: 1 − Σ owned / none's saved."""
+    costs, none = b.meta.get("costs"), b.none
+    if not costs or none is None or not none.get("saved_activation_bytes"):
+        return None
+    owned = costs.get("owned_bytes") or costs["mem_bytes"]
+    return 1 - sum(owned) / none["saved_activation_bytes"]
+
+
+def _beyond(a: dict, b: dict) -> str:
+    """Whether a's step difference from b's exceeds the rows' spread, in words, with that spread."""
+    width = 100 * max(spread_frac(a), spread_frac(b))
+    return f"{'beyond' if beyond_spread(a, b) else 'within'} the rows' spread of {width:.1f}%"
+
+
+def _names(rows: list[dict]) -> str:
+    return ", ".join(f"`{r['name']}`" for r in rows)
+
+
+def targets(b: Bench) -> list[str]:
+    """A wrapped model's targets, computed from its rows: DRAT against `hf-checkpointing`, the
+    wrapped store-all plan against `unwrapped`, each budget row's peak against its budget, and the
+    share of the stored activations no site owns. A step difference counts only beyond the wider
+    of the two rows' p10–p90 widths."""
+    if not wrapped(b.meta["config"]) or b.stem != "frontier":
+        return []
+    out = []
+    drat = [r for r in b.rows if r["name"].startswith("drat-")]
+    hf = b.row("hf-checkpointing")
+    if hf and drat:
+        # the fastest of the rows that keep the least (λ rows can settle on one plan's peak)
+        least = min(drat, key=lambda r: (r["peak_gib"], r["step_ms"]))
+        ties = [r for r in drat if r["peak_gib"] == least["peak_gib"]]
+        # at hf-checkpointing's peak (or under it), faster beyond the spread; at its step time (or
+        # faster, or not slower beyond the spread), less memory
+        faster = [r for r in drat if r["peak_gib"] <= hf["peak_gib"] and r["step_ms"] < hf["step_ms"]
+                  and beyond_spread(r, hf)]
+        leaner = [r for r in drat if r["peak_gib"] < hf["peak_gib"]
+                  and (r["step_ms"] <= hf["step_ms"] or not beyond_spread(r, hf))]
+        at_peak = f"faster: {_names(faster)}" if faster else "no DRAT row is faster"
+        at_step = f"less memory: {_names(leaner)}" if leaner else "no DRAT row keeps less memory"
+        tie = f" (the fastest of {len(ties)} at that peak)" if len(ties) > 1 else ""
+        verdict = "dominate" if faster or leaner else "do not dominate"
+        out.append(
+            f"- DRAT's eager plans {verdict} `hf-checkpointing` ({num(hf['peak_gib'])} GiB, "
+            f"{num(hf['step_ms'], 1)} ms): at its peak {at_peak}; at its step time {at_step}. "
+            f"DRAT's least-memory row, `{least['name']}`{tie}, peaks at "
+            f"{num(least['peak_gib'])} GiB against {num(hf['peak_gib'])} "
+            f"({pct(ratio(least['peak_gib'], hf['peak_gib']))}) and steps in {num(least['step_ms'], 1)} ms "
+            f"against {num(hf['step_ms'], 1)} ({pct(ratio(least['step_ms'], hf['step_ms']))}, "
+            f"{_beyond(least, hf)}).")
+    raw = b.row("unwrapped")
+    if raw:
+        cells = []
+        for name in ("drat-store-all", "none"):
+            r = b.row(name)
+            if r is None:
+                continue
+            d = ratio(r["step_ms"], raw["step_ms"])
+            within = abs(d) <= WITHIN_PCT / 100
+            cells.append(f"`{name}` {num(r['step_ms'], 1)} ms, {pct(d)}: "
+                         f"{'within' if within else 'not within'} {WITHIN_PCT:g}% and {_beyond(r, raw)}")
+        if cells:
+            out.append(f"- the wrapped store-all plans against `unwrapped` ({num(raw['step_ms'], 1)} ms, "
+                       f"{num(raw['peak_gib'])} GiB): " + "; ".join(cells) + ".")
+    budget = [r for r in b.rows if "budget_trace" in r]
+    if budget:
+        over = [ratio(r["peak_gib"], r["budget_gib"]) for r in budget]
+        ok = all(o <= WITHIN_PCT / 100 for o in over)
+        line = ("- budget rows, peak against budget: "
+                + ", ".join(f"`{r['name']}` {num(r['peak_gib'])}/{num(r['budget_gib'])} GiB ({pct(o)})"
+                            for r, o in zip(budget, over))
+                + f"; {'every one' if ok else 'not every one'} within +{WITHIN_PCT:g}%.")
+        skipped = skipped_cuts(b)
+        if skipped:
+            cuts = ", ".join(f"{MINUS}{100 * c:g}% of `none`'s peak ({t:.2f} GiB)" for c, t in skipped)
+            line += (f" No row for {cuts}: below the feasible floor of {feasible_floor_gib(b):.2f} GiB "
+                     "(`none`'s peak less the cost table's stored activations), where budget mode makes "
+                     "no plan")
+            lowest = min((r["peak_gib"] for r in b.rows if r["name"].startswith("drat-")), default=None)
+            if lowest is not None:
+                above = all(lowest > t for _, t in skipped)
+                line += (f"; DRAT's lowest measured peak, {num(lowest)} GiB, is "
+                         f"{'above' if above else 'not above'} that target too")
+            line += "."
+        out.append(line)
+    share = unowned_share(b)
+    if share is not None:
+        between = BETWEEN_SITES.get(b.meta["config"]["hf"], "the residual stream")
+        key = "owned_bytes" if b.meta["costs"].get("owned_bytes") else "mem_bytes"
+        out.append(f"- unowned: {100 * share:.0f}% of `none`'s saved activation bytes "
+                   f"({b.none['saved_activation_bytes'] / 2**30:.2f} GiB) belong to no site (1 − the sum of "
+                   f"the cost table's `{key}` over `none`'s `saved_activation_bytes`). Bytes made between "
+                   f"sites ({between}) are always stored, which bounds what a site-level plan can save.")
+        saved = b.none["saved_activation_bytes"]
+        kept = [r for r in b.rows if r["name"].startswith("drat-") and r.get("saved_activation_bytes")]
+        least = min(kept, key=lambda r: r["saved_activation_bytes"], default=None)
+        if least is not None and least["saved_activation_bytes"] < share * saved:
+            # a plan keeping less than the unowned bytes kept only part of them: the share is a
+            # loose bound (the cost table counts fewer bytes per site than a recompute frees)
+            low = least["saved_activation_bytes"]
+            out[-1] += (f" That share is not a floor on what a plan keeps: `{least['name']}` keeps "
+                        f"{low / 2**30:.2f} GiB ({100 * low / saved:.0f}% of `none`'s), so at least "
+                        f"{(share * saved - low) / 2**30:.2f} GiB of the bytes the cost table leaves unowned "
+                        "were not kept under that plan.")
+    return ["Targets (computed from the rows; a step difference counts only beyond the wider p10–p90 "
+            "width of the two rows):", "", *out] if out else []
+
+
 def section(b: Bench) -> str:
     key = "- key numbers" + (" (ratios against `none` of this process): " if b.none else ": ")
+    tg = targets(b)
     parts = [f"### {b.heading}", "", b.entry.shows if b.entry else "", "", *details(b),
-             *([key + headline(b)] if headline(b) else []), ""]
+             *([key + headline(b)] if headline(b) else []), "", *(tg + [""] if tg else [])]
     if b.stem == "frontier":
         parts.append(md_table(FRONTIER_HEADER, frontier_rows(b)))
         budget = budget_rows(b)
@@ -572,6 +784,17 @@ FIGURES = {"s2048": "figures/peak-vs-step-s2048.png", "paper": "figures/peak-vs-
            "capacity": "figures/capacity-large-s4096.png"}
 
 
+def wrapped_figure(b: Bench) -> str:
+    """A wrapped model's own figure (its S and B differ from the S=2048 figure's): named by its
+    model folder less the -s<S>-b<B> suffix."""
+    return f"figures/peak-vs-step-{re.sub(r'-s[0-9]+(-b[0-9]+)?$', '', b.model_dir)}.png"
+
+
+def _wrapped_frontiers(benches: list[Bench]) -> list[Bench]:
+    return [b for b in benches if b.stem == "frontier" and not b.key.startswith("paper-")
+            and wrapped(b.meta["config"])]
+
+
 def _family(name: str) -> tuple[str, str]:
     if name.startswith("compile-budget"):
         return "torch.compile budget", "C4"
@@ -586,7 +809,29 @@ def _family(name: str) -> tuple[str, str]:
     return "baseline", "C0"
 
 
-_UNLABELLED = re.compile(r"oracle-.*|drat-store-all|drat-lam0\.05|drat-compiled-lam0\.0")  # on top of others
+# drawn on top of another row's point: no label of their own
+_UNLABELLED = re.compile(r"oracle-.*|drat-store-all|drat-lam0\.05|drat-compiled-lam0\.0|unwrapped")
+
+
+def _unstack(fig, step: float = 7.0, tries: int = 3) -> None:
+    """Move a row's label down (in steps of `step` points) while it overlaps an earlier one: rows
+    at one peak and near one step time (λ rows that settle on one plan, `full` and its twin) stay
+    readable. After the layout: the labels' places on the canvas are final then."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        _unstack_axes(ax, renderer, step, tries)
+
+
+def _unstack_axes(ax, renderer, step: float, tries: int) -> None:
+    placed = []
+    for a in ax.texts:
+        for _ in range(tries):
+            box = a.get_window_extent(renderer)
+            if not any(box.overlaps(p) for p in placed):
+                break
+            a.xyann = (a.xyann[0], a.xyann[1] - step)
+        placed.append(a.get_window_extent(renderer))
 
 
 def _peak_vs_step(ax, benches: list[Bench], title: str) -> None:
@@ -616,6 +861,7 @@ def _peak_vs_step(ax, benches: list[Bench], title: str) -> None:
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
+    _unstack(fig)
     fig.savefig(path, dpi=130, metadata={"Software": None})
 
 
@@ -625,7 +871,8 @@ def write_figures(benches: list[Bench], figures_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frontier = [b for b in benches if b.stem == "frontier" and not b.key.startswith("paper-")]
+    frontier = [b for b in benches if b.stem == "frontier" and not b.key.startswith("paper-")
+                and not wrapped(b.meta["config"])]
     models = list(dict.fromkeys(b.model_dir for b in frontier))
     if models:
         fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5.5), squeeze=False)
@@ -634,6 +881,13 @@ def write_figures(benches: list[Bench], figures_dir: Path) -> None:
             _peak_vs_step(ax, group, f"{model}: " + " and ".join(f"{b.key.split('/')[1]}/" for b in group)
                           + " (two processes)")
         _save(fig, figures_dir / Path(FIGURES["s2048"]).name)
+        plt.close(fig)
+    for b in _wrapped_frontiers(benches):
+        fig, ax = plt.subplots(figsize=(6.5, 5.0))
+        _peak_vs_step(ax, [b], f"{b.key}/: {HF_NAMES.get(b.meta['config']['hf'], b.meta['config']['hf'])} "
+                               f"wrapped by drat.wrap, S={b.meta['seq_len']}, B={b.meta['batch_size']} "
+                               "(one process)")
+        _save(fig, figures_dir / Path(wrapped_figure(b)).name)
         plt.close(fig)
     paper = [b for b in benches if b.key.startswith("paper-")]
     if paper:
@@ -684,7 +938,9 @@ How to read the tables:
   peak budget `none`'s peak less (1 − f) of `none`'s stored activations; `drat-cut45` a budget
   45% below `none`'s peak; `oracle-*` the exact ILP's plan for the same target on the same cost
   table; `*-compiled-*` the plan run as SAC policies under `torch.compile`; `compile-budget<b>`
-  plain `torch.compile` with `activation_memory_budget=b`.
+  plain `torch.compile` with `activation_memory_budget=b`. Where a transformers model is wrapped
+  by `drat.wrap`: `unwrapped` the model before wrapping, `hf-checkpointing` transformers' own
+  `gradient_checkpointing_enable()`.
 - The folder index, with what each folder shows: `results/bench/README.md`. The paper's raw
   data: `results/paper/README.md`.
 """
@@ -711,8 +967,11 @@ def render(benches: list[Bench]) -> str:
     for g, bs in groups.items():
         out.append(f"- {g}: " + ", ".join(f"[{_link_text(b)}](#{slug(b.heading)})" for b in bs))
     out += ["", "## Figures", ""]
-    if any(not b.key.startswith("paper-") and b.stem == "frontier" for b in benches):
+    if any(not b.key.startswith("paper-") and b.stem == "frontier" and not wrapped(b.meta["config"])
+           for b in benches):
         out += [f"![peak GiB against step ms, S=2048]({FIGURES['s2048']})", ""]
+    for b in _wrapped_frontiers(benches):
+        out += [f"![peak GiB against step ms, {b.model_dir}, wrapped by drat.wrap]({wrapped_figure(b)})", ""]
     if any(b.stem == "capacity" for b in benches):
         out += [f"![largest batch and tokens/s under a 40 GiB cap]({FIGURES['capacity']})", ""]
     if any(b.key.startswith("paper-") for b in benches):

@@ -1,7 +1,7 @@
 """The plain sentences of the paper's "Where DRAT wins, and where it does not": per benched size,
 DRAT against `full` and against each `torch.compile` memory budget, decided from the one-process
 bench rows (`results/paper/tables/bench.csv`). Imported by notebooks/tables.py; a module of its own
-so that tests/test_verdicts.py can hold every sentence to the rows it is decided from."""
+so that tests/analysis/test_verdicts.py can hold every sentence to the rows it is decided from."""
 
 from __future__ import annotations
 

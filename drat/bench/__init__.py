@@ -4,7 +4,7 @@
     drat bench capacity     the largest batch each strategy fits under a memory cap
     drat bench trace        where a step's time goes (kernels, rebuilds, idle GPU)
     drat bench exactness    losses and gradients of every plan against `none`, bit for bit
-    drat profile            one strategy: what it keeps for backward (and on CUDA its peak and time)
+    drat profile            one plan: what it keeps for backward, its step time (on CUDA its peak)
 """
 
 from .capacity import add_capacity_parser, run_capacity

@@ -1,6 +1,6 @@
 """`drat bench capacity`: the largest batch each strategy fits under a memory cap, and its speed.
 
-The long-context question of the performance issue: on a 40 GiB card, how many sequences of
+The long-context question: on a 40 GiB card, how many sequences of
 S=4096 does `large` train per step under `none`, `full`, compile-budget 0.5 and DRAT, and how
 many tokens/s does each then reach? More memory headroom only matters if it buys throughput.
 
@@ -36,6 +36,7 @@ from ..oracle import activation_floor_bytes, solve_oracle
 from ..provenance import provenance
 from ..runtime import autocast_ctx
 from ..strategies import DRATGates, FullAC, NoneAC, PlanAC
+from ..validate import POSITIVE, POSITIVE_INT
 from .common import (
     add_model_args,
     bench_model,
@@ -225,7 +226,7 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
             ref = _drat_reference(model, cfg, seq_len, dev, none_probes)
             # the guess: where the least-memory plan's *measured* peak line meets the cap. The
             # cost model's floor leaves out what a rebuild holds while it runs, which grows with
-            # the batch: in session 5 it guessed B=83 for a largest fit of 19 (large, S=4096)
+            # the batch: on the H200 (large, S=4096) it guessed B=83 for a largest fit of 19
             floor_plan = PlanAC(stored=_floor_plan(ref["costs"]))
             model.set_strategy(floor_plan)
             ref["floor_plan_peaks"] = {b: peak_bytes(b) for b in (1, 2)}
@@ -304,8 +305,9 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
                 torch.cuda.set_per_process_memory_fraction(1.0, dev.index or 0)
                 try:
                     # shrink-only (grow_below=None): what a plan leaves under the cap absorbs the
-                    # allocator's fragmentation (session 6: plans for B=25–43 peaked 38.2–39.5 GiB
-                    # here, with the cap lifted, and each then ran out of the 40 GiB in its probe)
+                    # allocator's fragmentation (measured on the H200, large, S=4096: plans for
+                    # B=25–43 peaked 38.2–39.5 GiB here, with the cap lifted, and each then ran out
+                    # of the 40 GiB in its probe)
                     plan = plan_under_measured_peak(model, idx, targets, costs, 0.99 * cap_gib, base, "drat",
                                                     grow_below=None)
                     gates, trace = plan.gates, plan.trace
@@ -363,9 +365,9 @@ def plot_capacity(rows: list[dict], path: Path, meta: dict) -> None:
 def add_capacity_parser(bsub) -> None:
     c = bsub.add_parser("capacity", help="largest batch under a memory cap per strategy, and its tokens/s")
     add_model_args(c, batch_size=False, steps=10)
-    c.add_argument("--cap-gib", type=float, default=40.0, help="memory cap (a 40 GiB card by default)")
+    c.add_argument("--cap-gib", type=POSITIVE, default=40.0, help="memory cap (a 40 GiB card by default)")
     c.add_argument("--strategies", default=",".join(CAPACITY_STRATEGIES))
-    c.add_argument("--max-batch", type=int, default=256)
+    c.add_argument("--max-batch", type=POSITIVE_INT, default=256)
     c.add_argument("--alloc-conf", default=None, metavar="CONF",
                    help="PYTORCH_CUDA_ALLOC_CONF for this run, e.g. expandable_segments:True: under a "
                         "hard cap the allocator's fragmentation decides the batch (recorded in the meta)")

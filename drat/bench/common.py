@@ -13,12 +13,15 @@ from typing import NamedTuple
 
 import torch
 
-from ..gates import budget_to_activation_bytes, fit_gates
+from ..budget import PeakBudget
+from ..gates import fit_gates
 from ..measure import measure_steps, random_batch
 from ..model import GPT, add_shape_args, config_for, shape_overrides
 from ..oracle import solve_oracle
 from ..runtime import autocast_ctx, resolve_device
 from ..strategies import CompiledPlanAC, DRATGates, PlanAC
+from ..validate import NONNEG_INT, OUT_DIR, POSITIVE_INT
+from ..wrap import hf_model, wrap
 
 POINTWISE_SITES = ("embed", "attn_norm", "mlp_norm", "mlp_act", "final_norm")
 
@@ -67,21 +70,22 @@ def install_plan(model, idx, kind: str, stored: list[bool], gates=None):
 
 def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base_bytes: float, kind: str,
                              max_rounds: int = 4, grow_below: float | None = 0.97) -> BudgetPlan:
-    """Budget mode closed on the *measured* peak (DESIGN §1): plan for the activation bytes the
-    budget leaves, run a step, and move the activation budget by what the measured peak missed
-    the budget by, until the peak is within 1% over and `grow_below` under the budget.
-    `kind`: "drat", "oracle", "drat-compiled" or "oracle-compiled" (give these `compiled_costs`;
-    each round compiles once).
+    """Budget mode closed on the *measured* peak: plan for the activation bytes the budget leaves,
+    run a step, and move the activation budget by what the measured peak missed the budget by
+    (`drat.budget.PeakBudget`, aiming 0.5% under it), until the peak is within 1% over and
+    `grow_below` under the budget. `kind`: "drat", "oracle", "drat-compiled" or "oracle-compiled"
+    (give these `compiled_costs`; each round compiles once).
 
     Both directions matter. An overshoot breaks the budget; an undershoot wastes it, since a
     plan that keeps less than it may recomputes more than it must: compiled, the cost model
-    overstates what a plan keeps (session 6 measured compiled plans 4–32% under their budgets
-    in one round). The plan kept is the fitting round with the highest peak (most kept, least
-    recomputed), reinstalled if a later round overshot. `grow_below=None` only shrinks: under a
-    hard cap (`capacity`) a plan's headroom absorbs the allocator's fragmentation over a long
-    run. The kept plan is left installed on the model; its trace entry has "kept"."""
-    budget = budget_gib * 2**30
-    act = budget_to_activation_bytes(budget_gib, base_bytes)
+    overstates what a plan keeps (compiled plans measured on an H200 ran 4–32% under their
+    budgets after one round). The plan kept is the fitting round with the highest peak (most
+    kept, least recomputed), reinstalled if a later round overshot. `grow_below=None` only
+    shrinks: under a hard cap (`capacity`) a plan's headroom absorbs the allocator's
+    fragmentation over a long run. The kept plan is left installed on the model; its trace entry
+    has "kept"."""
+    peak_budget = PeakBudget(budget_gib, base_bytes, margin_frac=0.005)
+    budget, act = peak_budget.budget_bytes, peak_budget.act_bytes
     trace: list[dict] = []
     best = None  # (peak, stored, gates, lam, trace index) of the fitting round with the highest peak
     stored, gates, lam, compiled = None, None, None, None  # the plan installed last
@@ -112,7 +116,8 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
             break
         if not fits and act <= 0:
             break
-        act += budget - peak - 0.005 * budget  # aim 0.5% under the budget, from either side
+        # the plan was made to keep `act`: whatever else the peak held comes off the next round's share
+        act = peak_budget.close(peak, kept_bytes=act)
     if best is not None:
         trace[best[4]]["kept"] = True
         if best[1] != stored:  # a later round overshot: back to the best plan that fitted
@@ -134,10 +139,20 @@ def lambda_plans(costs, lams) -> list[tuple[str, DRATGates, int]]:
 
 def bench_model(size: str, seq_len: int, batch_size: int, device: str, n_layer: int | None = None,
                 n_embd: int | None = None, n_head: int | None = None, vocab_size: int | None = None,
-                tie_weights: bool | None = None):
+                tie_weights: bool | None = None, hf: str | None = None, seed: int = 0):
     """The model every bench command measures: a named size with overrides, seed 0, and one
-    random batch. Returns (device, config, model, idx, targets); idx, targets: [B, S] int64."""
+    random batch. Returns (device, config, model, idx, targets); idx, targets: [B, S] int64.
+    With `hf` (a transformers family), a random-init model of that family with the size's shape
+    (overridden by the same flags), wrapped by `drat.wrap`; its config is then a plain dict."""
     dev = resolve_device(device)
+    if hf is not None:
+        base = config_for(size)
+        shape = {"n_layer": n_layer or base.n_layer, "n_embd": n_embd or base.n_embd,
+                 "n_head": n_head or base.n_head, "vocab_size": vocab_size or base.vocab_size}
+        torch.manual_seed(seed)
+        model = wrap(hf_model(hf, **shape, seq_len=seq_len).to(dev))
+        idx, targets = random_batch(shape["vocab_size"], batch_size, seq_len, dev, seed)
+        return dev, _DictConfig({**shape, "hf": hf, **model.config_dict()}), model, idx, targets
     cfg = config_for(size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size,
                      tie_weights=tie_weights, block_size=max(seq_len, config_for(size).block_size))
     torch.manual_seed(0)
@@ -146,17 +161,24 @@ def bench_model(size: str, seq_len: int, batch_size: int, device: str, n_layer: 
     return dev, cfg, model, idx, targets
 
 
+class _DictConfig(dict):
+    """A wrapped model's config where the bench expects a GPTConfig: `to_dict()` is all it reads."""
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+
 def add_model_args(p, batch_size: bool = True, steps: int = 12) -> None:
     """The model, batch and timing flags shared by the bench commands."""
     add_shape_args(p)
     p.add_argument("--untied", action="store_true", help="untie the embedding and the LM head")
-    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--seq-len", type=POSITIVE_INT, default=64)
     if batch_size:
-        p.add_argument("--batch-size", type=int, default=2)
+        p.add_argument("--batch-size", type=POSITIVE_INT, default=2)
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=steps, help="timed steps (at least 10 on GPU)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=POSITIVE_INT, default=steps, help="timed steps (at least 10 on GPU)")
+    p.add_argument("--warmup", type=NONNEG_INT, default=3)
+    p.add_argument("--out", required=True, type=OUT_DIR)
 
 
 def model_kwargs(args) -> dict:

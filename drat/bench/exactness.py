@@ -33,6 +33,7 @@ from ..measure import build_costs
 from ..provenance import provenance
 from ..runtime import autocast_ctx, set_deterministic
 from ..strategies import FullAC, NoneAC, PlanAC, SelectiveAC
+from ..validate import NONNEG, NumberList
 from .common import add_model_args, bench_model, lambda_plans, model_kwargs, write_rows
 
 EXIT_DIFFERS = 3  # some row differs: a measured result, told apart from a crash
@@ -102,7 +103,7 @@ def run_exactness(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, de
 def add_exactness_parser(bsub) -> None:
     e = bsub.add_parser("exactness", help="every strategy's loss and gradients vs none, bitwise (one batch)")
     add_model_args(e, steps=1)
-    e.add_argument("--lambdas", default="0.5")
+    e.add_argument("--lambdas", default="0.5", type=NumberList(NONNEG))
     e.add_argument("--deterministic", action="store_true", help="PyTorch's deterministic algorithms on")
     e.set_defaults(func=_cmd_exactness)
 

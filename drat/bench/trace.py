@@ -36,6 +36,7 @@ from ..measure import build_costs, measure_steps
 from ..provenance import provenance
 from ..runtime import autocast_ctx
 from ..strategies import FullAC, NoneAC
+from ..validate import NONNEG, POSITIVE_INT, NumberList
 from .common import add_model_args, bench_model, check_steps, lambda_plans, model_kwargs, write_rows
 
 TRACE_FIELDS = ["name", "step_ms", "gpu_busy_ms", "gpu_busy_frac", "kernels", "rebuilds", "rebuild_cpu_ms",
@@ -135,8 +136,8 @@ def run_trace(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device
 def add_trace_parser(bsub) -> None:
     t = bsub.add_parser("trace", help="per-step breakdown: GPU busy time, kernels, rebuild CPU/GPU time")
     add_model_args(t, steps=10)
-    t.add_argument("--lambdas", default="0.5")
-    t.add_argument("--trace-steps", type=int, default=3, help="steps under the profiler")
+    t.add_argument("--lambdas", default="0.5", type=NumberList(NONNEG))
+    t.add_argument("--trace-steps", type=POSITIVE_INT, default=3, help="steps under the profiler")
     t.set_defaults(func=_cmd_trace)
 
 

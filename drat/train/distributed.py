@@ -51,7 +51,7 @@ class Dist:
     mode: str | None = None  # None | "ddp" | "fsdp"
     rank: int = 0
     world: int = 1
-    owns_group: bool = False  # we created the process group, so we destroy it
+    owns_group: bool = False  # this process created the group, so it destroys it
 
     @property
     def is_main(self) -> bool:

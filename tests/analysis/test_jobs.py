@@ -1,32 +1,34 @@
-"""workflow/scripts/jobs_to_script.py: a snakemake dry run becomes a bash script of the same jobs."""
+"""`python -m drat.analysis.jobs`: a snakemake dry run becomes a bash script of the same jobs."""
 # ruff: noqa: E501  (dry-run lines are long by nature)
 
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
-from jobs_to_script import jobs, to_script  # noqa: E402
+from drat.analysis.jobs import jobs, to_script
 
 DRY = """
 rule profile:
     output: results/paper/profile/small/none.json
     log: results/paper/logs/profile/small/none.log
     jobid: 0
-Shell command: python workflow/scripts/profile_point.py --size small --point none --out results/paper/profile/small/none.json > results/paper/logs/profile/small/none.log 2>&1
+Shell command: drat profile --size small --point none --out results/paper/profile/small/none.json > results/paper/logs/profile/small/none.log 2>&1
 
 rule bench:
     output: results/paper/bench/small/frontier.json, results/paper/bench/small/frontier.csv
     log: results/paper/logs/bench/small.log
 Shell command: OMP_NUM_THREADS=8 drat bench frontier --size small --out results/paper/bench/small > results/paper/logs/bench/small.log 2>&1
+
+localrule all:
+    input: results/paper/profile/small/none.json
+    jobid: 9
+Shell command: None
 """
 
 
 def test_jobs_are_parsed_with_outputs_logs_and_commands():
     js = jobs(DRY)
     assert [j["output"][0] for j in js] == ["results/paper/profile/small/none.json",
-                                           "results/paper/bench/small/frontier.json"]
+                                           "results/paper/bench/small/frontier.json"]  # not `all`
     assert js[1]["output"][1] == "results/paper/bench/small/frontier.csv"
     assert js[0]["log"] == ["results/paper/logs/profile/small/none.log"]
     assert js[1]["cmd"].startswith("OMP_NUM_THREADS=8 drat bench frontier")
@@ -37,7 +39,7 @@ def test_script_keeps_commands_verbatim_makes_folders_and_survives_failures(tmp_
     lines = script.splitlines()
     # output-path order: bench before profile; each command copied exactly
     cmds = [ln for ln in lines if ln.startswith("  ( ")]
-    assert "drat bench frontier" in cmds[0] and "profile_point.py" in cmds[1]
+    assert "drat bench frontier" in cmds[0] and "drat profile --size small --point none" in cmds[1]
     assert "  mkdir -p results/paper/bench/small results/paper/logs/bench" in lines
     # a failing job is reported and the rest still run
     fake = "\n".join([
@@ -50,10 +52,18 @@ def test_script_keeps_commands_verbatim_makes_folders_and_survives_failures(tmp_
     assert (tmp_path / "out" / "b.txt").read_text() == "ok\n"
 
 
-def test_empty_dry_run_is_an_error():
-    r = subprocess.run([sys.executable, str(ROOT / "workflow/scripts/jobs_to_script.py")], input="nothing",
-                       capture_output=True, text=True)
-    assert r.returncode != 0 and "snakemake with -n -p" in r.stderr
+def test_empty_dry_run_or_an_argument_is_an_error():
+    r = subprocess.run([sys.executable, "-m", "drat.analysis.jobs"], input="nothing", capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stdout == "" and "snakemake with -n -p" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "drat.analysis.jobs", "jobs.sh"], input=DRY, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stdout == "" and "usage:" in r.stderr
+
+
+def test_module_writes_the_script_to_stdout():
+    r = subprocess.run([sys.executable, "-m", "drat.analysis.jobs"], input=DRY, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == to_script(jobs(DRY))
 
 
 FAKE3 = "\n".join([

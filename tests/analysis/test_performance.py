@@ -2,6 +2,7 @@
 (drat.analysis.performance): regenerated here, they must equal the committed files, and the rows,
 ratios and command lines they are made of are held to hand-made benches."""
 
+import re
 import shlex
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def test_committed_documents_are_what_the_data_generate(tmp_path):
         assert f"### {b.heading}\n" in doc and f"`{b.folder}/`" in doc
     for fig in perf.FIGURES.values():
         assert f"]({fig})" not in doc or (ROOT / "docs" / fig).is_file(), fig
+    for fig in re.findall(r"\]\((figures/[^)]+\.png)\)", doc):  # a wrapped model's own figure too
+        assert (ROOT / "docs" / fig).is_file(), fig
 
 
 def bench(rows, stem="frontier", **meta):
@@ -124,3 +127,117 @@ def test_defaults_are_the_parsers(bench_name, defaults):
         if isinstance(want, tuple):  # comma-separated on the command line
             got = tuple(x if bench_name == "capacity" else float(x) for x in got.split(",") if x)
         assert got == want, key
+
+
+# --------------------------------------------------------------------------- a wrapped transformers model
+
+HF_CFG = {"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 32000, "hf": "llama",
+          "model": "LlamaForCausalLM", "transformers_version": "5.0.0", "intermediate_size": 768,
+          "num_key_value_heads": 4, "tie_word_embeddings": False}
+GIB = 2**30
+
+
+def wrapped_bench(rows, costs=None, **meta):
+    costs = costs or {"mem_bytes": [4 * GIB, 2 * GIB], "owned_bytes": [4 * GIB, 3 * GIB]}
+    return bench(rows, config=HF_CFG, seq_len=4096, batch_size=6, params=953_223_168, costs=costs, **meta)
+
+
+def wrapped_rows(drat_least=(40.0, 480.0)):
+    """none at 60 GiB with 20 GiB saved; hf-checkpointing at 20 GiB, 550 ms; DRAT's least-memory
+    rows at `drat_least` (two λ rows on one peak); budget rows at ¼, ½ and ¾, the ½ pair 1% over
+    and 3% under their budget, the others 1% under."""
+    saved = {"saved_activation_bytes": 20 * GIB}
+    least_peak, least_step = drat_least
+    rows = [row("unwrapped", 60.0, 440.0, **saved), row("none", 60.0, 444.0, **saved),
+            row("full", 20.0, 560.0), row("selective", 59.0, 445.0), row("sac", 40.0, 490.0),
+            row("hf-checkpointing", 20.0, 550.0), row("drat-store-all", 60.0, 446.0, **saved),
+            row("drat-lam0.2", least_peak, least_step, lam=0.2),
+            row("drat-lam1.0", least_peak, least_step - 2, lam=1.0)]
+    for frac, budget, (drat, oracle) in ((0.25, 55.5, (0.99, 0.99)), (0.5, 57.0, (1.01, 0.97)),
+                                         (0.75, 58.5, (0.99, 0.99))):
+        for name, over in ((f"drat-budget{frac}", drat), (f"oracle-budget{frac}", oracle)):
+            rows.append(row(name, budget * over, 450.0, budget_gib=budget, budget_trace=[{"kept": True}]))
+    return rows
+
+
+def test_a_wrapped_models_command_parses_and_rebuilds_its_shape():
+    b = wrapped_bench(wrapped_rows())
+    b.entry = perf.Entry("t", "s", warmup=2)
+    args = parse(perf.command(b))
+    # every shape flag given (no --size), the row set complete: no --only; cut45 (33 GiB) lies below
+    # the floor (60 − 6 GiB of stored activations), so its rows are missing without --peak-cuts
+    assert args.hf == "llama" and args.only is None and args.peak_cuts == "0.45"
+    assert {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab_size")} == \
+        {k: HF_CFG[k] for k in ("n_layer", "n_embd", "n_head", "vocab_size")}
+    assert (args.seq_len, args.batch_size, args.steps, args.warmup, args.lambdas) == (4096, 6, 10, 2, "0.2,1")
+    assert perf.skipped_cuts(b) == [(0.45, pytest.approx(33.0))]
+    assert perf.feasible_floor_gib(b) == pytest.approx(54.0)
+    # a bench without the unwrapped row or a budget row ran with --only, listing what it has
+    rows = [r for r in wrapped_rows() if r["name"] not in ("unwrapped", "drat-budget0.25")]
+    args = parse(perf.command(wrapped_bench(rows)))
+    assert args.only.split(",")[:2] == ["none", "full"] and "hf-checkpointing" in args.only.split(",")
+    assert "drat-budget0.5" in args.only.split(",") and "oracle-budget" in args.only.split(",")
+    assert "compile" not in args.only
+    assert perf.describe_model(HF_CFG, 953_223_168) == (
+        "Llama (`LlamaForCausalLM`, transformers 5.0.0, random init, wrapped by `drat.wrap`), 4 layers, "
+        "h=256, 4 heads, MLP width 768, 32k vocabulary, untied embeddings; 953M parameters")
+
+
+def test_the_committed_wrapped_bench_rebuilds_its_config():
+    wrapped = [b for b in perf.discover(ROOT) if perf.wrapped(b.meta["config"])]
+    assert wrapped, "no wrapped-model bench under results/bench/h200"
+    for b in wrapped:
+        cfg, args = b.meta["config"], parse(perf.command(b))
+        assert args.hf == cfg["hf"] and args.size == "tiny"  # the default, every shape flag overriding it
+        assert (args.n_layer, args.n_embd, args.n_head, args.vocab_size) == \
+            (cfg["n_layer"], cfg["n_embd"], cfg["n_head"], cfg["vocab_size"])
+        assert (args.seq_len, args.batch_size) == (b.meta["seq_len"], b.meta["batch_size"])
+        lams = sorted(r["lam"] for r in b.rows if r["name"].startswith("drat-lam"))
+        assert sorted(float(x) for x in args.lambdas.split(",")) == lams
+        assert "Targets (computed from the rows" in perf.section(b)
+
+
+def test_the_targets_are_derived_from_the_rows():
+    b = wrapped_bench(wrapped_rows())
+    text = "\n".join(perf.targets(b))
+    # (a) DRAT's least memory is 40 GiB, twice hf-checkpointing's 20: no dominance either way
+    assert "DRAT's eager plans do not dominate `hf-checkpointing` (20.00 GiB, 550.0 ms)" in text
+    assert ("`drat-lam1.0` (the fastest of 2 at that peak), peaks at 40.00 GiB against 20.00 (+100.0%) and "
+            "steps in 478.0 ms against 550.0 (\u221213.1%, beyond the rows' spread of 0.0%)") in text
+    # (b) the wrapped store-all plans against the unwrapped model
+    assert "`drat-store-all` 446.0 ms, +1.4%: within 2% and beyond the rows' spread of 0.0%" in text
+    assert "`none` 444.0 ms, +0.9%: within 2%" in text
+    # (c) every budget row's peak against its budget: +1.0% and −3.0%, both within +2%
+    assert "`drat-budget0.5` 57.57/57.00 GiB (+1.0%), `oracle-budget0.5` 55.29/57.00 GiB (\u22123.0%)" in text
+    assert "`drat-budget0.75` 57.91/58.50 GiB (\u22121.0%)" in text and "; every one within +2%." in text
+    assert "No row for \u221245% of `none`'s peak (33.00 GiB): below the feasible floor of 54.00 GiB" in text
+    assert "DRAT's lowest measured peak, 40.00 GiB, is above that target too" in text
+    # unowned: 1 − (4 + 3) / 20 of none's saved bytes
+    assert perf.unowned_share(b) == pytest.approx(0.65) and "unowned: 65% of `none`'s" in text
+    assert "`owned_bytes`" in text and "rotary" in text and "not a floor" not in text
+    # a DRAT plan keeping less than the unowned bytes: the share is no floor, by how much
+    rows = wrapped_rows()
+    next(r for r in rows if r["name"] == "drat-lam1.0")["saved_activation_bytes"] = 10 * GIB
+    assert ("`drat-lam1.0` keeps 10.00 GiB (50% of `none`'s), so at least 3.00 GiB of the bytes the cost "
+            "table leaves unowned were not kept") in "\n".join(perf.targets(wrapped_bench(rows)))
+    # without owned_bytes the cost table's mem_bytes are what the sites own
+    assert perf.unowned_share(wrapped_bench(wrapped_rows(), costs={"mem_bytes": [4 * GIB, 2 * GIB]})) == \
+        pytest.approx(0.7)
+
+    # a DRAT row at hf-checkpointing's peak, faster beyond the spread, dominates it
+    rows = wrapped_rows(drat_least=(19.0, 500.0))
+    text = "\n".join(perf.targets(wrapped_bench(rows)))
+    assert "DRAT's eager plans dominate `hf-checkpointing`" in text
+    assert "at its peak faster: `drat-lam0.2`, `drat-lam1.0`" in text
+    # ... but not where the steps spread wider than the difference (±15% around the median)
+    for r in rows:
+        if r["name"] in ("drat-lam0.2", "drat-lam1.0"):
+            r["step_ms"], r["step_ms_all"] = 545.0, [460.0, 545.0, 630.0] * 3 + [545.0]
+    text = "\n".join(perf.targets(wrapped_bench(rows)))
+    assert "at its peak no DRAT row is faster; at its step time less memory: `drat-lam0.2`" in text
+    # a budget row more than 2% over its budget breaks the target
+    rows = wrapped_rows()
+    next(r for r in rows if r["name"] == "drat-budget0.5")["peak_gib"] = 58.5
+    assert "not every one within +2%" in "\n".join(perf.targets(wrapped_bench(rows)))
+    # DRAT's own GPT has no such paragraph
+    assert perf.targets(bench(wrapped_rows())) == []

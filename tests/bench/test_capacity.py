@@ -4,6 +4,8 @@ import csv
 import json
 import random
 
+import pytest
+
 from drat.bench.capacity import CAPACITY_FIELDS, largest_fitting, run_capacity
 
 
@@ -24,6 +26,7 @@ def test_largest_fitting_matches_brute_force():
         assert len(calls) <= 4 * max_batch.bit_length() + 2  # bracketing + bisection, not a scan
 
 
+@pytest.mark.slow
 def test_capacity_cpu_schema_and_consistency(tmp_path):
     out = tmp_path / "cap"
     rows = run_capacity("tiny", seq_len=32, cap_gib=0.09, device="cpu", vocab_size=256, max_batch=24,
@@ -49,6 +52,7 @@ def test_capacity_cpu_schema_and_consistency(tmp_path):
     assert by["drat"]["batch_size"] >= by["none"]["batch_size"]
 
 
+@pytest.mark.slow
 def test_drat_capacity_guess_comes_from_the_least_memory_plans_measured_peaks(tmp_path):
     """The DRAT search starts where the least-memory plan's peak line (B=1, 2) meets the cap,
     and each probe keeps what the planner did for it."""

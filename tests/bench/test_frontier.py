@@ -13,6 +13,7 @@ from drat.model import GPT, GPTConfig
 from drat.oracle import activation_floor_bytes
 
 
+@pytest.mark.slow
 def test_frontier_writes_csv_json_and_plot(tmp_path, capsys):
     out = tmp_path / "bench"
     rc = main(["bench", "frontier", "--size", "tiny", "--layers", "2", "--hidden", "32", "--heads", "4",
@@ -111,9 +112,10 @@ def test_deterministic_mode_refuses_a_nondeterministic_cublas_setting(monkeypatc
     assert not torch.are_deterministic_algorithms_enabled()  # nothing was switched
 
 
-@pytest.mark.parametrize("kind,strategy", [("drat", "DRATGates"), ("oracle", "PlanAC"),
-                                           ("drat-compiled", "CompiledPlanAC"),
-                                           ("oracle-compiled", "CompiledPlanAC")])
+@pytest.mark.parametrize("kind,strategy", [
+    ("drat", "DRATGates"), ("oracle", "PlanAC"),
+    pytest.param("drat-compiled", "CompiledPlanAC", marks=pytest.mark.slow),  # torch.compile
+    pytest.param("oracle-compiled", "CompiledPlanAC", marks=pytest.mark.slow)])
 def test_budget_plans_close_on_the_measured_peak(kind, strategy, monkeypatch):
     """Budget mode, eager or compiled: plan, measure a step's peak, shrink the activation budget
     by the overshoot (+0.5% of the budget) and plan again; the fitting plan stays installed. The
@@ -160,10 +162,10 @@ def test_budget_plans_close_on_the_measured_peak(kind, strategy, monkeypatch):
 @pytest.mark.parametrize("kind,peaks,kept_round", [
     ("drat", (0.80, 0.99), 1), ("oracle", (0.80, 0.99), 1),  # grows into the budget, keeps round 2
     ("drat", (0.80, 1.05), 0), ("oracle", (0.80, 1.05), 0),  # grows past it: back to round 1's plan
-    ("drat-compiled", (0.80, 1.05), 0)])
+    pytest.param("drat-compiled", (0.80, 1.05), 0, marks=pytest.mark.slow)])  # torch.compile
 def test_budget_plans_grow_into_an_unused_budget_and_keep_the_best_fit(kind, peaks, kept_round, monkeypatch):
     """A plan that leaves more than 3% of its budget unused recomputes more than it must (the
-    compiled plans of session 6 ran 4–32% under): the loop grows the activation budget by what
+    compiled plans measured on the H200 ran 4–32% under): the loop grows the activation budget by what
     was left (−0.5%) and keeps the fitting round with the highest peak, reinstalling it when a
     later round overshot."""
     import drat.bench.common as bench

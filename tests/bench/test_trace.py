@@ -3,10 +3,13 @@
 import csv
 import json
 
+import pytest
+
 from drat.bench.trace import TRACE_FIELDS, run_trace
 from drat.costs import rebuild_counts
 
 
+@pytest.mark.slow
 def test_trace_cpu_rows_and_rebuild_counts(tmp_path):
     rows = run_trace("tiny", seq_len=16, batch_size=2, device="cpu", vocab_size=128, lams=(0.5, 50.0),
                      steps=1, warmup=0, trace_steps=2, out=tmp_path, log=lambda *a: None)

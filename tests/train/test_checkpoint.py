@@ -1,4 +1,4 @@
-"""drat/checkpoint.py: atomic saves, pruning, clear errors, and a trainer that survives a bad save."""
+"""drat.train.checkpoint: atomic saves, pruning, clear errors, and a trainer that survives a bad save."""
 
 import json
 
@@ -6,16 +6,17 @@ import pytest
 import torch
 
 from drat.cli import main
+from drat.train import ResourceAwareTrainer
 from drat.train.checkpoint import (
     CheckpointError,
+    UnverifiedCheckpointWarning,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
-from drat.train.trainer import ResourceAwareTrainer
 
-from .test_trainer import records, run, small_cfg, tokenizer_path  # noqa: F401  (fixture)
+from .test_trainer import records, run, small_cfg
 
 
 def _state(v: float) -> dict:
@@ -52,13 +53,32 @@ def test_damage_without_a_hash_file_is_still_caught(tmp_path):
     path = save_checkpoint(_state(1), tmp_path, 1)
     path.with_name(path.name + ".sha256").unlink()  # e.g. a checkpoint copied on its own
     path.write_bytes(path.read_bytes()[:-200])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"), \
+            pytest.warns(UnverifiedCheckpointWarning):
+        load_checkpoint(path, allow_unverified=True)
     path.write_bytes(b"")
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"), \
+            pytest.warns(UnverifiedCheckpointWarning):
+        load_checkpoint(path, allow_unverified=True)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_a_checkpoint_without_its_digest_is_refused_unless_allowed_unverified(tmp_path):
+    """torch.load loads flipped bytes in a tensor without a word: without the .sha256 nothing would
+    notice, so the checkpoint is refused; allowed unverified, it loads with a warning."""
+    path = save_checkpoint(_state(1), tmp_path, 1)
+    path.with_name(path.name + ".sha256").unlink()
+    raw = bytearray(path.read_bytes())
+    at = raw.index(_state(1)["w"].numpy().tobytes())  # inside the tensor's data
+    raw[at + 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="has no ckpt_0000001.pt.sha256 beside it.*--allow-unverified"):
+        load_checkpoint(path)
+    seen = []
+    state = load_checkpoint(path, allow_unverified=True, warn=seen.append)
+    assert not torch.equal(state["w"], _state(1)["w"])  # the damage got through: hence the refusal
+    assert len(seen) == 1 and "UNVERIFIED" in seen[0] and str(path) in seen[0]
 
 
 def _partial_save(obj, f, *args, **kwargs):
@@ -77,7 +97,7 @@ def test_interrupted_save_leaves_the_last_good_checkpoint(tmp_path, monkeypatch)
     assert load_checkpoint(good)["step"] == 1
 
 
-def test_trainer_resumes_exactly_after_a_save_died_midway(tmp_path, tokenizer_path, monkeypatch):  # noqa: F811
+def test_trainer_resumes_exactly_after_a_save_died_midway(tmp_path, tokenizer_path, monkeypatch):
     cfg = small_cfg(tmp_path / "r", tokenizer_path, ckpt_every=3)
     run(small_cfg(tmp_path / "straight", tokenizer_path, ckpt_every=3))
     run(cfg, stop_after=3)
@@ -90,7 +110,7 @@ def test_trainer_resumes_exactly_after_a_save_died_midway(tmp_path, tokenizer_pa
     assert [r["loss"] for r in records(tmp_path / "r")] == [r["loss"] for r in records(tmp_path / "straight")]
 
 
-def test_trainer_and_cli_report_a_corrupt_latest_checkpoint(tmp_path, tokenizer_path, capsys):  # noqa: F811
+def test_trainer_and_cli_report_a_corrupt_latest_checkpoint(tmp_path, tokenizer_path, capsys):
     cfg = small_cfg(tmp_path / "r", tokenizer_path, ckpt_every=2)
     run(cfg, stop_after=4)
     latest = tmp_path / "r" / "checkpoints" / "ckpt_0000004.pt"
@@ -111,7 +131,7 @@ def test_trainer_and_cli_report_a_corrupt_latest_checkpoint(tmp_path, tokenizer_
     assert [r["step"] for r in records(tmp_path / "r")] == [1, 2, 3, 4, 5, 6]
 
 
-def test_checkpoint_from_before_the_gate_optimizer_still_resumes(tmp_path, tokenizer_path):  # noqa: F811
+def test_checkpoint_from_before_the_gate_optimizer_still_resumes(tmp_path, tokenizer_path):
     # gates away from saturation, so that their AdamW moments matter after the resume
     kw = dict(lam=0.5, gate_warm_start=False, gate_init_logit=0.5, tau_end=0.5)
     run(small_cfg(tmp_path / "straight", tokenizer_path, **kw))

@@ -1,4 +1,4 @@
-"""Data-parallel training on the CPU: 2 processes, gloo, DDP and FSDP2 (drat/distributed.py).
+"""Data-parallel training on the CPU: 2 processes, gloo, DDP and FSDP2 (drat.train.distributed).
 
 What is pinned down:
   * recomputation stays bitwise exact inside DDP and inside FSDP2 blocks, and the reason some
@@ -32,10 +32,10 @@ from drat.cli import main
 from drat.model import GPT, GPTConfig
 from drat.sites import SiteGraph
 from drat.strategies import PlanAC
+from drat.train import ResourceAwareTrainer, TrainingConfig, TrainingError
 from drat.train.distributed import Dist, blocks_rebuilt_outside, full_tensor, set_block_resharding
-from drat.train.trainer import ResourceAwareTrainer, TrainingConfig, TrainingError
 
-from .test_trainer import CORPUS_BYTES, records, small_cfg, tokenizer_path  # noqa: F401  (fixture)
+from .test_trainer import CORPUS_BYTES, records, small_cfg
 
 WORLD = 2
 MODES = ("ddp", "fsdp")
@@ -145,6 +145,7 @@ def _exactness_worker(rank: int, out: str) -> None:
     torch.save(res, Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 @needs_gloo
 def test_recompute_is_bitwise_exact_inside_ddp_and_fsdp2(tmp_path):
     spawn(_exactness_worker, str(tmp_path))
@@ -215,7 +216,7 @@ def _train_worker(rank: int, cfg_dict: dict, out: str) -> None:
 
 
 @pytest.fixture(scope="module", params=MODES)
-def two_ranks_and_one(request, tmp_path_factory, tokenizer_path):  # noqa: F811
+def two_ranks_and_one(request, tmp_path_factory, tokenizer_path):
     """The same 3 steps: 2 ranks × grad_accum 2 × batch 4, and 1 process × grad_accum 4 × batch 4."""
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with gloo is not available in this build")
@@ -233,6 +234,7 @@ def _close(a, b, what, atol=1e-7):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
+@pytest.mark.slow
 def test_two_ranks_train_like_one_process_with_the_global_batch(two_ranks_and_one):
     mode, tmp, ranks, one = two_ranks_and_one
     d, o = records(tmp / "dist"), records(tmp / "one")
@@ -259,6 +261,7 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(two_ranks_and_on
     assert summary["world_size"] == WORLD and summary["finished"]
 
 
+@pytest.mark.slow
 def test_every_rank_samples_executes_and_rebuilds_the_same_plan(two_ranks_and_one):
     mode, _, ranks, one = two_ranks_and_one
     r0, r1 = ranks
@@ -271,10 +274,11 @@ def test_every_rank_samples_executes_and_rebuilds_the_same_plan(two_ranks_and_on
 
 
 # ------------------------------------------------------------------------------ torchrun: resume
+@pytest.mark.slow
 @needs_gloo
 @pytest.mark.skipif(torchrun_exe is None, reason="torchrun is not on PATH")
 @pytest.mark.parametrize("mode", MODES)
-def test_torchrun_resume_from_rank0_checkpoint_continues_the_run(tmp_path, tokenizer_path, mode):  # noqa: F811
+def test_torchrun_resume_from_rank0_checkpoint_continues_the_run(tmp_path, tokenizer_path, mode):
     out = tmp_path / "run"
     argv = [torchrun_exe, "--standalone", "--nproc_per_node", str(WORLD), "-m", "drat.cli", "train",
             "--distributed", mode, "--out", str(out)]
@@ -310,7 +314,7 @@ def test_torchrun_resume_from_rank0_checkpoint_continues_the_run(tmp_path, token
 
 
 # ------------------------------------------------------------------------------ refusals
-def test_distributed_needs_torchrun_and_torchrun_needs_distributed(tmp_path, tokenizer_path, capsys,  # noqa: F811
+def test_distributed_needs_torchrun_and_torchrun_needs_distributed(tmp_path, tokenizer_path, capsys,
                                                                   monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)

@@ -1,4 +1,5 @@
-"""drat/train.py and the `drat train | eval | generate | tokenizer` commands, on tiny CPU runs."""
+"""drat.train (the trainer, its run folder and outputs) and the `drat train | eval | generate | tokenizer`
+commands, on tiny CPU runs."""
 
 import json
 import math
@@ -8,23 +9,16 @@ import pytest
 import torch
 
 from drat.cli import main
-from drat.data import load_corpus, train_tokenizer
 from drat.gates import BudgetInfeasibleError, GateBank
 from drat.strategies import DRATGates, NoneAC
-from drat.train.trainer import ResourceAwareTrainer, TrainingConfig, TrainingError, lr_multiplier
+from drat.train import ResourceAwareTrainer, TrainingConfig, TrainingError
+from drat.train.checkpoint import save_checkpoint
+from drat.train.optim import lr_multiplier
 
 from ..conftest import make_batch, make_model
+from .conftest import CORPUS_BYTES
 
-CORPUS_BYTES = 200_000
 TIMING_KEYS = {"step_ms", "tokens_per_s"}
-
-
-@pytest.fixture(scope="session")
-def tokenizer_path(tmp_path_factory):
-    """One small tokenizer for every run: tokenizer training is not what these tests are about."""
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    train_tokenizer(load_corpus("stdlib", max_bytes=CORPUS_BYTES), 300, out_path=path)
-    return path
 
 
 def small_cfg(out, tokenizer_path, **kw) -> TrainingConfig:
@@ -88,8 +82,7 @@ def test_a_run_written_before_a_config_field_existed_still_resumes(tmp_path, tok
     ckpt = tmp_path / "old" / "checkpoints" / "ckpt_0000002.pt"
     state = torch.load(ckpt, weights_only=False)
     del state["config"]["deterministic"]
-    torch.save(state, ckpt)
-    (ckpt.parent / (ckpt.name + ".sha256")).unlink(missing_ok=True)
+    save_checkpoint(state, ckpt.parent, state["step"])  # rewritten, with its digest
     assert run(cfg, resume="latest")["finished"]
 
 
@@ -248,7 +241,7 @@ def test_budget_mode_raises_lambda_until_the_plan_fits(tmp_path, tokenizer_path)
 
 def test_budget_closes_on_the_measured_peak(tmp_path, tokenizer_path):
     """What CUDA steps measure beyond the plan's activations comes off the activation target
-    (the arithmetic of train_step's CUDA branch, driven by hand on the CPU)."""
+    (the arithmetic of a CUDA step's budget branch, driven by hand on the CPU)."""
     probe = small_cfg(tmp_path / "probe", tokenizer_path, steps=1, strategy="none")
     trainer = ResourceAwareTrainer(probe)
     total = sum(trainer.site_bytes)
@@ -257,15 +250,15 @@ def test_budget_closes_on_the_measured_peak(tmp_path, tokenizer_path):
     cfg = small_cfg(tmp_path / "c", tokenizer_path, steps=1, budget_gib=budget_bytes / 2**30, ckpt_every=0)
     trainer = ResourceAwareTrainer(cfg)
     try:
-        frac0 = trainer.dual.budget_frac
+        frac0 = trainer.gating.budget_frac()
         # a step held 0.8·total beyond a plan that kept 0.5·total: 0.7·total is left for activations
-        assert trainer.close_budget_on_peak(1.3 * total, 0.5 * total) == pytest.approx(0.7)
-        assert trainer.other_bytes == pytest.approx(0.8 * total)
+        assert trainer.gating.close_budget_on_peak(1.3 * total, 0.5 * total) == pytest.approx(0.7)
+        assert trainer.gating.budget.other_bytes == pytest.approx(0.8 * total)
         # a later, leaner step does not loosen the target; a heavier one tightens it
-        assert trainer.close_budget_on_peak(0.9 * total, 0.5 * total) == pytest.approx(0.7)
-        assert trainer.close_budget_on_peak(1.5 * total, 0.4 * total) == pytest.approx(0.4)
+        assert trainer.gating.close_budget_on_peak(0.9 * total, 0.5 * total) == pytest.approx(0.7)
+        assert trainer.gating.close_budget_on_peak(1.5 * total, 0.4 * total) == pytest.approx(0.4)
         # more than the budget outside the plan: nothing left, dual ascent pushes λ up
-        assert trainer.close_budget_on_peak(3.0 * total, 0.0) == 0.0
+        assert trainer.gating.close_budget_on_peak(3.0 * total, 0.0) == 0.0
         assert frac0 > 0
     finally:
         trainer.close()
@@ -273,7 +266,7 @@ def test_budget_closes_on_the_measured_peak(tmp_path, tokenizer_path):
 
 def test_budget_loop_counts_the_lm_heads_peak_saving_as_the_gates_do(tmp_path, tokenizer_path):
     """On CUDA the cost table charges the LM head the measured drop of the peak when it is
-    recomputed, less than the bytes it owns. The trainer's budget loop counts the same bytes,
+    recomputed, less than the bytes it owns. The training budget loop counts the same bytes,
     so that the head's rebuild transient does not stay in `other_bytes` (driven by hand here)."""
     probe = small_cfg(tmp_path / "probe", tokenizer_path, steps=1, strategy="none")
     trainer = ResourceAwareTrainer(probe)
@@ -282,16 +275,17 @@ def test_budget_loop_counts_the_lm_heads_peak_saving_as_the_gates_do(tmp_path, t
     cfg = small_cfg(tmp_path / "c", tokenizer_path, steps=1, budget_gib=1.5 * total / 2**30, ckpt_every=0)
     trainer = ResourceAwareTrainer(cfg)
     try:
-        assert trainer._peak_site_bytes() == trainer.site_bytes  # CPU: no peak-aware table
+        assert trainer.gating.peak_site_bytes() == trainer.site_bytes  # CPU: no peak-aware table
         head = trainer.model.graph.idx(None, "lm_head_loss")
         gap = 0.25 * trainer.site_bytes[head]  # what the head's rebuild keeps on top of the peak
-        trainer.costs.owned_bytes = list(trainer.costs.mem_bytes)
-        trainer.costs.mem_bytes[head] -= gap
-        site = trainer._peak_site_bytes()
+        costs = trainer.gating.costs
+        costs.owned_bytes = list(costs.mem_bytes)
+        costs.mem_bytes[head] -= gap
+        site = trainer.gating.peak_site_bytes()
         assert site[head] == pytest.approx(trainer.site_bytes[head] - gap)
         assert [b for i, b in enumerate(site) if i != head] == [
             b for i, b in enumerate(trainer.site_bytes) if i != head]
-        frac = trainer.close_budget_on_peak(1.3 * total, 0.5 * total)
+        frac = trainer.gating.close_budget_on_peak(1.3 * total, 0.5 * total)
         assert frac == pytest.approx((1.5 * total - 0.8 * total) / (total - gap))
     finally:
         trainer.close()
@@ -362,7 +356,7 @@ def tiny_text_corpus(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--size", "huge"], "unknown model size 'huge'"),
     (["--corpus", "nonsense"], "unknown corpus spec 'nonsense'"),
-    (["--steps", "0"], "steps must be a positive"),
+    (["--steps", "0"], "argument --steps: must be a positive integer, got '0'"),
     (["--strategy", "magic"], "unknown strategy 'magic'"),
     (["--strategy", "none", "--lambda", "0.1"], "apply to strategy drat only"),
     (["--device", "cuda"], "no CUDA GPU"),
@@ -418,8 +412,8 @@ def test_deterministic_mode_is_recorded_same_losses_and_undone_on_close(tmp_path
 @pytest.mark.parametrize("kw", [dict(strategy="drat", lam=0.5), dict(strategy="drat", budget_gib=1.0)])
 def test_gated_train_step_never_waits_for_the_gpu(tmp_path, tokenizer_path, kw):
     """A DRAT step decides its plan on the host: a GPU→CPU sync inside it stalls the launch
-    queue, which on the launch-bound H200 cost a store-all run +10-30% step time (paper grid,
-    session 3). The gates, their optimizer and the costs live on the CPU, so the step is sync-free."""
+    queue, which on the launch-bound H200 cost a store-all run 10-30% step time (measured on the
+    paper's grid). The gates, their optimizer and the costs live on the CPU, so the step is sync-free."""
     cfg = small_cfg(tmp_path / "run", tokenizer_path, device="cuda", steps=4, log_every=100, eval_every=100,
                     ckpt_every=0, dropout=0.0, grad_clip=1.0, **kw)
     trainer = ResourceAwareTrainer(cfg)
@@ -432,7 +426,7 @@ def test_gated_train_step_never_waits_for_the_gpu(tmp_path, tokenizer_path, kw):
             trainer.train_step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        assert trainer.gates.logits.device.type == "cpu"
+        assert trainer.gating.gates.logits.device.type == "cpu"
     finally:
         trainer.close()
 

@@ -1,6 +1,7 @@
-"""The Snakemake pipeline: configs and schema, the DAG of both scales (`snakemake -n`), archived
-regeneration from a committed fixture, the aggregate step, environment.yml vs pyproject.toml,
-notebook parameters and the no-hand-typed-numbers rule of the paper.
+"""The Snakemake pipeline: configs and schema, the DAG of both scales (`snakemake -n`), the commands
+its rules run, archived regeneration from a committed fixture (and where its derived files go),
+the LaTeX check and the paper rule's failure path, the aggregate step, environment.yml vs
+pyproject.toml, notebook parameters and the no-hand-typed-numbers rule of the paper.
 
 The smoke pipeline itself runs end to end in `.ci/run`, not here (too slow to run twice); set
 DRAT_PIPELINE_E2E=1 to run it from pytest as well.
@@ -8,12 +9,13 @@ DRAT_PIPELINE_E2E=1 to run it from pytest as well.
 
 from __future__ import annotations
 
-import importlib.util
+import ast
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,10 +37,10 @@ needs_snakemake = pytest.mark.skipif(snakemake_exe is None,
                                      reason="snakemake is not installed (pip install -e '.[dev]')")
 
 
-def snakemake(*args, timeout=300) -> subprocess.CompletedProcess:
+def snakemake(*args, timeout=300, env=None) -> subprocess.CompletedProcess:
     # --nolock: tests may run while a real pipeline holds the working-directory lock
     return subprocess.run([snakemake_exe, "--nolock", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def job_counts(text: str) -> dict[str, int]:
@@ -103,7 +105,7 @@ def test_smoke_dry_run_has_the_whole_chain():
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout)
     for rule in ("corpus", "tokenizer", "tokenize", "train", "profile", "aggregate", "stats", "nb_frontier",
-                 "nb_training", "nb_tables", "paper"):
+                 "nb_training", "nb_tables", "latex", "paper"):
         assert counts.get(rule, 0) >= 1, f"{rule} missing from the smoke DAG: {counts}"
     cfg = yaml.safe_load(SMOKE.read_text())["sizes"]["tiny"]
     n_runs = (len(cfg["baselines"]) + len(cfg["lambdas"])) * len(cfg["seeds"]) \
@@ -112,6 +114,7 @@ def test_smoke_dry_run_has_the_whole_chain():
     assert "gpu=1" not in r.stdout  # CPU scale: no job waits for a GPU
 
 
+@pytest.mark.slow
 @needs_snakemake
 def test_paper_dry_run_lists_the_full_grid():
     r = snakemake("-n", "-p", "--forceall", "--configfile", str(PAPER))
@@ -136,7 +139,8 @@ def test_paper_dry_run_lists_the_full_grid():
             assert f"results/paper/profile/{size}/{point}.json" in profiles
     assert counts["profile"] == 3 * 12 and counts["bench"] == 3
     assert counts["costs"] == 3  # one cost table per size, shared by its drat and oracle points
-    block = next(b for b in r.stdout.split("\n\n") if "results/paper/profile/large/oracle-lam0.5.json" in b)
+    blocks = r.stdout.split("\n\n")
+    block = next(b for b in blocks if "output: results/paper/profile/large/oracle-lam0.5.json" in b)
     table = "results/paper/costs/large.json"
     assert f"input: {table}" in block and f"--costs {table}" in block
     block = next(b for b in r.stdout.split("\n\n") if "output: results/paper/profile/large/full.json" in b)
@@ -144,8 +148,23 @@ def test_paper_dry_run_lists_the_full_grid():
     # every train job asks for one GPU at paper scale
     train_blocks = [b for b in r.stdout.split("\n\n") if "rule train:" in b]
     assert train_blocks and all("gpu=1" in b for b in train_blocks)
+    # what docs/reproducing.md tells a user `-n -F` lists
+    doc = (ROOT / "docs" / "reproducing.md").read_text()
+    listed = f"{counts['total']} jobs: {counts['train']} train, {counts['profile']} profile"
+    assert f"lists the whole grid, {listed}" in doc
 
 
+def test_reproducing_doc_names_every_rule_and_how_to_list_every_job():
+    doc = (ROOT / "docs" / "reproducing.md").read_text()
+    smk = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    rules = set(re.findall(r"^rule (\w+):", smk, re.M))
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert rules - documented == set(), f"not in docs/reproducing.md's DAG table: {rules - documented}"
+    assert "snakemake -n -F --configfile workflow/config/paper.yaml" in doc  # -n alone: out-of-date jobs only
+
+
+@pytest.mark.slow
 @needs_snakemake
 def test_multi_gpu_size_trains_under_torchrun(tmp_path):
     cfg = yaml.safe_load(PAPER.read_text())
@@ -159,15 +178,16 @@ def test_multi_gpu_size_trains_under_torchrun(tmp_path):
     large = [b for b in blocks if "size=large" in b]
     assert len(large) == 6
     for b in large:  # prepare the folder, then one process per GPU, asking SLURM for 4 GPUs
-        assert "train_run.py" in b and "--prepare-only" in b and "gpu=4" in b
+        assert "drat train --config-json" in b and "--prepare-only" in b and "gpu=4" in b
         assert "torchrun --standalone --nproc_per_node 4 -m drat.cli train --config" in b
         assert "--distributed fsdp" in b
     others = [b for b in blocks if "size=large" not in b]
     assert all("torchrun" not in b and "gpu=1" in b for b in others)
 
 
-def test_train_script_prepares_a_run_for_torchrun(tmp_path):
-    from drat.train.trainer import TrainingConfig
+def test_train_prepares_a_run_for_torchrun(tmp_path, capsys):
+    from drat.cli import main
+    from drat.train import TrainingConfig
 
     tokens = tmp_path / "tokens"
     tokens.mkdir()
@@ -175,12 +195,12 @@ def test_train_script_prepares_a_run_for_torchrun(tmp_path):
     fields = {"size": "tiny", "corpus": "stdlib", "steps": 5, "seed": 1, "device": "cpu"}
     out, cfg_file = tmp_path / "run", tmp_path / "logs" / "seed1.config.json"
     (out / "checkpoints").mkdir(parents=True)  # what a failed attempt left behind
-    rc = _load_script("train_run").main(["--config-json", json.dumps(fields), "--tokenizer", "tok.json",
-                                        "--tokens", str(tokens), "--out", str(out), "--prepare-only",
-                                        str(cfg_file)])
+    rc = main(["train", "--config-json", json.dumps(fields), "--tokenizer", "tok.json",
+               "--tokens", str(tokens), "--out", str(out), "--overwrite", "--prepare-only", str(cfg_file)])
     assert rc == 0 and (out / "tokens" / "meta.json").is_file() and not (out / "checkpoints").exists()
     cfg = TrainingConfig.from_dict(json.loads(cfg_file.read_text()))  # what `drat train --config` reads
     assert cfg.out == str(out) and cfg.tokenizer == "tok.json" and cfg.steps == 5 and cfg.distributed is None
+    assert json.loads(capsys.readouterr().out)["config"] == str(cfg_file)
 
 
 def _fixture_config(tmp_path: Path, allow_missing: bool = True) -> Path:
@@ -204,10 +224,11 @@ def test_archived_dry_run_needs_no_compute(tmp_path):
     counts = job_counts(r.stdout)
     for rule in ("corpus", "tokenizer", "tokenize", "train", "profile", "bench"):
         assert rule not in counts, f"archived mode must not run {rule}"
-    for rule in ("manifest", "aggregate", "stats", "nb_tables", "paper"):
+    for rule in ("manifest", "aggregate", "stats", "nb_tables", "latex", "paper"):
         assert counts.get(rule) == 1
 
 
+@pytest.mark.slow
 @needs_snakemake
 def test_archived_stats_from_the_fixture_name_the_missing_runs(tmp_path):
     cfg = _fixture_config(tmp_path)
@@ -225,7 +246,7 @@ def test_archived_stats_from_the_fixture_name_the_missing_runs(tmp_path):
     assert "drat-lam0.05" in paired
     # nothing was trained or profiled: the archived inputs are untouched
     assert not (results / "data").exists()
-    # a session commits another run: the archived build sees it (the results digest is a param)
+    # another run is committed: the archived build sees it (the results digest is a param)
     again = ("-n", "--configfile", str(cfg), "--config", "archived=true", "--", "stats")
     assert "Nothing to be done" in snakemake(*again).stdout
     runs = results / "train" / "tiny" / "none"
@@ -233,6 +254,7 @@ def test_archived_stats_from_the_fixture_name_the_missing_runs(tmp_path):
     assert job_counts(snakemake(*again).stdout).get("aggregate") == 1
 
 
+@pytest.mark.slow
 @needs_snakemake
 def test_archived_fails_on_missing_runs_unless_allowed(tmp_path):
     cfg = _fixture_config(tmp_path, allow_missing=False)
@@ -251,6 +273,7 @@ def _have_paper_tools() -> bool:
     return shutil.which("latexmk") is not None and shutil.which("pdflatex") is not None
 
 
+@pytest.mark.slow
 @needs_snakemake
 @pytest.mark.skipif(not _have_paper_tools(), reason="needs the pipeline extra and latexmk (see .ci/run)")
 def test_archived_regenerates_figures_tables_and_pdf(tmp_path):
@@ -266,6 +289,50 @@ def test_archived_regenerates_figures_tables_and_pdf(tmp_path):
     macros = (paper / "generated" / "macros.tex").read_text()
     assert r"\newcommand{\NumMissing}{3}" in macros and r"\newcommand{\HeadTostVerdict}" in macros
     assert (tmp_path / "results" / "notebooks" / "tables.html").is_file()
+
+    # an input changes and LaTeX fails: the good PDF stays where it was, and the next run builds
+    # the paper again rather than taking the old PDF for current
+    pdf, good = paper / "drat.pdf", (paper / "drat.pdf").read_bytes()
+    mtime = pdf.stat().st_mtime
+    with open(paper / "generated" / "setup_table.tex", "a") as f:
+        f.write("% changed\n")
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "latexmk").write_text("#!/bin/sh\necho 'latexmk: broken on purpose' >&2\nexit 1\n")
+    (fake / "latexmk").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    again = ("--configfile", str(cfg), "--config", "archived=true")
+    r = snakemake("--cores", "1", *again, env=env)
+    assert r.returncode != 0 and "latex: latexmk failed; see" in r.stderr and "is kept" in r.stderr
+    assert pdf.read_bytes() == good and pdf.stat().st_mtime == mtime
+    assert job_counts(snakemake("-n", *again).stdout) == {"latex": 1, "paper": 1, "all": 1, "total": 3}
+
+
+@pytest.mark.slow
+@needs_snakemake
+def test_missing_latex_is_refused_in_one_line_before_any_job(tmp_path):
+    """Without latexmk/pdflatex a run that would build the PDF stops at once (exit 2, the apt
+    packages named, nothing written); a run that builds no PDF does not need them."""
+    cfg = _fixture_config(tmp_path)
+    bare = tmp_path / "bin"  # a PATH with a shell and Python, and no TeX
+    bare.mkdir()
+    for tool in ("bash", "sh"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    (bare / "python").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": str(bare)}
+    cmd = [sys.executable, "-m", "snakemake", "--nolock", "--cores", "1", "--configfile", str(cfg),
+           "--config", "archived=true"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-3000:]
+    assert "latexmk, pdflatex" in errors[0] and "texlive-latex-extra" in errors[0]
+    assert "--omit-from latex" in errors[0]
+    results = tmp_path / "results"
+    assert not (results / "manifest.json").exists() and not (results / "tables").exists()
+    r = subprocess.run([*cmd, "--", "manifest"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (results / "manifest.json").is_file()
 
 
 @pytest.mark.skipif(os.environ.get("DRAT_PIPELINE_E2E") != "1",
@@ -312,45 +379,58 @@ def test_aggregate_lists_missing_runs_and_reads_present_ones(tmp_path):
     assert f"{prof} (cut off)" in out["missing"]["profiles"]
 
 
-# ------------------------------------------------------------------------------------------ scripts
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "workflow" / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+# ------------------------------------------------------------------------------------------ rules
+# what a job may run: the `drat` command or a `python -m drat.…` module (the PDF rules: latexmk, mv)
+ALLOWED_COMMAND = re.compile(r"^\(?(?:OMP_NUM_THREADS=\d+ )?(?:drat |python -m drat\.)")
 
 
-def test_profile_point_names():
-    parse = _load_script("profile_point").parse_point
-    assert parse("sac") == {"kind": "baseline", "strategy": "sac", "lam": None, "budget_gib": None}
-    assert parse("drat-lam0.05")["lam"] == 0.05
-    assert parse("oracle-budget6") == {"kind": "oracle", "strategy": "fixed", "lam": None, "budget_gib": 6.0}
-    assert parse("costs")["kind"] == "costs"
-    with pytest.raises(ValueError, match="unknown profile point"):
-        parse("drat-0.05")
+@needs_snakemake
+def test_rules_run_only_the_drat_command_or_drat_modules():
+    r = snakemake("-n", "-p", "--forceall", "--configfile", str(SMOKE))
+    assert r.returncode == 0, r.stderr + r.stdout
+    commands = {}
+    for block in r.stdout.split("\n\n"):
+        rule = re.search(r"^(?:localrule|rule) (\w+):", block, re.M)
+        cmd = re.search(r"^Shell command: (.+)$", block, re.M)
+        if rule and cmd:
+            commands.setdefault(rule.group(1), cmd.group(1))
+    assert {"corpus", "tokenize", "costs", "profile", "manifest", "kernel", "nb_tables", "latex",
+            "paper"} <= set(commands)
+    assert commands.pop("all") == "None"  # the target rule runs nothing
+    for rule, cmd in commands.items():
+        if rule not in ("latex", "paper"):
+            assert ALLOWED_COMMAND.match(cmd), f"rule {rule} runs {cmd[:80]!r}: use `drat` or python -m drat"
+    assert "latexmk" in commands["latex"] and commands["paper"].startswith("cp ")
+    for path in (ROOT / "workflow" / "rules").glob("*.smk"):
+        assert "workflow/scripts" not in path.read_text(), f"{path.name} runs a script outside the package"
 
 
-def test_drat_and_oracle_points_plan_on_one_shared_cost_table(tmp_path):
-    """`--point costs` writes the table; drat and oracle points given it plan on it exactly (the
-    oracle's objective is then a true lower bound of the gates' on the same problem), and a table
-    of another setting is refused with an actionable message."""
-    main = _load_script("profile_point").main
-    flags = ["--size", "tiny", "--seq-len", "16", "--batch-size", "2", "--steps", "1", "--warmup", "0",
-             "--cost-model", "activation_size"]
-    table = tmp_path / "costs.json"
-    assert main([*flags, "--point", "costs", "--out", str(table)]) == 0
-    d = json.loads(table.read_text())
-    assert len(d["costs"]["labels"]) == len(d["costs"]["mem_bytes"]) > 0 and "git_commit" in d
-    out = {}
-    for point in ("drat-lam0.5", "oracle-lam0.5"):
-        dest = tmp_path / f"{point}.json"
-        assert main([*flags, "--point", point, "--costs", str(table), "--out", str(dest)]) == 0
-        out[point] = json.loads((tmp_path / f"{point}.json").read_text())["plan"]
-        assert out[point]["costs_file"] == str(table)
-    assert out["oracle-lam0.5"]["objective"] <= out["drat-lam0.5"]["objective"] + 1e-12
-    with pytest.raises(SystemExit, match="another setting .*batch_size.*rerun its `--point costs` job"):
-        main([*flags[:4], "--batch-size", "4", *flags[6:], "--point", "drat-lam0.5", "--costs", str(table),
-              "--out", str(tmp_path / "x.json")])
+@pytest.mark.slow
+@needs_snakemake
+def test_wildcards_take_exactly_the_names_of_drat_runs():
+    """A profile or train target is matched by the grammar of drat.runs, and nothing else."""
+    prof, train = "results/smoke/profile/tiny", "results/smoke/train/tiny"
+    for target in (f"{prof}/oracle-lam0.3.json", f"{prof}/drat-budget1e-05.json",
+                   f"{train}/drat-lam0.2/seed5/summary.json"):
+        r = snakemake("-n", target, "--configfile", str(SMOKE))
+        assert r.returncode == 0, f"{target}: {r.stderr[-2000:]}"
+    for target in (f"{prof}/oracle-0.3.json", f"{prof}/drat-lam.5.json"):
+        r = snakemake("-n", target, "--configfile", str(SMOKE))
+        assert r.returncode != 0 and "MissingRuleException" in r.stderr + r.stdout, target
+    r = snakemake("-n", f"{train}/oracle-lam0.5/seed0/summary.json", "--configfile", str(SMOKE))
+    assert r.returncode != 0 and "the oracle is a plan to profile, not a training run" in r.stderr + r.stdout
+
+
+@pytest.mark.slow
+@needs_snakemake
+def test_the_config_in_use_is_named():
+    r = snakemake("-n", "--", "stats")  # no --configfile: the smoke scale, said so
+    assert r.returncode == 0, r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("config: workflow/config/smoke.yaml (no --configfile given;")
+    assert "--configfile workflow/config/paper.yaml" in first
+    r = snakemake("-n", "--configfile", str(PAPER), "--", "stats")
+    assert r.stderr.splitlines()[0].startswith("config: workflow/config/paper.yaml; scale 'paper'")
 
 
 def test_rule_files_have_docstrings_and_heavy_rules_log_and_benchmark():
@@ -361,7 +441,7 @@ def test_rule_files_have_docstrings_and_heavy_rules_log_and_benchmark():
         assert text.startswith('"""'), f"{path.name} needs a header docstring"
     text = "\n".join(p.read_text() for p in rules)
     for rule in ("corpus", "tokenizer", "tokenize", "train", "profile", "bench", "aggregate", "stats",
-                 "nb_frontier", "nb_training", "nb_tables", "paper"):
+                 "nb_frontier", "nb_training", "nb_tables", "latex"):
         body = text.split(f"rule {rule}:")[1].split("\nrule ")[0]
         assert "log:" in body and "benchmark:" in body, f"rule {rule} needs log: and benchmark:"
     for rule in ("train", "profile", "bench"):
@@ -442,10 +522,43 @@ def test_environment_yml_python_matches_requires_python():
     assert f"python{py['requires-python']}" in env["dependencies"]
 
 
+def _smk_list(name: str) -> list[str]:
+    text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    return ast.literal_eval(re.search(rf"^{name} = (\[[^\]]*\])", text, re.M).group(1))
+
+
 def test_ci_runs_the_readme_test_command_and_the_smoke_pipeline():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest -q" in ci and "workflow/config/smoke.yaml" in ci and "latexmk" in ci
     assert "python -m pytest -q" in (ROOT / "README.md").read_text()
+    # CI checks every figure and table the pipeline makes, and that it left git status alone
+    figures = re.search(r"figures/\{([^}]*)\}", ci).group(1).split(",")
+    tables = re.search(r"generated/\{([^}]*)\}", ci).group(1).split(",")
+    assert sorted(figures) == sorted(_smk_list("FIGURES"))
+    assert sorted(tables) == sorted(_smk_list("TABLES") + ["macros"])
+    assert 'status_before" != "$status_after' in ci
+
+
+def test_derived_paper_files_live_under_results_and_are_ignored():
+    """paper/ holds LaTeX sources only; figures, generated tables and the PDF of every scale land
+    under its results_dir, which git ignores, so a build (archived included) leaves git status clean."""
+    from drat.provenance import OUTPUT_PATHS
+
+    tracked = subprocess.run(["git", "ls-files", "paper"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.split()
+    assert tracked and all(p.endswith((".tex", ".bib")) for p in tracked), tracked
+    written = ["tables/runs.csv", "stats/stats.json", "notebooks/tables.html", "logs/paper.log",
+               "benchmarks/paper.tsv", "manifest.json", "paper/drat.pdf", "paper/latex/drat.aux"]
+    for path in (SMOKE, PAPER):
+        cfg = yaml.safe_load(path.read_text())
+        res = cfg["results_dir"]
+        dirs = [cfg["paper"][k] for k in ("generated_dir", "figures_dir", "build_dir")]
+        assert all(d.startswith(f"{res}/paper") for d in dirs), dirs
+        probes = [f"{res}/{w}" for w in written] + [f"{d}/x.tex" for d in dirs]
+        r = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT,
+                           input="\n".join(probes), capture_output=True, text=True)
+        assert sorted(r.stdout.split()) == sorted(probes), set(probes) - set(r.stdout.split())
+    assert OUTPUT_PATHS == ("results",)  # what the dirty-tree check leaves out: pipeline outputs only
 
 
 def test_aggregate_reads_exactness_and_compares_a_repeated_run(tmp_path):

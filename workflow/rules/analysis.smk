@@ -1,6 +1,7 @@
 """Cheap rules over the raw results: the manifest, tidy CSVs, statistics.
 
-    manifest  -> {R}/manifest.json     every expected run folder / profile / bench file (from the config)
+    manifest  -> {R}/manifest.json     every expected run folder / profile / bench file (from the config;
+                                       python -m drat.analysis.manifest)
     aggregate -> {R}/tables/*.csv      python -m drat.analysis.aggregate (missing runs are listed by folder)
     stats     -> {R}/stats/*           python -m drat.analysis.stats (bootstrap CIs, TOST, frontier, budgets)
     oracle_curve -> {R}/stats/oracle_curve.csv   the oracle's predicted frontier per cost table
@@ -19,9 +20,10 @@ rule manifest:
         manifest=json.dumps({"scale": config["scale"], "results_dir": R, "device": config["device"],
                              "archived": ARCHIVED, "runs": TRAIN_RUNS, "profiles": PROFILE_POINTS,
                              "bench": BENCH, "exactness": EXACTNESS, "repeats": REPEATS}, sort_keys=True),
-    run:
-        Path(output[0]).parent.mkdir(parents=True, exist_ok=True)
-        Path(output[0]).write_text(json.dumps(json.loads(params.manifest), indent=1) + "\n")
+    log:
+        f"{R}/logs/manifest.log",
+    shell:
+        "python -m drat.analysis.manifest --json {params.manifest:q} --out {output} > {log} 2>&1"
 
 
 AGG_TABLES = ["runs", "curves", "gates", "profile", "profile_steps", "profile_sites", "bench", "exactness",

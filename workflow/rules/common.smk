@@ -1,7 +1,8 @@
 """Config loading and validation, and the grid of runs every other rule file draws from.
 
-Without --configfile the smoke config is used. The config is validated against
-workflow/config/schema.json (snakemake.utils.validate, defaults filled in). Names:
+Without --configfile the smoke config is used (and said so on stderr). The config is validated
+against workflow/config/schema.json (snakemake.utils.validate, defaults filled in). Run and point
+names follow the grammar of drat.runs, built with `run_name` and read with `parse_run_name`:
 
     run    none | full | selective | sac | drat-lam<λ> | drat-budget<GiB>    (a training run)
     point  the same names, plus oracle-lam<λ> | oracle-budget<GiB>            (a profiled plan)
@@ -10,15 +11,30 @@ Numbers in names are written with Python's `g` format: 0.05 -> 0.05, 6.0 -> 6.
 """
 
 import json
+import os
+import re
+import sys
 from pathlib import Path
 
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from drat.model import SHAPE_FLAGS
+from drat.runs import NAME_RE, fmt_number, parse_run_name, run_name
+
+DEFAULT_CONFIG = "workflow/config/smoke.yaml"
+_given_files = [os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
+                for f in workflow.config_settings.configfiles]
 if "scale" not in config:  # no --configfile: the smoke scale, with any --config KEY=VALUE on top
     _given = dict(config)
-    config.update(yaml.safe_load(open(f"{workflow.basedir}/workflow/config/smoke.yaml")))
+    config.update(yaml.safe_load(open(f"{workflow.basedir}/{DEFAULT_CONFIG}")))
     config.update(_given)
+if workflow.exec_mode.name == "DEFAULT":  # the main process, not each job of a cluster run
+    _which = (", ".join(_given_files) if _given_files else
+              f"{DEFAULT_CONFIG} (no --configfile given; the paper grid is --configfile workflow/config/paper.yaml)")
+    print(f"config: {_which}; scale {config.get('scale')!r}, results in {config.get('results_dir')}",
+          file=sys.stderr)
 for _key in ("archived", "allow_missing"):  # --config archived=true arrives as a string
     if isinstance(config.get(_key), str):
         config[_key] = config[_key].strip().lower() in ("1", "true", "yes", "on")
@@ -46,10 +62,6 @@ NOTEBOOK_HTML = [f"{R}/notebooks/{nb}.html" for nb in NOTEBOOKS]
 PAPER_PDF = f"{BUILD}/drat.pdf"
 
 
-def fmt(x):
-    return f"{float(x):g}"
-
-
 def size_cfg(size):
     return config["sizes"][size]
 
@@ -57,9 +69,9 @@ def size_cfg(size):
 def runs_of(size):
     """(run name, strategy, λ, budget GiB, seeds) of every training run group of one size."""
     s = size_cfg(size)
-    out = [(b, b, None, None, s["seeds"]) for b in s.get("baselines", ["none", "full", "selective", "sac"])]
-    out += [(f"drat-lam{fmt(l)}", "drat", float(l), None, s["seeds"]) for l in s["lambdas"]]
-    out += [(f"drat-budget{fmt(b)}", "drat", None, float(b), s.get("budget_seeds", s["seeds"]))
+    out = [(run_name(b), b, None, None, s["seeds"]) for b in s.get("baselines", ["none", "full", "selective", "sac"])]
+    out += [(run_name("drat", lam=l), "drat", float(l), None, s["seeds"]) for l in s["lambdas"]]
+    out += [(run_name("drat", budget_gib=b), "drat", None, float(b), s.get("budget_seeds", s["seeds"]))
             for b in s.get("budgets_gib", [])]
     return out
 
@@ -68,12 +80,12 @@ def points_of(size):
     """(point, kind, strategy, λ, budget GiB) of every profiled plan of one size."""
     s, p = size_cfg(size), size_cfg(size)["profile"]
     base = p.get("baselines", s.get("baselines", ["none", "full", "selective", "sac"]))
-    out = [(b, "baseline", b, None, None) for b in base]
+    out = [(run_name(b), "baseline", b, None, None) for b in base]
     kinds = ["drat", "oracle"] if p.get("oracle", True) else ["drat"]
     for k in kinds:
-        out += [(f"{k}-lam{fmt(l)}", k, "drat" if k == "drat" else "fixed", float(l), None)
+        out += [(run_name(k, lam=l), k, "drat" if k == "drat" else "fixed", float(l), None)
                 for l in p.get("lambdas", [])]
-        out += [(f"{k}-budget{fmt(b)}", k, "drat" if k == "drat" else "fixed", None, float(b))
+        out += [(run_name(k, budget_gib=b), k, "drat" if k == "drat" else "fixed", None, float(b))
                 for b in p.get("budgets_gib", [])]
     return out
 
@@ -115,7 +127,7 @@ REPEAT_OUTPUTS = [f"{r['dir']}/summary.json" for r in REPEATS]
 def archived_digest():
     """sha256 over the committed raw results that exist (path and content). In archived mode the
     aggregate rule has no compute inputs, so this digest, as a param, is what makes Snakemake
-    rebuild tables, figures and the PDF when a session commits new or changed runs."""
+    rebuild tables, figures and the PDF when new or changed runs are committed."""
     import hashlib
 
     h = hashlib.sha256()
@@ -128,25 +140,39 @@ def archived_digest():
                 h.update(str(f).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()
 
-NUM = r"[0-9][0-9.e+-]*"
+# the names of drat.runs as a wildcard pattern: its regex without anchors and group names
+NAME_PATTERN = re.sub(r"\(\?P<\w+>", "(?:", NAME_RE.pattern.lstrip("^").rstrip("$"))
 
 
 wildcard_constraints:
     size="[a-z]+",
-    run=rf"(none|full|selective|sac|drat-lam{NUM}|drat-budget{NUM})",
-    point=rf"(none|full|selective|sac|(drat|oracle)-(lam|budget){NUM})",
+    run=NAME_PATTERN,  # train_fields refuses the oracle's names: it plans, it does not train
+    point=NAME_PATTERN,
     seed=r"\d+",
     mode=r"(plain|deterministic)",
 
 
 def threads_of(key):
     t = RES.get(key, 1)
-    return workflow.cores if t == "all" else int(t)
+    if t != "all":
+        return int(t)
+    try:
+        return workflow.cores
+    except WorkflowError:  # no --cores given (--rulegraph, --dag): no job runs, any number does
+        return 1
+
+
+SHAPE_FLAG_NAMES = {flag for flag, _, _, _ in SHAPE_FLAGS}
 
 
 def model_flags(size):
+    """A size's `model:` overrides as the model-shape flags of drat.model (`layers: 2` -> --layers 2)."""
     m = size_cfg(size).get("model", {})
-    return " ".join(f"--{k} {v}" for k, v in m.items())
+    flags = [(f"--{k}", v) for k, v in m.items()]
+    unknown = [f for f, _ in flags if f not in SHAPE_FLAG_NAMES]
+    if unknown:
+        raise ValueError(f"sizes.{size}.model: {', '.join(unknown)} is no model-shape flag of drat.model")
+    return " ".join(f"{f} {v}" for f, v in flags)
 
 
 def train_fields(wc):
@@ -159,10 +185,8 @@ def train_fields(wc):
                    "max_corpus_bytes": config["corpus"].get("max_bytes"),
                    "vocab_size": config["tokenizer"]["vocab_size"], "seed": int(wc.seed),
                    "device": config["device"]})
-    if wc.run.startswith("drat-lam"):
-        fields.update(strategy="drat", lam=float(wc.run[len("drat-lam"):]), budget_gib=None)
-    elif wc.run.startswith("drat-budget"):
-        fields.update(strategy="drat", lam=None, budget_gib=float(wc.run[len("drat-budget"):]))
-    else:
-        fields.update(strategy=wc.run, lam=None, budget_gib=None)
+    run = parse_run_name(wc.run)
+    if run.kind == "oracle":
+        raise ValueError(f"{wc.run}: the oracle is a plan to profile, not a training run")
+    fields.update(strategy=run.kind, lam=run.lam, budget_gib=run.budget_gib)
     return json.dumps(fields, sort_keys=True)

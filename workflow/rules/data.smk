@@ -1,8 +1,8 @@
 """Data rules: pin the corpus, train the BPE tokenizer, tokenize the splits once for every run.
 
-    corpus     -> {R}/data/corpus.json      manifest + sha256 (shakespeare is downloaded here, once)
+    corpus     -> {R}/data/corpus.json      `drat data pin`: manifest + sha256 (shakespeare is downloaded here, once)
     tokenizer  -> {R}/data/tokenizer.json   `drat tokenizer train`
-    tokenize   -> {R}/data/tokens/          train/val/test .bin memmaps + meta.json
+    tokenize   -> {R}/data/tokens/          `drat data tokenize`: train/val/test .bin memmaps + meta.json
 """
 
 
@@ -23,8 +23,7 @@ rule corpus:
     benchmark:
         f"{R}/benchmarks/corpus.tsv"
     shell:
-        "python workflow/scripts/pin_corpus.py --corpus {params.spec:q} {params.max_bytes} "
-        "--out {output} > {log} 2>&1"
+        "drat data pin --corpus {params.spec:q} {params.max_bytes} --out {output} > {log} 2>&1"
 
 
 rule tokenizer:
@@ -62,5 +61,5 @@ rule tokenize:
     benchmark:
         f"{R}/benchmarks/tokenize.tsv"
     shell:
-        "python workflow/scripts/make_tokens.py --corpus {params.spec:q} {params.max_bytes} "
-        "--corpus-json {input.corpus} --tokenizer {input.tokenizer} --out {output} > {log} 2>&1"
+        "drat data tokenize --corpus {params.spec:q} {params.max_bytes} --pinned {input.corpus} "
+        "--tokenizer {input.tokenizer} --out {output} > {log} 2>&1"

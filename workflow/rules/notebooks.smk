@@ -1,13 +1,14 @@
 """Notebooks (jupytext percent scripts in notebooks/) executed by papermill on the `drat` kernel.
 
-    kernel       -> {R}/notebooks/kernel.json   `python -m ipykernel install --user --name drat`
+    kernel       -> {R}/notebooks/kernel.json   `python -m drat.analysis.notebook kernel` (ipykernel install --user)
     nb_frontier  -> figures frontier, lambda_sweep, bench
     nb_training  -> figures loss_curves, gate_heatmap, budget_tracking
     nb_tables    -> {generated}/results_table, baselines_table, frontier_table, setup_table, macros .tex
 
 Each figure is written as PDF + PNG + a sidecar JSON with the device, torch version and commit of
 its data (and of the rendering); the executed notebooks and their HTML copies stay under
-{R}/notebooks/. These rules only read aggregate/stats outputs: plotting never recomputes.
+{R}/notebooks/. Each nb_* rule is `python -m drat.analysis.notebook run` (papermill, then
+nbconvert). These rules only read aggregate/stats outputs: plotting never recomputes.
 """
 
 NB_INPUTS = [f"{R}/stats/{f}" for f in STATS_FILES + ["oracle_curve.csv"]] + [f"{R}/tables/{t}.csv" for t in AGG_TABLES] + [
@@ -26,10 +27,7 @@ rule kernel:
     log:
         f"{R}/logs/kernel.log",
     shell:
-        "(python -m ipykernel install --user --name drat --display-name 'Python (drat)' && "
-        "jupyter kernelspec list --json) > {log} 2>&1 && "
-        "python -c \"import json, sys; json.dump({{'kernel': 'drat', 'python': sys.executable}}, "
-        "open('{output}', 'w'))\""
+        "python -m drat.analysis.notebook kernel --name drat --out {output} > {log} 2>&1"
 
 
 rule nb_frontier:
@@ -48,7 +46,7 @@ rule nb_frontier:
     benchmark:
         f"{R}/benchmarks/notebooks/frontier.tsv"
     shell:
-        "python workflow/scripts/run_notebook.py {input.nb} --ipynb {output.ipynb} --html {output.html} "
+        "python -m drat.analysis.notebook run {input.nb} --ipynb {output.ipynb} --html {output.html} "
         "--params-json {params.p:q} > {log} 2>&1"
 
 
@@ -68,7 +66,7 @@ rule nb_training:
     benchmark:
         f"{R}/benchmarks/notebooks/training.tsv"
     shell:
-        "python workflow/scripts/run_notebook.py {input.nb} --ipynb {output.ipynb} --html {output.html} "
+        "python -m drat.analysis.notebook run {input.nb} --ipynb {output.ipynb} --html {output.html} "
         "--params-json {params.p:q} > {log} 2>&1"
 
 
@@ -91,5 +89,5 @@ rule nb_tables:
     benchmark:
         f"{R}/benchmarks/notebooks/tables.tsv"
     shell:
-        "python workflow/scripts/run_notebook.py {input.nb} --ipynb {output.ipynb} --html {output.html} "
+        "python -m drat.analysis.notebook run {input.nb} --ipynb {output.ipynb} --html {output.html} "
         "--params-json {params.p:q} > {log} 2>&1"

@@ -1,8 +1,8 @@
 """Profiling: memory and step time of every plan, per {size} × {point}; and the one-process bench.
 
-    costs   -> {R}/costs/{size}.json               the site cost table (workflow/scripts/profile_point.py)
-    profile -> {R}/profile/{size}/{point}.json     workflow/scripts/profile_point.py (drat/oracle: on costs)
-    bench   -> {R}/bench/{size}/frontier.{json,csv,png}   `drat bench frontier` (side by side)
+    costs   -> {R}/costs/{size}.json               `drat profile --costs-only` (the site cost table)
+    profile -> {R}/profile/{size}/{point}.json     `drat profile --point {point}` (drat/oracle: --costs)
+    bench   -> {R}/bench/{size}/frontier.{json,csv}   `drat bench frontier` (side by side)
 
 {point}: none | full | selective | sac | drat-lam<λ> | drat-budget<GiB> | oracle-lam<λ> |
 oracle-budget<GiB>. On CUDA: peak allocated memory and CUDA-event step times; on the CPU:
@@ -35,8 +35,8 @@ rule costs:
     benchmark:
         f"{R}/benchmarks/costs/{{size}}.tsv"
     shell:
-        "python workflow/scripts/profile_point.py --size {wildcards.size} --point costs "
-        "{params.flags} --threads {threads} --out {output} > {log} 2>&1"
+        "drat profile --size {wildcards.size} --costs-only {params.flags} --threads {threads} "
+        "--out {output} > {log} 2>&1"
 
 
 def _plan_costs(wc):
@@ -63,8 +63,8 @@ rule profile:
     benchmark:
         f"{R}/benchmarks/profile/{{size}}/{{point}}.tsv"
     shell:
-        "python workflow/scripts/profile_point.py --size {wildcards.size} --point {wildcards.point} "
-        "{params.flags} {params.costs} --threads {threads} --out {output} > {log} 2>&1"
+        "drat profile --size {wildcards.size} --point {wildcards.point} {params.flags} {params.costs} "
+        "--threads {threads} --out {output} > {log} 2>&1"
 
 
 def _bench_flags(wc):
@@ -74,9 +74,9 @@ def _bench_flags(wc):
     return (f"{model_flags(wc.size)} --vocab-size {config['tokenizer']['vocab_size']} "
             f"--seq-len {p.get('seq_len', 64)} --batch-size {p.get('batch_size', 2)} "
             f"--steps {b.get('steps', 12)} --warmup {b.get('warmup', 3)} --device {config['device']} "
-            f"--lambdas {','.join(fmt(l) for l in lams)} "
-            f"--compiled-lambdas {','.join(fmt(l) for l in b.get('compiled_lambdas', [0.5, 1, 2, 5]))} "
-            f"--compile-budgets {','.join(fmt(x) for x in b.get('compile_budgets', [1.0, 0.5, 0.2]))}"
+            f"--lambdas {','.join(fmt_number(l) for l in lams)} "
+            f"--compiled-lambdas {','.join(fmt_number(l) for l in b.get('compiled_lambdas', [0.5, 1, 2, 5]))} "
+            f"--compile-budgets {','.join(fmt_number(x) for x in b.get('compile_budgets', [1.0, 0.5, 0.2]))}"
             + ("" if b.get("compiled_drat_budgets", False) else " --no-compiled-drat-budgets"))
 
 

@@ -4,9 +4,11 @@
 
 {run} is a baseline strategy (none, full, selective, sac), DRAT at a price of memory
 (drat-lam<λ>) or DRAT under a peak budget (drat-budget<GiB>). Every run uses the shared
-tokenizer and token files. A size's `gpus` (default 1) is the number of processes of each of its
-runs: 1 runs workflow/scripts/train_run.py; more prepares the run folder with it and launches
-`torchrun --standalone --nproc_per_node <gpus> -m drat.cli train ... --distributed <ddp|fsdp>`
+tokenizer and token files (`drat train --tokenizer ... --tokens ...`), in a run folder made fresh
+(`--overwrite`: nothing of an earlier, failed attempt stays). A size's `gpus` (default 1) is the
+number of processes of each of its runs: 1 runs `drat train`; more prepares the run folder with
+`drat train --prepare-only FILE` and launches
+`torchrun --standalone --nproc_per_node <gpus> -m drat.cli train --config FILE --distributed <ddp|fsdp>`
 (the size's `distributed`; one node). `resources: gpu` is that many GPUs at paper scale (the
 SLURM profile turns it into --gpus), 0 on the CPU.
 """
@@ -19,17 +21,17 @@ def train_gpus(wc):
 
 
 def train_command(wc, input, threads, out=None):
-    """train_run.py for one process; for several, train_run.py --prepare-only, then torchrun.
+    """`drat train` for one process; for several, `drat train --prepare-only`, then torchrun.
     `out`: another folder for the same run (the exactness rules' repeat)."""
     out = out or run_dir(wc.size, wc.run, wc.seed)
-    script = (f"python workflow/scripts/train_run.py --config-json {shlex.quote(train_fields(wc))} "
-              f"--tokenizer {input.tokenizer} --tokens {input.tokens} --out {out} --threads {threads}")
+    train = (f"drat train --config-json {shlex.quote(train_fields(wc))} --tokenizer {input.tokenizer} "
+             f"--tokens {input.tokens} --out {out} --overwrite --threads {threads}")
     n = train_gpus(wc)
     if n == 1:
-        return script
+        return train
     fields = f"{out}.config.json".replace(f"{R}/", f"{R}/logs/", 1)
     mode = size_cfg(wc.size).get("distributed", "ddp")
-    return (f"{script} --prepare-only {fields} && "
+    return (f"{train} --prepare-only {fields} && "
             f"torchrun --standalone --nproc_per_node {n} -m drat.cli train --config {fields} "
             f"--distributed {mode}")
 

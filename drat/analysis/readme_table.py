@@ -1,0 +1,211 @@
+"""The README's result table, written from the paper's committed raw results.
+
+What a fresh clone holds of the paper is its raw measurements under `results/paper/` (the
+one-process benches, the training runs' summaries, the profiled plans); the paper's tables,
+macros and figures are rebuilt from them by the archived build. The README's table is rendered
+from the same raw files, so it shows what the paper's data says and nothing typed by hand:
+
+    python -m drat.analysis.readme_table            # rewrite the block in README.md
+    python -m drat.analysis.readme_table --check    # exit 1 if README.md's block is stale
+
+The block sits between `<!-- results:begin -->` and `<!-- results:end -->`; `tests/test_readme.py`
+checks that the committed block equals what this module renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PAPER = REPO / "results" / "paper"  # the paper grid's committed raw results
+README = REPO / "README.md"
+BEGIN = "<!-- results:begin -->"
+END = "<!-- results:end -->"
+SIZES = ("small", "medium", "large")
+MINUS = "\u2212"
+
+# (label, row name in the paper's one-process bench, `results/paper/bench/<size>/frontier.json`)
+BENCH_ROWS = (
+    ("`none`: store everything", "none"),
+    ("`full`: a checkpoint per block", "full"),
+    ("DRAT budget mode, ¼ of the activations", "drat-budget0.25"),
+    ("DRAT λ=0.2, compiled (`CompiledPlanAC`)", "drat-compiled-lam0.2"),
+    ("`torch.compile`, activation memory budget 0.5", "compile-budget0.5"),
+)
+# (label, run name) of the trained DRAT runs held against `none` at equal seed
+TRAIN_RUNS = (
+    ("DRAT λ=0.5", "drat-lam0.5"),
+    ("DRAT λ=0.05", "drat-lam0.05"),
+    ("DRAT λ=0 (every gate on store)", "drat-lam0"),
+)
+RECOMPUTING_RUNS = ("drat-lam0.5", "drat-lam0.05")  # whose final plans the table counts
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def bench_rows(root: Path, size: str) -> tuple[dict, dict[str, dict]]:
+    """(meta, {row name: row}) of one size's paper bench."""
+    d = _read_json(root / "bench" / size / "frontier.json")
+    return d["meta"], {r["name"]: r for r in d["rows"]}
+
+
+def final_losses(root: Path, size: str, run: str) -> dict[int, float]:
+    """{seed: final validation loss} of one run name's training runs."""
+    out = {}
+    for f in sorted((root / "train" / size / run).glob("seed*/summary.json")):
+        out[int(f.parent.name[len("seed"):])] = float(_read_json(f)["final_val_loss"])
+    return out
+
+
+def recomputed_at_end(root: Path, size: str, run: str) -> tuple[int, int] | None:
+    """(most sites any seed's final plan recomputes, sites) of one run name; None if not trained."""
+    plans = [_read_json(f)["final_plan"]["stored"]
+             for f in sorted((root / "train" / size / run).glob("seed*/summary.json"))]
+    if not plans:
+        return None
+    return max(len(p) - sum(p) for p in plans), len(plans[0])
+
+
+def oracle_agreement(root: Path, size: str) -> tuple[int, int, float | None]:
+    """(profiled DRAT plans equal to the oracle's plan for the same target site by site, pairs, the
+    largest gap between the median step times of such an equal pair, in %). An equal pair is one
+    plan profiled in two processes: its gap is how far step times of separate processes wander."""
+    same = pairs = 0
+    gap = None
+    for f in sorted((root / "profile" / size).glob("drat-*.json")):
+        twin = f.with_name("oracle-" + f.name[len("drat-"):])
+        if not twin.is_file():
+            continue
+        pairs += 1
+        a, b = _read_json(f), _read_json(twin)
+        if [x["decision"] for x in a["sites"]] == [x["decision"] for x in b["sites"]]:
+            same += 1
+            t = sorted((a["step_ms"], b["step_ms"]))
+            gap = max(gap or 0.0, 100 * (t[1] / t[0] - 1))
+    return same, pairs, gap
+
+
+def _signed(x: float, digits: int = 4) -> str:
+    s = f"{abs(x):.{digits}f}"
+    return s if round(x, digits) == 0 else ("+" if x > 0 else MINUS) + s
+
+
+def _loss_gap(root: Path, size: str, run: str) -> str:
+    """`run` − `none` at equal seed: the mean and the range over the seed pairs."""
+    a, ref = final_losses(root, size, run), final_losses(root, size, "none")
+    d = [a[s] - ref[s] for s in sorted(set(a) & set(ref))]
+    if not d:
+        return "n/a"
+    return f"{_signed(statistics.mean(d))} [{_signed(min(d))}, {_signed(max(d))}]"
+
+
+def render_table(root: Path = PAPER) -> str:
+    """The markdown between the README's markers (markers excluded)."""
+    benches = {size: bench_rows(root, size) for size in SIZES}
+    header = "| {} | " + " | ".join(f"`{s}`" for s in SIZES) + " |"
+    rule = "|---|" + "---|" * len(SIZES)
+
+    def cell(size: str, name: str) -> str:
+        r = benches[size][1].get(name)
+        return "n/a" if r is None else f"{r['peak_gib']:.2f} / {r['step_ms']:.1f}"
+
+    lines = [
+        "<!-- generated by `python -m drat.analysis.readme_table` from results/paper/; do not edit -->",
+        header.format("the paper's bench: peak GiB / step ms"), rule,
+        *(f"| {label} | " + " | ".join(cell(s, name) for s in SIZES) + " |" for label, name in BENCH_ROWS),
+    ]
+    spreads = {}
+    for s in SIZES:
+        ref = list(final_losses(root, s, "none").values())
+        spreads[s] = f"{max(ref) - min(ref):.4f}" if len(ref) > 1 else "n/a"
+    agreement = {s: oracle_agreement(root, s) for s in SIZES}
+    def recomputed(size: str) -> str:
+        counts = [recomputed_at_end(root, size, run) for run in RECOMPUTING_RUNS]
+        if all(c is None for c in counts):
+            return "n/a"
+        n = next(c[1] for c in counts if c is not None)
+        return ", ".join("n/a" if c is None else str(c[0]) for c in counts) + f" of {n}"
+
+    lams = ", ".join("λ=" + run[len("drat-lam"):] for run in RECOMPUTING_RUNS)
+    lines += [
+        "",
+        header.format("the paper's training runs and profiled plans"), rule,
+        *(f"| final validation loss, {label} − `none` at equal seed, nats: mean [min, max] | "
+          + " | ".join(_loss_gap(root, s, run) for s in SIZES) + " |" for label, run in TRAIN_RUNS),
+        "| final validation loss of `none`, max − min over seeds | " + " | ".join(spreads[s] for s in SIZES)
+        + " |",
+        f"| sites the trained gates recompute at the end ({lams}; most over seeds) | "
+        + " | ".join(recomputed(s) for s in SIZES) + " |",
+        "| profiled DRAT plans equal to the ILP oracle's, site by site | "
+        + " | ".join(f"{agreement[s][0]} of {agreement[s][1]}" for s in SIZES) + " |",
+        "| such an equal plan profiled in two processes: largest gap of median step times | "
+        + " | ".join("n/a" if agreement[s][2] is None else f"{agreement[s][2]:.1f}%" for s in SIZES) + " |",
+    ]
+    metas = [benches[s][0] for s in SIZES]
+    devices = sorted({m["device"] for m in metas})
+    torches = sorted({m["torch_version"] for m in metas})
+    vocab = sorted({m["config"]["vocab_size"] for m in metas})
+    seqs = sorted({m["seq_len"] for m in metas})
+    runs = [_read_json(f) for s in SIZES
+            for f in sorted((root / "train" / s / "none").glob("seed*/summary.json"))]
+    steps = sorted({r["step"] for r in runs})
+    corpora = sorted({r["config"]["training"]["corpus"] for r in runs})
+    tokens = sorted({r["tokens_seen"] for r in runs})
+    seeds = ", ".join(str(len(final_losses(root, s, "none"))) for s in SIZES)
+    lines += [
+        "",
+        f"{', '.join(devices)}, torch {', '.join(torches)}, vocabulary {', '.join(map(str, vocab))}. Bench: "
+        f"S={', '.join(map(str, seqs))}, B={', '.join(str(m['batch_size']) for m in metas)} "
+        f"({', '.join(SIZES)}); each size's rows ran side by side in one process. Training: "
+        f"{', '.join(map(str, steps))} steps, {', '.join(f'{t / 1e6:.1f}M' for t in tokens)} tokens of "
+        f"`{', '.join(corpora)}` per run; {seeds} seeds ({', '.join(SIZES)}).",
+    ]
+    return "\n".join(lines)
+
+
+def replace_block(readme: str, block: str) -> str:
+    """`readme` with the text between the markers replaced by `block`."""
+    start, end = readme.find(BEGIN), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no {BEGIN} ... {END} block")
+    return readme[:start + len(BEGIN)] + "\n" + block + "\n" + readme[end:]
+
+
+def current_block(readme: str) -> str:
+    """The text between the markers, without the newlines that frame it."""
+    start, end = readme.find(BEGIN), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no {BEGIN} ... {END} block")
+    return readme[start + len(BEGIN):end].strip("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m drat.analysis.readme_table",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--results", type=Path, default=PAPER, help="the paper grid's raw results")
+    ap.add_argument("--readme", type=Path, default=README, help="the README to rewrite")
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 if the block is stale")
+    args = ap.parse_args(argv)
+    block = render_table(args.results)
+    text = args.readme.read_text(encoding="utf-8")
+    if args.check:
+        if current_block(text) != block:
+            print(f"{args.readme}: the results block is stale; run python -m drat.analysis.readme_table",
+                  file=sys.stderr)
+            return 1
+        return 0
+    new = replace_block(text, block)
+    if new != text:
+        args.readme.write_text(new, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The gates of a `strategy="drat"` run, and the one owner of λ while it trains.
+
+λ is the price of memory in recompute time. `TrainingConfig.lam` only asks for one (None: the
+default); once a run starts, `GateTraining.lam` is the λ, and nothing else holds it:
+
+  * λ mode: λ stays at the asked value for the whole run;
+  * budget mode (`budget_gib`): λ starts at 0, or where the warm-start fit left it, and moves by
+    dual ascent after every step, on what the executed plan keeps against the activations'
+    share of the budget (`drat.gates.dual_ascent`). On CUDA that share is closed on the measured
+    peak (`drat.budget.PeakBudget`): what a step held beyond its plan's activations comes off it.
+
+Each step the gates are annealed, sampled once (straight-through), and the hard part of the sample
+is pinned on the model, so the forward executes the very plan whose cost the gates are trained
+on. The resource term `resource_loss(st, costs, λ)` is the gates' only gradient.
+
+The gates live on the CPU, with the costs: a step's plan must be known on the host before its
+forward, and a GPU-side bank made every step wait for the GPU twice (the plan's .tolist() and the
+resource loss's .cpu()), which cost a store-all run 10-30% step time on an H200, where small
+models are launch-bound. Their sampling noise comes from the bank's own CPU generator, never from
+the dropout stream. Under torchrun they stay outside the wrapped model, replicated: every rank has
+the same costs, seed and gradient, so every rank updates them alike.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..budget import PeakBudget
+from ..costs import SiteCosts
+from ..gates import GateBank, anneal_tau, dual_ascent, fit_gates, resource_loss
+from ..strategies import DRATGates
+from .config import ADAM_BETAS, DEFAULT_LAMBDA, TrainingConfig
+from .distributed import Dist
+
+
+def configured_lam(cfg: TrainingConfig) -> float | None:
+    """The λ a config starts a run at: None without gates, 0 in budget mode (dual ascent, or the
+    warm start, moves it from there), else `lam` or DEFAULT_LAMBDA."""
+    if cfg.strategy != "drat":
+        return None
+    if cfg.budget_gib is not None:
+        return 0.0
+    return DEFAULT_LAMBDA if cfg.lam is None else cfg.lam
+
+
+class GateTraining:
+    """The gate bank, its optimizer, λ, and in budget mode the budget closed on the measured peak.
+
+    `site_labels`: the model's sites, in gate order. `model_state_bytes`: parameters, gradients and
+    AdamW moments of one process, the part of a step's memory no plan changes."""
+
+    def __init__(self, cfg: TrainingConfig, site_labels: list[str], model_state_bytes: float, dist: Dist,
+                 device: torch.device, log: logging.Logger):
+        self.cfg, self.labels, self.dist, self.device, self.log = cfg, site_labels, dist, device, log
+        self.model_state_bytes = model_state_bytes
+        self.gates = GateBank(len(site_labels), init_logit=cfg.gate_init_logit, tau=cfg.tau_start,
+                              seed=cfg.seed)
+        self.strategy = DRATGates(self.gates, sample=True)
+        # Their own AdamW: the gates are not part of the (possibly wrapped) model and its state
+        # dict. No decay (it would pull logits to 0, i.e. towards coin flips) and a constant lr:
+        # τ annealing already sharpens them on schedule.
+        self.optimizer = torch.optim.AdamW(self.gates.parameters(), lr=cfg.gate_lr, betas=ADAM_BETAS,
+                                           eps=1e-8, weight_decay=0.0)
+        self.lam: float = configured_lam(cfg)
+        # budget mode; raises BudgetInfeasibleError when the model states alone exceed the budget.
+        # The excess only ratchets up: see drat/budget.py for why the training loop needs that.
+        self.budget = (PeakBudget(cfg.budget_gib, model_state_bytes, ratchet=True)
+                       if cfg.budget_gib is not None else None)
+        self.costs: SiteCosts | None = None  # set_costs, before the first step
+        self.site_bytes: list[float] | None = None
+
+    # ------------------------------------------------------------------------- set-up
+    def set_costs(self, costs: SiteCosts, site_bytes: list[float]) -> None:
+        """The site costs the resource term prices, and each site's saved bytes, as measured once
+        (or as a checkpoint stored them: re-measured CPU timings would differ)."""
+        self.costs, self.site_bytes = costs, site_bytes
+
+    def warm_start(self) -> None:
+        """Start the gates (and λ in budget mode) from `fit_gates` on the measured costs: the run
+        executes a good plan from its first step, and training refines it."""
+        cfg = self.cfg
+
+        def fit() -> tuple[list[bool], float]:
+            if self.budget is not None:
+                res = fit_gates(self.costs, budget_act_bytes=self.budget.act_bytes, seed=cfg.seed,
+                                base_bytes=self.model_state_bytes)
+                return res.stored, res.lam
+            return fit_gates(self.costs, lam=self.lam, seed=cfg.seed).stored, self.lam
+
+        stored, self.lam = self.dist.main_first(fit)  # one fit, on rank 0; every rank starts from it
+        mag = abs(cfg.gate_init_logit) or 1.0
+        with torch.no_grad():
+            self.gates.logits.copy_(torch.tensor([mag if s else -mag for s in stored],
+                                                 device=self.gates.logits.device))
+        self.log.info(f"gates warm-started from the cost model: {sum(stored)}/{len(stored)} sites stored")
+
+    def agree_across_ranks(self) -> None:
+        """Rank 0's logits on every rank: identical already (same costs, same seed); made certain."""
+        self.dist.broadcast_(self.gates.logits.data)
+
+    # ------------------------------------------------------------------------- one step
+    def sample_plan(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anneal τ, draw this step's straight-through sample `st` (n_sites,) and pin its hard part,
+        the plan (n_sites,) in {0, 1}, on the model: every micro-batch of the step runs it."""
+        cfg = self.cfg
+        self.gates.set_temperature(anneal_tau(step, cfg.steps, cfg.tau_start, cfg.tau_end))
+        st = self.gates.sample_st()
+        plan = self._agree_on_plan((st.detach() > 0.5).to(st.dtype), step)
+        self.strategy.pin(plan)
+        return st, plan
+
+    def backward_resource(self, st: torch.Tensor) -> dict:
+        """Backward of λ·mem + time of the sample. The task loss has no path to the gates
+        (recomputation is exact), so this backward is their only gradient, kept apart so that the
+        model's gradients are computed exactly as under `none`. Costs live on the CPU in float64."""
+        res, mem, t = resource_loss(st, self.costs, self.lam)
+        res.backward()
+        return {"resource_t": res.detach(), "mem_t": mem.detach(), "time_t": t.detach()}
+
+    def step(self, plan: torch.Tensor, step_peak_bytes: int | None) -> None:
+        """The gates' optimizer step; in budget mode then λ's dual-ascent step on what the executed
+        plan keeps, against the activation budget (closed on `step_peak_bytes`, CUDA's peak of the
+        step, where there is one)."""
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.budget is None:
+            return
+        site = self.peak_site_bytes()
+        total, kept = max(sum(site), 1.0), self.plan_bytes(plan, site)
+        if step_peak_bytes is not None:
+            peak = float(step_peak_bytes)
+            if self.dist.mode:  # the max over ranks keeps every rank's λ equal (one process: no GPU sync)
+                peak_t = torch.tensor(peak, device=self.device, dtype=torch.float64)
+                peak = float(self.dist.max(peak_t).item())
+            self.close_budget_on_peak(peak, kept)
+        self.lam = dual_ascent(self.lam, kept / total, self.budget_frac())
+
+    def close_budget_on_peak(self, step_peak_bytes: float, kept_bytes: float) -> float:
+        """Whatever a step held beyond its plan's activations (model states, gradients, working
+        memory) comes off the activations' share of the budget; the largest such excess seen is
+        kept, so the target only tightens. Returns the new target as a fraction of store-all bytes."""
+        self.budget.close(step_peak_bytes, kept_bytes)
+        return self.budget_frac()
+
+    def budget_frac(self) -> float:
+        """The activation budget as a fraction of what storing every site adds to the peak."""
+        return max(self.budget.act_bytes, 0.0) / max(sum(self.peak_site_bytes()), 1.0)
+
+    def _agree_on_plan(self, plan: torch.Tensor, step: int) -> torch.Tensor:
+        """Rank 0's hard plan. The ranks sample the same plan (same logits, same generator state);
+        the broadcast makes certain every rank recomputes the same sites regardless."""
+        if not self.dist.mode:
+            return plan
+        mine = plan.clone()
+        self.dist.broadcast_(plan)
+        if not torch.equal(plan, mine):
+            self.log.warning(f"step {step}: this rank sampled another gate plan than rank 0; "
+                             f"running rank 0's")
+        return plan
+
+    # ------------------------------------------------------------------------- bytes of a plan
+    def peak_site_bytes(self) -> list[float]:
+        """What storing each site adds to a step's peak: its saved bytes, less what a peak-aware cost
+        table found the peak does not drop by when the site is recomputed (the LM head: its chunked
+        rebuild sits on top of the peak; `costs.measure_peak_saving_bytes`). The budget loop counts
+        these, as the gates' resource loss does; with the owned bytes instead, a plan recomputing
+        the head would leave its rebuild transient in the budget's excess for good, and every later
+        plan that stores the head would be held that much under the budget."""
+        c = self.costs
+        if c is None or c.owned_bytes is None:
+            return self.site_bytes
+        return [b - (o - m) for b, o, m in zip(self.site_bytes, c.owned_bytes, c.mem_bytes)]
+
+    def plan_bytes(self, plan: torch.Tensor, site_bytes: list[float] | None = None) -> float:
+        """Saved activation bytes of `plan`: Σ bytes of its stored sites, counted in `site_bytes`
+        where given (the budget loop's `peak_site_bytes`), else in the measured site bytes."""
+        stored = (plan.detach() > 0.5).tolist()
+        return float(sum(b for b, s in zip(site_bytes or self.site_bytes, stored) if s))
+
+    # ------------------------------------------------------------------------- records, checkpoints
+    def record(self, out: dict) -> dict:
+        """The gate fields of a `kind: train` metrics record of the step `out` describes."""
+        probs = self.gates.probs().detach().cpu().tolist()
+        stored = (out["plan"] > 0.5).cpu().tolist()
+        return {
+            "tau": float(self.gates.tau),
+            "resource_loss": out["resource_t"].item(),
+            "mem_frac": out["mem_t"].item(),
+            "recompute_frac": out["time_t"].item(),
+            "n_stored": int(sum(stored)),
+            "gates": {lab: {"p_store": p, "stored": bool(s)}
+                      for lab, p, s in zip(self.labels, probs, stored)},
+        }
+
+    def final_plan(self) -> dict:
+        stored = [bool(v) for v in self.gates.hard().cpu().tolist()]
+        return {"stored": stored, "n_stored": sum(stored),
+                "saved_activation_bytes": self.plan_bytes(torch.tensor(stored, dtype=torch.float32))}
+
+    def state_dict(self) -> dict:
+        """The checkpoint's gate entries (the bank carries its generator: a resumed run draws the
+        same samples)."""
+        return {"gates": self.gates.state_dict(), "gate_optimizer": self.optimizer.state_dict(),
+                "lam": self.lam, "other_bytes": self.budget.other_bytes if self.budget is not None else 0.0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gates.load_state_dict(state["gates"])
+        self.optimizer.load_state_dict(state["gate_optimizer"])
+        self.lam = state["lam"]
+        if self.budget is not None:
+            self.budget.other_bytes = state.get("other_bytes", 0.0)
+
+
+# the checkpoint's gate entries of a run without gates
+NO_GATES_STATE = {"gates": None, "gate_optimizer": None, "lam": None, "other_bytes": 0.0}
