@@ -84,20 +84,26 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
             f"{row['tokens_per_s']:10.0f} tok/s{clock}  recompute={row['recomputed_sites']}")
         return row
 
+    def raw_row(name: str, raw, mode: str, saved, budget=None, compiled=None) -> None:
+        """A row of the model as its user has it, before drat.wrap (eager, or torch.compile'd)."""
+        fwd = compiled or (lambda i, t: raw(input_ids=i, labels=t, shift_labels=t).loss)
+        m = measure_steps(raw, idx, targets, steps, warmup, compiled=fwd)
+        mfu = flops / (m["step_ms"] / 1e3) / (peak_tflops * 1e12) if dev.type == "cuda" else None
+        rows.append({"name": name, "strategy": name, "mode": mode, "lam": None, "budget_gib": budget, **m,
+                     "tokens_per_s": tokens / (m["step_ms"] / 1e3), "mfu": mfu,
+                     "saved_activation_bytes": saved, "n_recomputed": 0, "recomputed_sites": ""})
+        if out is not None:
+            write_outputs(rows, Path(out), meta)
+        log(f"{name:<22} peak {m['peak_gib']:7.3f} GiB  {m['step_ms']:8.2f} ms")
+
     if wrapped and want("unwrapped"):
-        # the model as its user has it, before drat.wrap: what the wrapped store-all rows cost over it
+        # the model before drat.wrap: what the wrapped store-all rows cost over it
         raw = model.unwrap()
         with SavedTensorAccountant(raw) as acct, autocast_ctx(dev):
             loss = raw(input_ids=idx, labels=targets, shift_labels=targets).loss
         raw_saved = acct.total_bytes
         del loss
-        m = measure_steps(raw, idx, targets, steps, warmup,
-                          compiled=lambda i, t: raw(input_ids=i, labels=t, shift_labels=t).loss)
-        mfu = flops / (m["step_ms"] / 1e3) / (peak_tflops * 1e12) if dev.type == "cuda" else None
-        rows.append({"name": "unwrapped", "strategy": "unwrapped", "mode": "eager", "lam": None,
-                     "budget_gib": None, **m, "tokens_per_s": tokens / (m["step_ms"] / 1e3), "mfu": mfu,
-                     "saved_activation_bytes": raw_saved, "n_recomputed": 0, "recomputed_sites": ""})
-        log(f"{'unwrapped':<22} peak {m['peak_gib']:7.3f} GiB  {m['step_ms']:8.2f} ms")
+        raw_row("unwrapped", raw, "eager", raw_saved)
         model = wrap(raw)
     baselines = [("none", NoneAC()), ("full", FullAC()), ("selective", SelectiveAC()), ("sac", SAC())]
     if wrapped:  # the transformers user's own baseline
@@ -167,7 +173,25 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                 if out is not None:
                     write_outputs(rows, Path(out), meta)
     if wrapped and dev.type == "cuda":
-        log("compiled rows skipped: CompiledPlanAC plans DRAT's own GPT only")
+        log("compiled DRAT rows skipped: CompiledPlanAC plans DRAT's own GPT only")
+        # the compiler's own memory budgets on the model before drat.wrap, where it compiles
+        budgets = [b for b in compile_budgets if want(f"compile-budget{b}")]
+        if budgets:
+            import torch._functorch.config as fconfig
+
+            raw = model.unwrap()
+            for b in budgets:
+                torch._dynamo.reset()
+                with fconfig.patch(activation_memory_budget=b):
+                    fwd = torch.compile(lambda i, t: raw(input_ids=i, labels=t, shift_labels=t).loss)
+                    try:
+                        raw_row(f"compile-budget{b}", raw, "compiled", None, budget=b, compiled=fwd)
+                    except Exception as e:  # noqa: BLE001 - a model that does not compile gets no row
+                        log(f"compile-budget{b}: skipped, the model did not compile: "
+                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                del fwd
+            torch._dynamo.reset()
+            model = wrap(raw)
     if dev.type == "cuda" and not wrapped:
         # DRAT compiled: gate plans handed to the partitioner as SAC policies, fitted on costs
         # where the compiler fuses pointwise recomputation into neighbouring kernels
