@@ -35,6 +35,7 @@ from .train import (
     DEFAULT_LAMBDA,
     CheckpointError,
     ResourceAwareTrainer,
+    TrainingDiverged,
     evaluate_checkpoint,
     generate_text,
     parse_config_json,
@@ -42,7 +43,7 @@ from .train import (
     resolve_training_config,
     write_json_atomic,
 )
-from .train.config import FIELD_RULES, TrainingDiverged
+from .train.config import FIELD_RULES
 from .validate import NONNEG, NONNEG_INT, OUT_DIR, OUT_FILE, POSITIVE_INT, SEED
 
 EXIT_USAGE = 2  # bad input: one line on stderr, nothing written

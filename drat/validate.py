@@ -118,10 +118,10 @@ class NumberList:
             if not item.strip():
                 continue
             try:
-                msg = self.rule.problem(self.rule.parse(item))
-            except InputError:
-                msg = "x"
-            if msg is not None:
+                ok = self.rule.problem(self.rule.parse(item)) is None
+            except InputError:  # not a number at all
+                ok = False
+            if not ok:
                 raise argparse.ArgumentTypeError(
                     f"must be comma-separated values, each {self.rule.description}; got {item!r} in {text!r}")
         return text

@@ -23,6 +23,8 @@ def test_profile_json_contract(capsys, strategy):
     assert d["strategy"] == strategy and d["torch_version"] and d["device"].startswith("cpu")
     assert {"layer", "site", "decision", "bytes"} <= set(d["sites"][0])
     assert len(d["sites"]) == 4 * 8 + 3
+    # the token ids and targets held for backward (B·S int64 each): in the total, and reported apart
+    assert d["input_bytes"] == 2 * 2 * 16 * 8 < d["saved_activation_bytes"]
 
 
 @pytest.mark.slow
@@ -60,3 +62,21 @@ def test_console_script_runs():
     p = subprocess.run([sys.executable, "-m", "drat.cli", "profile", "--size", "huge"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "unknown model size" in p.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["eval"], "the following arguments are required: --ckpt"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["bench", "frontier", "--out", "x", "--lambdas", "0.1,inf"], "argument --lambdas"),
+])
+def test_every_parser_error_is_one_line_and_exit_2(capsys, argv, message):
+    """argparse's own errors follow the convention too: no usage block, `drat: error:` and status 2."""
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and err.startswith("drat: error: ")
+    assert message in err
+
+
+def test_help_exits_0(capsys):
+    rc, out, _ = run_cli(capsys, "train", "--help")
+    assert rc == 0 and "--allow-unverified" in out

@@ -76,8 +76,9 @@ def test_a_recomputing_plan_still_trains_exactly_after_inference_mode():
 
 def _wrapped_llama():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=64)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg)
     model.train()

@@ -73,7 +73,8 @@ class TinyLM(nn.Module):
         return F.cross_entropy(self.head(self.ln_f(x)).flatten(0, 1), targets.flatten())
 
 
-BUILDERS = {"llama": llama, "gpt2": gpt2, "qwen2": qwen2, "plain": TinyLM}
+BUILDERS = {"llama": llama, "llama-dropout": lambda: llama(0.1), "gpt2": gpt2, "qwen2": qwen2,
+            "plain": TinyLM}
 
 
 def make(kind: str, seed: int = 0):

@@ -126,7 +126,13 @@ CATALOGUE: dict[str, Entry] = {
         "`hf-checkpointing` (transformers' own `gradient_checkpointing_enable()`), DRAT with every gate "
         "on store, DRAT's λ sweep, and budget plans at ¼, ½ and ¾ of the activations beside the "
         "oracle's plan on the same cost table, each pair also timed in alternating steps. No compiled "
-        "rows: the compiled plans run DRAT's own GPT only.",
+        "DRAT rows: the compiled plans run DRAT's own GPT only.",
+        warmup=2),
+    "llama-1b-s4096-b6/frontier-compile-budgets": Entry(
+        "the compiler's memory budgets on the same model",
+        "The same Llama, in a second process: `unwrapped` and wrapped `none` for reference, and "
+        "`torch.compile` of the model before `drat.wrap` at activation-memory budgets 1.0, 0.5 and 0.2 "
+        "(the model compiles). Compare with the eager frontier above through each process's `none`.",
         warmup=2),
 }
 PAPER_ENTRY = Entry(
@@ -791,8 +797,12 @@ def wrapped_figure(b: Bench) -> str:
 
 
 def _wrapped_frontiers(benches: list[Bench]) -> list[Bench]:
-    return [b for b in benches if b.stem == "frontier" and not b.key.startswith("paper-")
-            and wrapped(b.meta["config"])]
+    """One bench per wrapped model's figure: the first (eager) frontier of each model folder."""
+    out: dict[str, Bench] = {}
+    for b in benches:
+        if b.stem == "frontier" and not b.key.startswith("paper-") and wrapped(b.meta["config"]):
+            out.setdefault(wrapped_figure(b), b)
+    return list(out.values())
 
 
 def _family(name: str) -> tuple[str, str]:

@@ -12,11 +12,18 @@
 """
 
 from .checkpoint import CheckpointError
-from .config import DEFAULT_LAMBDA, TrainingConfig, TrainingError, parse_config_json, resolve_training_config
+from .config import (
+    DEFAULT_LAMBDA,
+    TrainingConfig,
+    TrainingDiverged,
+    TrainingError,
+    parse_config_json,
+    resolve_training_config,
+)
 from .inference import evaluate_checkpoint, generate_text, load_trained
 from .run_folder import RUN_ARTIFACTS, prepare_run_folder, write_json_atomic
 from .trainer import ResourceAwareTrainer
 
 __all__ = ["CheckpointError", "DEFAULT_LAMBDA", "RUN_ARTIFACTS", "ResourceAwareTrainer", "TrainingConfig",
-           "TrainingError", "evaluate_checkpoint", "generate_text", "load_trained", "parse_config_json",
-           "prepare_run_folder", "resolve_training_config", "write_json_atomic"]
+           "TrainingDiverged", "TrainingError", "evaluate_checkpoint", "generate_text", "load_trained",
+           "parse_config_json", "prepare_run_folder", "resolve_training_config", "write_json_atomic"]

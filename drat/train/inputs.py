@@ -24,7 +24,10 @@ from ..data import (
     prepare_tokens,
     train_tokenizer,
 )
+from ..data.tokenizer import DEFAULT_SPECIAL_TOKENS, N_BYTE_TOKENS
 from .config import DEFAULT_VOCAB_SIZE, TrainingConfig, TrainingError
+
+MIN_VOCAB_SIZE = N_BYTE_TOKENS + len(DEFAULT_SPECIAL_TOKENS)  # the smallest tokenizer a run can have
 
 
 @dataclass

@@ -57,7 +57,7 @@ from .config import TrainingConfig, TrainingDiverged, TrainingError, build_model
 from .distributed import full_tensor, grad_sync, init_distributed, set_block_resharding, wrap_model
 from .gating import GateTraining, configured_lam
 from .inference import evaluate_loss
-from .inputs import plan_inputs, prepare_inputs, write_inputs
+from .inputs import MIN_VOCAB_SIZE, plan_inputs, prepare_inputs, write_inputs
 from .metrics import MFU, MetricSinks, ProgressLine
 from .optim import build_optimizer, lr_multiplier
 from .run_folder import check_run_folder, discard_after, make_run_folder, setup_logging, write_json_atomic
@@ -109,6 +109,8 @@ class ResourceAwareTrainer:
         Returns the checkpoint to resume from; keeps what it loaded for `_setup`."""
         cfg = self.cfg
         path = check_run_folder(cfg, resume, overwrite, tokens_from)
+        # from the config alone: no vocabulary is smaller than the bytes and the end-of-text token
+        self._check_budget(MIN_VOCAB_SIZE)
         state = None
         if path is not None:
             state = load_checkpoint(path, map_location="cpu", allow_unverified=self.allow_unverified,
@@ -119,13 +121,20 @@ class ResourceAwareTrainer:
             check_resumable(state, path, cfg, tok.sha256, has_gates=cfg.strategy == "drat",
                             world=self.dist.world)
             self._check_vocab(state, path, tok.vocab_size)
-        if cfg.budget_gib is not None:  # BudgetInfeasibleError below the model states' floor
-            with torch.device("meta"):  # the parameter count, without allocating a parameter
-                states = model_state_bytes(build_model(cfg, cfg.model_config(tok.vocab_size)))
-            budget_to_activation_bytes(cfg.budget_gib, states // self.dist.world if self.dist.mode == "fsdp"
-                                       else states)
+        self._check_budget(tok.vocab_size)  # exactly, now that the tokenizer is known
         self._preflight_state = state
         return path
+
+    def _check_budget(self, vocab_size: int) -> None:
+        """BudgetInfeasibleError when the model's states alone (parameters, gradients, AdamW
+        moments, per process) exceed `budget_gib`, with a tokenizer of `vocab_size` tokens."""
+        cfg = self.cfg
+        if cfg.budget_gib is None:
+            return
+        with torch.device("meta"):  # the parameter count, without allocating a parameter
+            states = model_state_bytes(build_model(cfg, cfg.model_config(vocab_size)))
+        budget_to_activation_bytes(cfg.budget_gib, states // self.dist.world if self.dist.mode == "fsdp"
+                                   else states)
 
     @staticmethod
     def _check_vocab(state: dict, path: Path, vocab_size: int) -> None:

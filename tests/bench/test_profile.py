@@ -82,7 +82,7 @@ def test_drat_and_oracle_points_plan_on_one_shared_cost_table(capsys, tmp_path):
     (["--costs-only"], "--costs-only needs --out FILE"),
     (["--costs-only", "--point", "none", "--out", "x.json"], "no plan and no --costs"),
     (["--point", "drat-lam0.5", "--costs", "nowhere.json"], "cannot read the cost table"),
-    (["--steps", "-1"], "must not be negative"),
+    (["--steps", "-1"], "argument --steps: must be a non-negative integer, got '-1'"),
     (["--costs-only", "--size", "huge", "--out", "c.json"], "unknown model size"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, monkeypatch, argv, message):

@@ -61,7 +61,8 @@ def test_tokenize_refuses_a_corpus_that_changed_since_its_pin(capsys, tmp_path, 
 
 @pytest.mark.parametrize("argv, message", [
     (["pin", "--corpus", "nonsense", "--out", "c.json"], "unknown corpus"),
-    (["pin", "--corpus", "stdlib", "--max-bytes", "0", "--out", "c.json"], "--max-bytes must be positive"),
+    (["pin", "--corpus", "stdlib", "--max-bytes", "0", "--out", "c.json"],
+     "argument --max-bytes: must be a positive integer, got '0'"),
     (["tokenize", "--corpus", "stdlib", "--pinned", "nowhere.json", "--tokenizer", "t.json", "--out", "tok"],
      "cannot read the pinned corpus"),
 ])

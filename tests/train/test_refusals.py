@@ -2,6 +2,7 @@
 the first write. Also: temporary files an interrupted write left are cleared, a checkpoint without
 its digest is refused unless allowed unverified, and a run whose loss turns NaN stops."""
 
+import dataclasses
 import json
 import shutil
 
@@ -18,8 +19,8 @@ from .test_trainer import cli, records, run, small_cfg
 
 def snapshot(root):
     """Every file and folder below `root`: kind, bytes and mtime, to compare before and after."""
-    return {str(p.relative_to(root)): (p.is_dir(), p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
+    return {str(p.relative_to(root)): (p.is_dir(), p.read_bytes() if p.is_file() else None,
+                                       p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
 def one_error_line(err: str) -> str:
@@ -31,8 +32,8 @@ def one_error_line(err: str) -> str:
 
 def train_args(out, *extra, tokenizer=None, vocab_size=None):
     args = ["train", "--corpus", "stdlib", "--max-corpus-bytes", CORPUS_BYTES, "--layers", 2, "--hidden", 32,
-            "--heads", 4, "--seq-len", 32, "--batch-size", 4, "--steps", 4, "--ckpt-every", 2, "--device", "cpu",
-            "--eval-batches", 1, "--log-every", 1, "--no-tensorboard", "--out", out]
+            "--heads", 4, "--seq-len", 32, "--batch-size", 4, "--steps", 4, "--ckpt-every", 2,
+            "--device", "cpu", "--eval-batches", 1, "--log-every", 1, "--no-tensorboard", "--out", out]
     if tokenizer is not None:
         args += ["--tokenizer", tokenizer]
     if vocab_size is not None:
@@ -124,6 +125,15 @@ def test_a_new_run_that_trains_its_tokenizer_is_refused_before_writing_it(tmp_pa
     assert not (tmp_path / "fresh").exists()
 
 
+def test_a_budget_below_every_model_of_the_config_is_refused_before_the_corpus_is_read(tmp_path, capsys):
+    """The states of the smallest vocabulary already exceed it: decided from the config alone, so
+    a corpus that could not even be read is never touched."""
+    rc, _, err = cli(capsys, *train_args(tmp_path / "fresh", "--budget-gib", "1e-9", "--corpus",
+                                         f"text:{tmp_path / 'nowhere'}", vocab_size=300))
+    assert rc == 2 and "below the feasible floor" in one_error_line(err)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_refused_overwrite_keeps_the_old_run(run_copy, tokenizer_path, capsys):
     before = snapshot(run_copy)
     rc, _, err = cli(capsys, *train_args(run_copy, "--overwrite", "--budget-gib", "1e-9",
@@ -147,10 +157,13 @@ def test_temporary_files_of_interrupted_writes_are_removed_and_reported(run_copy
     line = f"removed 5 stray temporary file(s), {sum(strays.values()):,} bytes, left in {run_copy}"
     assert line in err and line in (run_copy / "train.log").read_text()
     assert not any(p.exists() for p in strays) and keep.read_text() == "mine"
-    # a fresh start in a folder with strays (--overwrite) clears them too
-    (run_copy / "checkpoints" / ".ckpt_0000002.pt.zz.tmp").write_bytes(b"y" * 9)
-    rc, _, err = cli(capsys, "train", "--out", run_copy, "--overwrite")
-    assert rc == 0 and "removed 1 stray temporary file(s), 9 bytes" in err
+
+def test_a_new_run_over_an_old_one_clears_its_temporary_files(own_tokenizer_run, run_copy):
+    (run_copy / ".summary.json.tmp").write_bytes(b"y" * 9)  # --overwrite removes checkpoints/ whole
+    _, cfg = own_tokenizer_run
+    trainer = ResourceAwareTrainer(dataclasses.replace(cfg, out=str(run_copy)), overwrite=True)
+    trainer.close()
+    assert "removed 1 stray temporary file(s), 9 bytes" in (run_copy / "train.log").read_text()
     assert not list(run_copy.rglob(".*.tmp"))
 
 
@@ -184,13 +197,13 @@ def test_eval_and_generate_refuse_impossible_requests_and_top_k_0_means_all(run_
 def test_a_diverging_run_stops_naming_the_step_and_keeps_its_last_good_checkpoint(tmp_path, tokenizer_path,
                                                                                   capsys):
     out = tmp_path / "div"
-    rc, stdout, err = cli(capsys, *train_args(out, "--steps", 20, "--lr", "1e30", "--warmup", 0, "--min-lr", 0,
-                                              tokenizer=tokenizer_path))
+    rc, stdout, err = cli(capsys, *train_args(out, "--steps", 20, "--lr", "1e30", "--warmup", 0,
+                                              "--min-lr", 0, tokenizer=tokenizer_path))
     line = one_error_line(err)
     assert rc == 3 and stdout == "" and "training diverged: the loss is NaN or inf at step" in line
     step = int(line.split("at step ")[1].split(";")[0])
     assert [r["step"] for r in records(out)] == list(range(1, step))  # nothing logged of the NaN step
-    kept = sorted(p.name for p in (out / "checkpoints").glob("*.pt")) if (out / "checkpoints").exists() else []
+    kept = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))  # none yet, or only older ones
     assert all(int(name[5:12]) < step for name in kept)
     assert "training diverged" in (out / "train.log").read_text()
     assert not (out / "summary.json").exists()
@@ -221,16 +234,13 @@ def test_weights_broken_by_an_update_are_not_checkpointed(tmp_path, tokenizer_pa
     """A finite loss whose update leaves NaN weights: caught before that state is checkpointed."""
     cfg = small_cfg(tmp_path / "w", tokenizer_path, steps=4, ckpt_every=2)
     trainer = ResourceAwareTrainer(cfg)
-    step = trainer.optimizer.step
 
-    def broken_step(*a, **kw):
-        out = step(*a, **kw)
+    def break_weights(optimizer, args, kwargs):
         if trainer.step == 3:  # the update of step 4
             with torch.no_grad():
                 next(trainer.model.parameters()).fill_(float("inf"))
-        return out
 
-    trainer.optimizer.step = broken_step
+    trainer.optimizer.register_step_post_hook(break_weights)
     try:
         with pytest.raises(TrainingDiverged, match="the weights are NaN or inf after step 4"):
             trainer.train()
