@@ -27,6 +27,8 @@ from .costs import SiteCosts, expected_recompute, plan_cost
 from .oracle import activation_floor_bytes
 from .search import greedy_repair, local_search
 
+DEFAULT_LAMBDA = 0.05  # the price of memory of a DRAT plan asked for with neither λ nor a budget
+
 
 class BudgetInfeasibleError(ValueError):
     """The requested memory budget is below what any plan can reach."""

@@ -40,7 +40,7 @@ import torch
 
 from ..accounting import SavedTensorAccountant
 from ..costs import SiteCosts, model_state_bytes
-from ..gates import budget_to_activation_bytes, fit_gates
+from ..gates import DEFAULT_LAMBDA, budget_to_activation_bytes, fit_gates
 from ..measure import build_costs, measure_site_bytes, measure_steps, random_batch, time_training_steps
 from ..model import GPT, add_shape_args, config_for, shape_overrides
 from ..oracle import solve_oracle
@@ -52,7 +52,6 @@ from ..validate import NONNEG, NONNEG_INT, OUT_FILE, POSITIVE, POSITIVE_INT, SEE
 from .common import bench_model
 
 PROFILE_STRATEGIES = (*BASELINES, *PLANNERS)
-DEFAULT_LAMBDA = 0.05
 
 
 @dataclass

@@ -11,9 +11,9 @@
     distributed.py DDP/FSDP2 under torchrun
 """
 
+from ..gates import DEFAULT_LAMBDA
 from .checkpoint import CheckpointError
 from .config import (
-    DEFAULT_LAMBDA,
     TrainingConfig,
     TrainingDiverged,
     TrainingError,

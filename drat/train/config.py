@@ -31,7 +31,6 @@ from ..wrap import HF_FAMILIES, hf_model, wrap
 
 TRAIN_STRATEGIES = ("none", "full", "selective", "sac", "drat")
 DEFAULT_VOCAB_SIZE = 8192
-DEFAULT_LAMBDA = 0.05  # λ of a drat run given neither lam nor budget_gib
 ADAM_BETAS = (0.9, 0.95)  # nanoGPT/GPT-3 values; β2=0.95 is steadier than 0.999 at small batch
 
 # Fields that may change when a run is resumed: they steer logging and bookkeeping, not the maths

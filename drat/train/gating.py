@@ -29,9 +29,9 @@ import torch
 
 from ..budget import PeakBudget
 from ..costs import SiteCosts
-from ..gates import GateBank, anneal_tau, dual_ascent, fit_gates, resource_loss
+from ..gates import DEFAULT_LAMBDA, GateBank, anneal_tau, dual_ascent, fit_gates, resource_loss
 from ..strategies import DRATGates
-from .config import ADAM_BETAS, DEFAULT_LAMBDA, TrainingConfig
+from .config import ADAM_BETAS, TrainingConfig
 from .distributed import Dist
 
 
