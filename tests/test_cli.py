@@ -13,6 +13,7 @@ def run_cli(capsys, *argv):
     return rc, out.out, out.err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["none", "full", "selective", "sac", "drat"])
 def test_profile_json_contract(capsys, strategy):
     rc, out, _ = run_cli(capsys, "profile", "--size", "tiny", "--strategy", strategy, "--device", "cpu",
@@ -58,6 +59,7 @@ def test_profile_bad_input_is_one_line_and_exit_2(capsys, argv, message, monkeyp
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.slow
 def test_console_script_runs():
     p = subprocess.run([sys.executable, "-m", "drat.cli", "profile", "--size", "huge"],
                        capture_output=True, text=True)

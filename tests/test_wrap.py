@@ -323,6 +323,7 @@ def test_train_hf_resumes_bitwise(tmp_path):
     assert main(["generate", "--ckpt", str(tmp_path / "a" / "checkpoints" / "ckpt_0000004.pt")]) == 2
 
 
+@pytest.mark.slow
 def test_profile_and_frontier_take_a_transformers_model(tmp_path, capsys):
     import json
 

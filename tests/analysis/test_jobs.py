@@ -4,6 +4,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from drat.analysis.jobs import jobs, to_script
 
 DRY = """
@@ -52,6 +54,7 @@ def test_script_keeps_commands_verbatim_makes_folders_and_survives_failures(tmp_
     assert (tmp_path / "out" / "b.txt").read_text() == "ok\n"
 
 
+@pytest.mark.slow
 def test_empty_dry_run_or_an_argument_is_an_error():
     r = subprocess.run([sys.executable, "-m", "drat.analysis.jobs"], input="nothing", capture_output=True,
                        text=True)
@@ -61,6 +64,7 @@ def test_empty_dry_run_or_an_argument_is_an_error():
     assert r.returncode == 2 and r.stdout == "" and "usage:" in r.stderr
 
 
+@pytest.mark.slow
 def test_module_writes_the_script_to_stdout():
     r = subprocess.run([sys.executable, "-m", "drat.analysis.jobs"], input=DRY, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == to_script(jobs(DRY))
@@ -96,6 +100,7 @@ def test_stop_after_leaves_later_jobs_unstarted(tmp_path):
     assert (tmp_path / "out" / "a.txt").exists() and not (tmp_path / "out" / "b.txt").exists()
 
 
+@pytest.mark.slow
 def test_a_job_cut_off_mid_way_is_rerun_not_taken_as_done(tmp_path):
     """A bench rewrites its outputs after every row: killed by a timeout, it leaves complete-
     looking files. The `.incomplete` marker makes the next call rerun it."""

@@ -77,6 +77,7 @@ def test_drat_capacity_guess_comes_from_the_least_memory_plans_measured_peaks(tm
     assert _drat_guess({**ref, "floor_plan_peaks": {1: None, 2: None}}, 2**31) == 1024
 
 
+@pytest.mark.slow
 def test_alloc_conf_reaches_the_allocator_and_the_meta(tmp_path, monkeypatch):
     """`--alloc-conf` sets PYTORCH_CUDA_ALLOC_CONF before anything starts CUDA, and the meta
     records it: under a hard cap the allocator's fragmentation decides the batch."""

@@ -216,6 +216,7 @@ def _fixture_config(tmp_path: Path, allow_missing: bool = True) -> Path:
     return path
 
 
+@pytest.mark.slow
 @needs_snakemake
 def test_archived_dry_run_needs_no_compute(tmp_path):
     cfg = _fixture_config(tmp_path)
@@ -384,6 +385,7 @@ def test_aggregate_lists_missing_runs_and_reads_present_ones(tmp_path):
 ALLOWED_COMMAND = re.compile(r"^\(?(?:OMP_NUM_THREADS=\d+ )?(?:drat |python -m drat\.)")
 
 
+@pytest.mark.slow
 @needs_snakemake
 def test_rules_run_only_the_drat_command_or_drat_modules():
     r = snakemake("-n", "-p", "--forceall", "--configfile", str(SMOKE))
