@@ -18,7 +18,10 @@ from .gates import GateBank, fit_gates
 from .measure import build_costs
 from .model import GPT, GPTConfig, config_for
 from .oracle import solve_oracle
-from .strategies import SAC, CompiledPlanAC, DRATGates, FullAC, NoneAC, PlanAC, SelectiveAC, make_strategy
+from .strategies import (
+    SAC, CompiledPlanAC, DRATGates, FullAC, FullOffload, NoneAC, OffloadAll, PlanAC, SaveOnCPU, SelectiveAC,
+    make_strategy,
+)
 from .train import ResourceAwareTrainer, TrainingConfig
 from .wrap import GatedModel, unwrap, wrap
 
@@ -27,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GPT", "GPTConfig", "config_for",
     "NoneAC", "FullAC", "SelectiveAC", "SAC", "PlanAC", "DRATGates", "CompiledPlanAC", "make_strategy",
+    "SaveOnCPU", "OffloadAll", "FullOffload",
     "SiteCosts", "build_costs", "plan_cost", "GateBank", "fit_gates", "solve_oracle",
     "saved_activation_bytes", "ResourceAwareTrainer", "TrainingConfig", "wrap", "unwrap", "GatedModel",
 ]

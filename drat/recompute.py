@@ -8,6 +8,9 @@ the backward needs it again. `SiteRuntime` owns both hooks for one forward pass:
   forward is running (an *internal*: LayerNorm stats, attention log-sum-exp, dropout masks,
   autocast weight copies). Parameters and registered model inputs are never activations.
 * A stored owner: the tensor is kept as is.
+* An offloaded owner: the tensor's storage is copied to host memory right after the site runs and
+  reloaded ahead of its use in backward (`offload.Offloader`); for the recompute recursion the
+  site counts as available, like a stored one, and a recipe that needs it as input reloads it.
 * A recomputed owner: pack returns a small reference instead, and the tensor is freed when the
   forward no longer needs it. On unpack the site is re-run (same inputs, same kernels, same RNG
   state, same autocast state) and the matching tensor is returned. That makes recomputation
@@ -41,6 +44,8 @@ from typing import Any
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
+
+from .offload import Offloader, OffloadRef
 
 # The accountant of an enclosing `SavedTensorAccountant`, if any (see accounting.py).
 _ACCOUNTANT: contextvars.ContextVar[Any] = contextvars.ContextVar("drat_accountant", default=None)
@@ -199,6 +204,25 @@ class _Kept:
         return self.t
 
 
+class _Off:
+    """A saved tensor of an offloaded site, with its version at pack time (see `_Kept`)."""
+
+    __slots__ = ("ref", "tref", "version")
+
+    def __init__(self, ref: OffloadRef, t: torch.Tensor):
+        self.ref = ref
+        self.tref = weakref.ref(t)
+        self.version = _version_of(t)
+
+    def check_version(self) -> None:
+        t = self.tref()
+        if t is not None and self.version is not None and t._version != self.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace "
+                f"operation: a tensor of shape {tuple(t.shape)} is at version {t._version}; expected "
+                f"version {self.version} instead (DRAT offloaded it to host memory)")
+
+
 class _IntRef:
     """A saved internal tensor of a recomputed site: the k-th pack during its forward."""
 
@@ -222,11 +246,22 @@ class SiteRuntime:
 
     `stored[i]` says whether site i (a `SiteGraph` index) keeps its activations.
     `site_has_dropout[i]` marks sites whose forward draws random numbers.
+    `offloaded[i]` (with an `offloader`) says that site i keeps them in host memory instead; such
+    a site counts as stored for everything but where its tensors live.
     """
 
     def __init__(self, stored: Sequence[bool], site_has_dropout: Sequence[bool], device: torch.device,
-                 state_ptrs: set[int] | None = None, site_blocks: Sequence[int | None] | None = None):
-        self.stored = list(stored)
+                 state_ptrs: set[int] | None = None, site_blocks: Sequence[int | None] | None = None,
+                 offloaded: Sequence[bool] | None = None, offloader: Offloader | None = None):
+        self.offloaded = [bool(o) for o in offloaded] if offloaded is not None else [False] * len(stored)
+        if any(self.offloaded) and offloader is None:
+            raise ValueError("an offload plan needs an Offloader")
+        # an offloaded site is available in backward without a rebuild, like a stored one
+        self.stored = [bool(s) or o for s, o in zip(stored, self.offloaded)]
+        self.offloader = offloader
+        self.groups = _prefetch_groups(site_blocks, len(self.stored))
+        if offloader is not None:
+            offloader.begin_forward()
         # the block of each site (its layer, None at model level): own rebuilds memoise parents
         # of the same block only (module docstring); without it every parent is transient
         self.blocks = list(site_blocks) if site_blocks is not None else None
@@ -261,6 +296,8 @@ class SiteRuntime:
         its statistics must not pin a step's activations."""
         self._owner.clear()
         self._weights.clear()
+        if self.offloader is not None:
+            self.offloader.end_forward()
         self._current = None
         self.accountant = None
         refs, self._outrefs = self._outrefs, []
@@ -326,6 +363,8 @@ class SiteRuntime:
         if ent is not None and not self.stored[ent[0].site]:
             inst, _, base_offset, _, _ = ent
             return _OutRef(inst, x, base_offset, same=False)
+        if ent is not None and self.offloaded[ent[0].site]:  # the recipe reloads it when it rebuilds
+            return self.offloader.offload(x, self.groups[ent[0].site], slot=False)
         if self.accountant is not None:
             self.accountant.record(x, None if ent is None else ent[0].site)
         return x.detach()
@@ -349,6 +388,8 @@ class SiteRuntime:
         if ent is not None:
             inst, _, base_offset, size, stride = ent
             if self.stored[inst.site]:
+                if self.offloaded[inst.site]:
+                    return _Off(self.offloader.offload(t, self.groups[inst.site]), t)
                 if self.accountant is not None:
                     self.accountant.record(t, inst.site)
                 return _Kept(t)
@@ -363,6 +404,8 @@ class SiteRuntime:
                 self.accountant.record(t, None)
             return _Kept(t)
         if self.stored[cur.site]:
+            if self.offloaded[cur.site]:
+                return _Off(self.offloader.offload(t, self.groups[cur.site]), t)
             if self.accountant is not None:
                 self.accountant.record(t, cur.site)
             return _Kept(t)
@@ -375,6 +418,9 @@ class SiteRuntime:
     def _unpack(self, ref):
         if isinstance(ref, _Kept):
             return ref.get()
+        if isinstance(ref, _Off):
+            ref.check_version()
+            return self.offloader.get(ref.ref)
         inst = ref.inst
         if isinstance(ref, _OutRef):
             ref.check_version()
@@ -426,6 +472,8 @@ class SiteRuntime:
                     x = x.view_of(self._own_rebuild(parent)[0])  # same block: memoised
                 else:
                     x = x.view_of(self._rebuild(parent, capture=False)[0])  # transient
+            elif isinstance(x, OffloadRef):  # an offloaded parent: reloaded from host memory
+                x = self.offloader.get(x)
             args.append(x.detach().requires_grad_(needs_grad))
         captured: dict[int, torch.Tensor] = {}
         counter = [0]
@@ -453,6 +501,20 @@ class SiteRuntime:
                 f"recomputing site {inst.site} saved different tensors than its forward (was the model "
                 "switched to eval, or compiled, between forward and backward?)")
         return y.detach(), captured  # captured: detached at pack
+
+
+def _prefetch_groups(site_blocks, n: int) -> list[int]:
+    """A monotone group per site for prefetching: its block, −1 for model-level sites before the
+    first block (the embedding), one past the last block for those after it (the LM head)."""
+    if site_blocks is None:
+        return list(range(n))
+    blocks = [b for b in site_blocks if b is not None]
+    last = max(blocks) + 1 if blocks else 0
+    out, seen_block = [], False
+    for b in site_blocks:
+        seen_block = seen_block or b is not None
+        out.append(b if b is not None else (last if seen_block else -1))
+    return out
 
 
 # ----------------------------------------------------------------------------- RNG

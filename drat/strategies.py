@@ -7,7 +7,11 @@ Every strategy runs the same `GPT.forward_sites`; they differ only in what autog
     SelectiveAC  Megatron-style: checkpoint only the attention core
     SAC          torchtitan-style op-level policy: save matmul and attention outputs
     PlanAC       explicit per-site decisions through DRAT's recompute hooks   ("fixed")
+                 (store, recompute or offload to host memory per site)
     DRATGates    PlanAC whose decisions come from learned gates               ("drat")
+    SaveOnCPU    PyTorch's save_on_cpu(pin_memory=True) over the whole forward ("save-on-cpu")
+    OffloadAll   every site offloaded, with streams and prefetch (torchtune)   ("offload-all")
+    FullOffload  checkpointed blocks whose inputs are offloaded (Megatron)     ("full-offload")
 
 Use: `model.set_strategy(FullAC())`, then train as usual.
 """
@@ -21,9 +25,12 @@ import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .costs import SiteCosts, rebuild_counts
+from .offload import HostPool, Offloader
 from .recompute import SiteRuntime, active_accountant, model_state_ptrs
 
-STRATEGY_NAMES = ("none", "full", "selective", "sac", "fixed", "drat")
+STRATEGY_NAMES = ("none", "full", "selective", "sac", "fixed", "drat", "save-on-cpu", "offload-all",
+                  "full-offload")
+OFFLOAD_BASELINES = ("save-on-cpu", "offload-all", "full-offload")
 
 
 class ActivationStrategy:
@@ -36,8 +43,17 @@ class ActivationStrategy:
         return model.forward_sites(idx, targets)
 
     def decisions(self, model) -> list[bool] | None:
-        """Per-site store flags when the strategy is expressed in sites, else None."""
+        """Per-site store flags when the strategy is expressed in sites, else None (an offloaded
+        site counts as stored: it is not rebuilt)."""
         return None
+
+    def offload_decisions(self, model) -> list[bool] | None:
+        """Per-site offload flags, where the strategy offloads by site."""
+        return None
+
+    def host_stats(self) -> dict:
+        """Pinned host bytes and the last forward's transfers, for strategies that offload."""
+        return {}
 
     def describe(self) -> dict:
         return {"strategy": self.name}
@@ -126,20 +142,54 @@ def warn_on_rebuild_blowup(stored: Sequence[bool], graph) -> float:
 
 
 class PlanAC(ActivationStrategy):
-    """Explicit per-site decisions: `stored[i]` for every site of `model.graph` ("fixed")."""
+    """Explicit per-site decisions: `stored[i]` for every site of `model.graph` ("fixed").
+
+    `offloaded[i]` moves site i's saved tensors to host memory between forward and backward
+    (offload.py); the strategy keeps one `Offloader`, and with it one pool of pinned buffers,
+    for all its steps. `host_cap_bytes` caps that pool."""
 
     name = "fixed"
 
-    def __init__(self, stored: Sequence[bool] | None = None, recompute: Sequence[str] = ()):
+    def __init__(self, stored: Sequence[bool] | None = None, recompute: Sequence[str] = (),
+                 offloaded: Sequence[bool] | None = None, host_cap_bytes: float | None = None,
+                 prefetch_blocks: int = 1):
         self._stored = None if stored is None else [bool(s) for s in stored]
         self._recompute = frozenset(recompute)
+        self._offloaded = None if offloaded is None or not any(offloaded) else [bool(o) for o in offloaded]
+        if self._offloaded is not None and self._stored is not None:
+            if len(self._offloaded) != len(self._stored):
+                raise ValueError("offloaded and stored flags differ in length")
+            # offload wins over a stored flag: an offloaded site is one whose tensors are kept, elsewhere
+            self._stored = [s or o for s, o in zip(self._stored, self._offloaded)]
+        self.host_cap_bytes = host_cap_bytes
+        self.prefetch_blocks = prefetch_blocks
+        self.offloader: Offloader | None = None
         self.last_runtime: SiteRuntime | None = None
 
     def attach(self, model) -> None:
         if self._stored is not None and len(self._stored) != len(model.graph):
             raise ValueError(f"plan has {len(self._stored)} decisions, model has {len(model.graph)} sites")
         model.graph.decisions_from_names(self._recompute)  # validates names
+        if self._offloaded is not None and len(self._offloaded) != len(model.graph):
+            raise ValueError(f"plan has {len(self._offloaded)} offload flags, model has {len(model.graph)} sites")
         warn_on_rebuild_blowup(self.decisions(model), model.graph)
+
+    def offload_decisions(self, model) -> list[bool] | None:
+        return None if self._offloaded is None else list(self._offloaded)
+
+    def _offloader_for(self, device: torch.device) -> Offloader:
+        if self.offloader is None or self.offloader.device != torch.device(device):
+            pool = HostPool(pin=torch.device(device).type == "cuda", cap_bytes=self.host_cap_bytes)
+            self.offloader = Offloader(device, pool, prefetch_blocks=self.prefetch_blocks)
+        return self.offloader
+
+    def host_stats(self) -> dict:
+        off = self.offloader
+        if off is None:
+            return {}
+        return {"host_pinned_bytes": off.pool.total_bytes, "host_peak_in_use_bytes": off.pool.peak_in_use_bytes,
+                "host_allocs": off.pool.n_allocs, "d2h_bytes": off.stats.d2h_bytes,
+                "h2d_bytes": off.stats.h2d_bytes, "reloads_on_demand": off.stats.reloads_on_demand}
 
     def decisions(self, model) -> list[bool]:
         if self._stored is not None:
@@ -148,13 +198,16 @@ class PlanAC(ActivationStrategy):
 
     def forward(self, model, idx, targets):
         stored = self.decisions(model)
-        if all(stored) and active_accountant() is None:
+        offloaded = self.offload_decisions(model)
+        if all(stored) and offloaded is None and active_accountant() is None:
             return model.forward_sites(idx, targets)  # nothing to recompute: no hooks at all
         if torch.compiler.is_compiling():
             raise RuntimeError(f"strategy {self.name!r} recomputes through saved-tensor hooks, which "
-                               "torch.compile cannot trace; use CompiledPlanAC under torch.compile")
+                               "torch.compile cannot trace; use CompiledPlanAC under torch.compile "
+                               "(offloading is eager-only)")
         rt = SiteRuntime(stored, model.sites_with_dropout(), idx.device, model_state_ptrs(model),
-                         site_blocks=[k.layer for k in model.graph.keys])
+                         site_blocks=[k.layer for k in model.graph.keys], offloaded=offloaded,
+                         offloader=None if offloaded is None else self._offloader_for(idx.device))
         rt.register_inputs(idx, targets)
         self.last_runtime = rt
         try:
@@ -205,6 +258,50 @@ class DRATGates(PlanAC):
 
     def describe(self) -> dict:
         return {"strategy": self.name, "temperature": float(self.gates.tau)}
+
+
+class OffloadAll(PlanAC):
+    """Every site offloaded, reloaded with prefetch on its own stream (torchtune's
+    `OffloadActivations`, expressed in DRAT's sites): nothing is chosen."""
+
+    name = "offload-all"
+
+    def attach(self, model) -> None:
+        n = len(model.graph)
+        self._stored, self._offloaded = [True] * n, [True] * n
+
+    def describe(self) -> dict:
+        return {"strategy": self.name}
+
+
+class FullOffload(PlanAC):
+    """Checkpointed blocks whose inputs are offloaded (Megatron-LM's fine-grained offloading of
+    module inputs): each block's sites are recomputed but its output, the next block's input,
+    which goes to host memory; the embedding's output, block 0's input, too."""
+
+    name = "full-offload"
+
+    def attach(self, model) -> None:
+        keys = model.graph.keys
+        if not all(hasattr(k, "name") for k in keys) or not any(k.name == "mlp_down" for k in keys):
+            raise ValueError("full-offload needs DRAT's GPT, whose block outputs are sites")
+        ins = {"embed", "mlp_down"}
+        self._offloaded = [k.name in ins for k in keys]
+        self._stored = [k.layer is None or k.name in ins for k in keys]
+
+    def describe(self) -> dict:
+        return {"strategy": self.name}
+
+
+class SaveOnCPU(ActivationStrategy):
+    """PyTorch's `torch.autograd.graph.save_on_cpu(pin_memory=True)` over the whole forward: every
+    saved tensor (parameters' casts included) copied to pinned memory synchronously."""
+
+    name = "save-on-cpu"
+
+    def forward(self, model, idx, targets):
+        with torch.autograd.graph.save_on_cpu(pin_memory=idx.device.type == "cuda"):
+            return model.forward_sites(idx, targets)
 
 
 class CompiledPlanAC(ActivationStrategy):
@@ -333,7 +430,8 @@ class CompiledPlanAC(ActivationStrategy):
 
 def make_strategy(name: str, **kw) -> ActivationStrategy:
     """Build a baseline by name; `fixed` takes `recompute=[site names]` or `stored=[bools]`."""
-    table = {"none": NoneAC, "full": FullAC, "selective": SelectiveAC, "sac": SAC, "fixed": PlanAC}
+    table = {"none": NoneAC, "full": FullAC, "selective": SelectiveAC, "sac": SAC, "fixed": PlanAC,
+             "save-on-cpu": SaveOnCPU, "offload-all": OffloadAll, "full-offload": FullOffload}
     if name == "drat":
         raise ValueError("build DRATGates(GateBank(...)) directly; it needs trained gates")
     if name not in table:

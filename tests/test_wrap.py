@@ -135,6 +135,23 @@ def test_random_plans_are_bitwise_exact_against_the_unwrapped_model(kind):
     assert rebuilt > 0  # the plans did recompute
 
 
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_random_three_arm_plans_are_bitwise_exact_on_wrapped_models(kind):
+    gm, ref, idx, tgt = wrapped(kind)
+    want = loss_and_grads(ref, kind, idx, tgt)
+    n = len(gm.graph)
+    moved = 0
+    for t in range(4):
+        rnd = random.Random(50 + t)
+        arms = [rnd.choice("sro") for _ in range(n)]
+        gm.set_strategy(drat.PlanAC(stored=[a == "s" for a in arms], offloaded=[a == "o" for a in arms]))
+        assert_bitwise(loss_and_grads(gm, kind, idx, tgt), want, f"{kind} three-arm plan {t}")
+        moved += gm.strategy.host_stats()["d2h_bytes"]
+    gm.set_strategy(drat.OffloadAll())
+    assert_bitwise(loss_and_grads(gm, kind, idx, tgt), want, f"{kind} offload-all")
+    assert moved > 0
+
+
 @pytest.mark.parametrize("strategy", [drat.FullAC, drat.SelectiveAC, drat.SAC])
 def test_block_strategies_on_a_wrapped_llama(strategy):
     gm, ref, idx, tgt = wrapped("llama")

@@ -1,0 +1,266 @@
+"""The offload arm: saved activations parked in (pinned) host memory between forward and backward.
+
+`Offloader` is the transport that `SiteRuntime` uses for the tensors of an offloaded site. It works
+on *storages*, not tensors: every saved view of one storage (q, k and v of the fused qkv output)
+shares one host copy, and a reloaded view gets the geometry it was saved with.
+
+The synchronisation, on CUDA (docs/offload.md has the timeline):
+
+    forward   compute ─ site runs ──▶ event ─┐
+              d2h     ───────────────────────┴─ copy storage → pinned buffer ─ event (d2h_done)
+              the device storage is `record_stream`ed on d2h: the caching allocator cannot hand its
+              memory to a later allocation before the copy has read it, yet Python may drop it now.
+    backward  h2d     waits d2h_done ─ copy pinned buffer → new device storage ─ event (h2d_done)
+              compute waits h2d_done before the first use (an event, never a host sync), and the
+              reloaded storage is `record_stream`ed on the compute stream.
+
+Reloads are *prefetched*: the first use of a tensor of block b starts the reloads of every
+offloaded tensor of blocks b−1 … b−`prefetch_blocks`, so they cross the link while block b's
+backward computes. Host buffers come from a `HostPool` that keeps them across steps (no
+`cudaHostAlloc` per step); a buffer goes back to the pool when the last reference to its copy
+dies, with the event of its last reload, which the next copy into it waits for.
+
+On the CPU the same code runs with plain host buffers and synchronous copies, so the bookkeeping
+and the exactness are tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+
+
+class HostMemoryError(RuntimeError):
+    """An offload plan needs more pinned host memory than the cap allows."""
+
+
+def available_host_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+HOST_MEM_FRACTION = 0.5  # default cap: half of the available RAM (page-locked memory is not swappable)
+
+
+def default_host_cap_bytes() -> int:
+    return int(HOST_MEM_FRACTION * available_host_bytes())
+
+
+class HostPool:
+    """Host buffers (uint8), reused by exact size. A training step offloads the same storages in
+    the same sizes every step, so after the first step every request is served from the pool."""
+
+    def __init__(self, pin: bool, cap_bytes: float | None = None):
+        self.pin = pin
+        self.cap_bytes = cap_bytes
+        self._free: dict[int, list[tuple[torch.Tensor, object]]] = {}  # nbytes -> [(buffer, event)]
+        self.total_bytes = 0  # allocated, free or in use
+        self.in_use_bytes = 0
+        self.peak_in_use_bytes = 0
+        self.n_allocs = 0
+
+    def take(self, nbytes: int) -> tuple[torch.Tensor, object]:
+        """A buffer of `nbytes` and the event its last reader recorded (None: free to write)."""
+        free = self._free.get(nbytes)
+        if free:
+            buf, ev = free.pop()
+        else:
+            if self.cap_bytes is not None and self.total_bytes + nbytes > self.cap_bytes:
+                raise HostMemoryError(
+                    f"offloading needs more than the host-memory cap of {self.cap_bytes / 2**30:.4g} GiB "
+                    f"({(self.total_bytes + nbytes) / 2**30:.4g} GiB pinned so far); raise --host-mem-gib "
+                    "or offload fewer sites")
+            buf, ev = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin), None
+            self.total_bytes += nbytes
+            self.n_allocs += 1
+        self.in_use_bytes += nbytes
+        self.peak_in_use_bytes = max(self.peak_in_use_bytes, self.in_use_bytes)
+        return buf, ev
+
+    def give(self, buf: torch.Tensor, event=None) -> None:
+        self.in_use_bytes -= buf.numel()
+        self._free.setdefault(buf.numel(), []).append((buf, event))
+
+
+@dataclass
+class OffloadStats:
+    """Per-forward transfer counters (reset by `Offloader.begin_forward`)."""
+
+    d2h_bytes: int = 0
+    h2d_bytes: int = 0
+    copies: int = 0
+    reloads_on_demand: int = 0  # reloads that prefetching did not start in time (waited for at use)
+
+
+class _HostCopy:
+    """One offloaded storage: its host buffer and, while backward needs it, its device copy."""
+
+    __slots__ = ("nbytes", "buf", "d2h_done", "dev", "h2d_done", "group", "pending", "waited", "last_read",
+                 "__weakref__")
+
+    def __init__(self, nbytes: int, buf: torch.Tensor, group: int):
+        self.nbytes = nbytes
+        self.buf = buf  # [nbytes] uint8 host
+        self.d2h_done = None  # torch.cuda.Event on CUDA
+        self.dev: torch.Tensor | None = None  # [nbytes] uint8 on the device, once reloaded
+        self.h2d_done = None
+        self.group = group
+        self.pending = 0  # autograd slots not yet unpacked
+        self.waited = False  # the compute stream already waits for this reload
+        # [event of the latest reload]: shared with the finaliser that gives `buf` back to the
+        # pool, which must not reference the copy itself
+        self.last_read: list = [None]
+
+
+class OffloadRef:
+    """A saved tensor living in host memory: its copy and its geometry in the storage."""
+
+    __slots__ = ("copy", "dtype", "size", "stride", "offset", "slot")
+
+    def __init__(self, copy: _HostCopy, t: torch.Tensor, slot: bool):
+        self.copy = copy
+        self.dtype = t.dtype
+        self.size = t.size()
+        self.stride = t.stride()
+        self.offset = t.storage_offset()
+        self.slot = slot  # an autograd slot (unpacked once) rather than a recipe's input
+
+
+class Offloader:
+    """Moves storages to host memory after their site runs and back ahead of their use.
+
+    `prefetch_blocks`: how many blocks ahead of the current one the backward reloads.
+    `unsafe_early_release` exists for the tests that prove the synchronisation is needed: it gives
+    a host buffer back to the pool as soon as its copy is queued, so a later offload overwrites it.
+    """
+
+    def __init__(self, device: torch.device, pool: HostPool | None = None, prefetch_blocks: int = 1,
+                 unsafe_early_release: bool = False, unsafe_no_sync: bool = False):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.pool = pool if pool is not None else HostPool(pin=self.cuda)
+        self.prefetch_blocks = int(prefetch_blocks)
+        self.unsafe_early_release = unsafe_early_release
+        self.unsafe_no_sync = unsafe_no_sync  # CUDA tests only: skip record_stream and event waits
+        if self.cuda:
+            self.d2h = torch.cuda.Stream(self.device)
+            self.h2d = torch.cuda.Stream(self.device)
+        self.stats = OffloadStats()
+        self._by_ptr: dict[int, tuple[_HostCopy, StorageWeakRef]] = {}
+        self._order: list[weakref.ref] = []  # this forward's copies in offload order
+        self._next = -1  # the latest copy in `_order` whose reload has not been started
+
+    # ----------------------------------------------------------------- forward
+    def begin_forward(self) -> None:
+        self.stats = OffloadStats()
+        self._by_ptr.clear()
+        self._order.clear()
+        self._next = -1
+
+    def end_forward(self) -> None:
+        self._by_ptr.clear()  # backward finds copies through the saved references only
+        self._next = len(self._order) - 1
+
+    def offload(self, t: torch.Tensor, group: int, slot: bool = True) -> OffloadRef:
+        st = t.untyped_storage()
+        ent = self._by_ptr.get(st.data_ptr())
+        if ent is None or ent[1].expired():
+            copy = self._copy_out(st, group)
+            self._by_ptr[st.data_ptr()] = (copy, StorageWeakRef(st))
+        else:
+            copy = ent[0]
+        if slot:
+            copy.pending += 1
+        return OffloadRef(copy, t, slot)
+
+    def _copy_out(self, st, group: int) -> _HostCopy:
+        nbytes = st.nbytes()
+        buf, last_read = self.pool.take(nbytes)
+        copy = _HostCopy(nbytes, buf, group)
+        src = torch.empty(0, dtype=torch.uint8, device=self.device).set_(st)  # [nbytes] view of the storage
+        if self.cuda:
+            self.d2h.wait_stream(torch.cuda.current_stream(self.device))  # the site's kernels first
+            if last_read is not None:
+                self.d2h.wait_event(last_read)  # the buffer's previous reload has read it
+            with torch.cuda.stream(self.d2h):
+                buf.copy_(src, non_blocking=True)
+                copy.d2h_done = torch.cuda.Event()
+                copy.d2h_done.record(self.d2h)
+            if not self.unsafe_no_sync:
+                src.record_stream(self.d2h)  # its memory is not reused before the copy has read it
+        else:
+            buf.copy_(src)
+        self.stats.d2h_bytes += nbytes
+        self.stats.copies += 1
+        self._order.append(weakref.ref(copy))
+        if self.unsafe_early_release:
+            self.pool.give(buf)
+        else:
+            weakref.finalize(copy, _release, self.pool, buf, copy.last_read)
+        return copy
+
+    # ----------------------------------------------------------------- backward
+    def get(self, ref: OffloadRef) -> torch.Tensor:
+        copy = ref.copy
+        self._prefetch(copy.group)
+        if copy.dev is None:  # not prefetched (or reloaded again for a recipe after its slots)
+            self.stats.reloads_on_demand += 1
+            self._copy_in(copy)
+        dev = copy.dev
+        if self.cuda and not copy.waited:
+            cur = torch.cuda.current_stream(self.device)
+            if not self.unsafe_no_sync:
+                cur.wait_event(copy.h2d_done)
+                dev.record_stream(cur)
+            copy.waited = True
+        out = torch.empty(0, dtype=ref.dtype, device=self.device).set_(
+            dev.untyped_storage(), ref.offset, ref.size, ref.stride)
+        if ref.slot:
+            copy.pending -= 1
+            if copy.pending <= 0:  # every autograd slot has its tensor: the copy may go
+                copy.dev, copy.waited = None, False
+        return out
+
+    def _copy_in(self, copy: _HostCopy) -> None:
+        if self.cuda:
+            self.h2d.wait_event(copy.d2h_done)
+            with torch.cuda.stream(self.h2d):
+                copy.dev = torch.empty(copy.nbytes, dtype=torch.uint8, device=self.device)
+                copy.dev.copy_(copy.buf, non_blocking=True)
+                ev = copy.h2d_done or torch.cuda.Event()
+                ev.record(self.h2d)
+                copy.h2d_done = ev
+            copy.last_read[0] = ev
+        else:
+            copy.dev = copy.buf.clone()
+        copy.waited = False
+        self.stats.h2d_bytes += copy.nbytes
+
+    def _prefetch(self, group: int) -> None:
+        """Start the reloads of every copy of blocks [group − prefetch_blocks, group]."""
+        while self._next >= 0:
+            copy = self._order[self._next]()
+            if copy is not None and copy.group < group - self.prefetch_blocks:
+                break
+            if copy is not None and copy.dev is None and copy.pending > 0:
+                self._copy_in(copy)
+            self._next -= 1
+
+
+def _release(pool: HostPool, buf: torch.Tensor, events: list) -> None:
+    pool.give(buf, events[0])
+
+
+__all__ = ["HostPool", "HostMemoryError", "Offloader", "OffloadRef", "OffloadStats", "available_host_bytes",
+           "default_host_cap_bytes", "HOST_MEM_FRACTION"]

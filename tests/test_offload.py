@@ -1,0 +1,138 @@
+"""The offload arm: three-arm plans are bitwise exact, the host pool is reused across steps and
+capped, and releasing a host buffer too early is caught (the synchronisation is needed)."""
+
+import random
+
+import pytest
+import torch
+
+from drat.offload import HostMemoryError, HostPool, Offloader
+from drat.strategies import FullOffload, NoneAC, OffloadAll, PlanAC, SaveOnCPU
+
+from .conftest import make_batch, make_model
+from .test_exactness import CONFIGS, assert_bitwise, run
+
+
+def random_arms(n: int, rng: random.Random) -> tuple[list[bool], list[bool]]:
+    """(stored, offloaded) of a random plan over store / recompute / offload."""
+    arms = [rng.choice("sro") for _ in range(n)]
+    return [a == "s" for a in arms], [a == "o" for a in arms]
+
+
+@pytest.mark.filterwarnings("ignore:this plan rebuilds")
+@pytest.mark.parametrize("ci", range(len(CONFIGS)))
+def test_random_three_arm_plans_are_bitwise_exact(ci):
+    model = make_model(seed=ci, **CONFIGS[ci])
+    model.train()
+    idx, tgt = make_batch(seq=12, seed=ci)
+    ref = run(model, NoneAC(), idx, tgt)
+    n = len(model.graph)
+    rng = random.Random(100 + ci)
+    plans = [random_arms(n, rng) for _ in range(6)]
+    for stored, offloaded in plans:
+        s = PlanAC(stored=stored, offloaded=offloaded)
+        assert_bitwise(run(model, s, idx, tgt), ref, f"three-arm plan {stored} {offloaded}")
+        stats = s.host_stats()
+        assert stats["d2h_bytes"] > 0 and stats["h2d_bytes"] >= stats["d2h_bytes"]  # really moved
+        if not all(stored[i] or offloaded[i] for i in range(n)):
+            assert sum(s.last_runtime.rebuilds) > 0
+
+
+@pytest.mark.parametrize("strategy", [OffloadAll, FullOffload, SaveOnCPU])
+def test_offload_baselines_are_bitwise_exact(strategy):
+    model = make_model(dropout=0.1, loss_chunks=3)
+    idx, tgt = make_batch(seq=12)
+    ref = run(model, NoneAC(), idx, tgt)
+    assert_bitwise(run(model, strategy(), idx, tgt), ref, strategy.name)
+
+
+def test_a_recomputed_site_reloads_its_offloaded_input():
+    """attn_norm offloaded, qkv recomputed: rebuilding qkv reads attn_norm's output back from host
+    memory, and nothing is rebuilt but qkv."""
+    model = make_model(n_layer=1, dropout=0.0)
+    idx, tgt = make_batch(seq=8)
+    ref = run(model, NoneAC(), idx, tgt)
+    g = model.graph
+    stored = [True] * len(g)
+    offloaded = [False] * len(g)
+    offloaded[g.idx(0, "attn_norm")] = True
+    stored[g.idx(0, "qkv")] = False
+    s = PlanAC(stored=stored, offloaded=offloaded)
+    assert_bitwise(run(model, s, idx, tgt), ref, "offloaded input of a rebuild")
+    assert s.last_runtime.rebuilds[g.idx(0, "qkv")] == 1
+    assert sum(s.last_runtime.rebuilds) == 1
+
+
+def test_pool_serves_every_step_after_the_first():
+    model = make_model(dropout=0.0)
+    idx, tgt = make_batch(seq=12)
+    s = OffloadAll()
+    run(model, s, idx, tgt)
+    allocs, pinned = s.host_stats()["host_allocs"], s.host_stats()["host_pinned_bytes"]
+    for _ in range(3):
+        run(model, s, idx, tgt)
+    assert s.host_stats()["host_allocs"] == allocs and s.host_stats()["host_pinned_bytes"] == pinned
+    assert s.offloader.pool.in_use_bytes == 0  # every buffer came back when its graph died
+
+
+def test_host_cap_refuses_a_plan_that_does_not_fit():
+    model = make_model(dropout=0.0)
+    idx, tgt = make_batch(seq=12)
+    with pytest.raises(HostMemoryError, match="host-memory cap"):
+        run(model, OffloadAll(host_cap_bytes=1024), idx, tgt)
+
+
+def test_releasing_host_buffers_early_breaks_exactness():
+    """The guard for the pool's synchronisation: a buffer given back as soon as its copy is queued
+    is overwritten by a later offload of the same size, and the gradients change. If this test
+    ever passes exactness, the exactness tests above could not catch a release bug."""
+    model = make_model(dropout=0.0, n_layer=3)
+    idx, tgt = make_batch(seq=12)
+    ref = run(model, NoneAC(), idx, tgt)
+    s = OffloadAll()
+    s.attach(model)
+    s.offloader = Offloader(idx.device, HostPool(pin=False), unsafe_early_release=True)
+    out = run(model, s, idx, tgt)
+    differs = not torch.equal(out[0], ref[0]) or any(not torch.equal(out[1][k], ref[1][k]) for k in ref[1])
+    assert differs
+
+
+def test_offloader_round_trips_views_of_one_storage_once():
+    off = Offloader(torch.device("cpu"))
+    off.begin_forward()
+    base = torch.randn(4, 6)
+    q, k = base[:, :3], base[:, 3:]
+    want_q, want_k = q.clone(), k.clone()
+    rq, rk = off.offload(q, 0), off.offload(k, 0)
+    assert off.stats.copies == 1 and off.stats.d2h_bytes == base.untyped_storage().nbytes()
+    off.end_forward()
+    base.add_(1.0)  # the device copy changes after the offload: the host copy must not
+    got_k, got_q = off.get(rk), off.get(rq)
+    assert torch.equal(got_k, want_k) and torch.equal(got_q, want_q)
+    assert got_k.stride() == k.stride() and got_q.untyped_storage().data_ptr() == got_k.untyped_storage().data_ptr()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_synchronisation_is_needed_and_sufficient():
+    """A 1 GiB storage takes ~20 ms to cross the link. Freed right after its copy is queued and
+    overwritten by the compute stream, it arrives intact only because of record_stream; reloaded
+    and read at once, it is right only because the compute stream waits for the reload's event."""
+    dev = torch.device("cuda")
+    n = 2**28  # float32: 1 GiB
+
+    def round_trip(unsafe: bool) -> bool:
+        off = Offloader(dev, unsafe_no_sync=unsafe)
+        off.begin_forward()
+        x = torch.ones(n, device=dev)
+        ref = off.offload(x, 0)
+        del x
+        y = torch.full((n,), 2.0, device=dev)  # may reuse x's memory at once if nothing guards it
+        off.end_forward()
+        z = off.get(ref)
+        ok = bool((z == 1.0).all())
+        del y
+        torch.cuda.synchronize()
+        return ok
+
+    assert round_trip(unsafe=False)
+    assert not round_trip(unsafe=True)
