@@ -19,7 +19,16 @@ from .measure import build_costs
 from .model import GPT, GPTConfig, config_for
 from .oracle import solve_oracle
 from .strategies import (
-    SAC, CompiledPlanAC, DRATGates, FullAC, FullOffload, NoneAC, OffloadAll, PlanAC, SaveOnCPU, SelectiveAC,
+    SAC,
+    CompiledPlanAC,
+    DRATGates,
+    FullAC,
+    FullOffload,
+    NoneAC,
+    OffloadAll,
+    PlanAC,
+    SaveOnCPU,
+    SelectiveAC,
     make_strategy,
 )
 from .train import ResourceAwareTrainer, TrainingConfig

@@ -171,7 +171,8 @@ class PlanAC(ActivationStrategy):
             raise ValueError(f"plan has {len(self._stored)} decisions, model has {len(model.graph)} sites")
         model.graph.decisions_from_names(self._recompute)  # validates names
         if self._offloaded is not None and len(self._offloaded) != len(model.graph):
-            raise ValueError(f"plan has {len(self._offloaded)} offload flags, model has {len(model.graph)} sites")
+            raise ValueError(f"plan has {len(self._offloaded)} offload flags, model has "
+                             f"{len(model.graph)} sites")
         warn_on_rebuild_blowup(self.decisions(model), model.graph)
 
     def offload_decisions(self, model) -> list[bool] | None:
@@ -187,7 +188,8 @@ class PlanAC(ActivationStrategy):
         off = self.offloader
         if off is None:
             return {}
-        return {"host_pinned_bytes": off.pool.total_bytes, "host_peak_in_use_bytes": off.pool.peak_in_use_bytes,
+        return {"host_pinned_bytes": off.pool.total_bytes,
+                "host_peak_in_use_bytes": off.pool.peak_in_use_bytes,
                 "host_allocs": off.pool.n_allocs, "d2h_bytes": off.stats.d2h_bytes,
                 "h2d_bytes": off.stats.h2d_bytes, "reloads_on_demand": off.stats.reloads_on_demand}
 

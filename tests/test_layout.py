@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1] / "drat"
 
 # Lower number = lower layer. A module may import only modules of its own layer or below.
 LAYERS = {
-    "runtime": 0, "provenance": 0, "sites": 0, "costs": 0, "search": 1, "recompute": 0, "offload": 0, "runs": 0,
-    "strategies": 1, "model": 2, "accounting": 3, "oracle": 2, "gates": 3, "measure": 4, "wrap": 4,
+    "runtime": 0, "provenance": 0, "sites": 0, "costs": 0, "search": 1, "recompute": 0, "offload": 0,
+    "runs": 0, "strategies": 1, "model": 2, "accounting": 3, "oracle": 2, "gates": 3, "measure": 4, "wrap": 4,
     "budget": 4, "data": 1, "train": 5, "bench": 5, "analysis": 5, "cli": 6, "validate": 0,
 }
 
