@@ -18,6 +18,23 @@ So with s_j = 1 when j is stored, X(j) the children in other blocks and W(j) tho
 and the recompute time is Σ_j R_j · T_j / n_j. R is multilinear in s, so with gate probabilities
 the same recursion gives the exact expected cost under independent gates. `SiteRuntime.rebuilds`
 counts the same R_j (tests/test_accounting.py checks it on random plans).
+
+The offload arm (o_i = 1: site i's tensors wait in host memory). For the recursion an offloaded
+site is available like a stored one (s_j above is "stored or offloaded"); its bytes leave the
+device, and its time cost is the part of its transfers that compute does not hide. With F_k the
+forward time after site k, B_k the backward time of the sites after k (the step's backward share,
+spread over the sites in proportion to their forward time) and D_k = Σ_{i ≥ k} o_i M_i the bytes
+offloaded from site k on:
+
+    L_d = max_k (D_k / bw_d2h − F_k)⁺   the device-to-host queue's backlog when the forward ends
+                                        (copies leave in forward order, the last one last)
+    L_h = max_k (D_k / bw_h2d − B_k)⁺   how late the reloads run: backward reaches site k after
+                                        B_k, and the bytes from k on must be back by then
+    exposed = L_d + L_h                 the first reload needs the last copy out, so the backlog
+                                        delays every reload
+
+plus a fixed host cost per offloaded site and step. Both maxima are linear constraints in o, so
+the oracle keeps them exactly (oracle.py).
 """
 
 from __future__ import annotations
@@ -54,6 +71,9 @@ class SiteCosts:
     # the bytes each site owns when stored, kept where M_i was replaced by a measured peak
     # saving (the LM head on CUDA: see measure_peak_saving_bytes); None when M_i is what it owns
     owned_bytes: list[float] | None = None
+    # the host link, for the offload arm: {"d2h_gbps", "h2d_gbps" (1e9 bytes/s, measured while
+    # the GPU computes), "copy_overhead_ms" (host time per offloaded site and step)}; None: no arm
+    link: dict | None = None
 
     @classmethod
     def build(cls, graph: SiteGraph, mem_bytes, time_ms, step_ms: float, kind: str) -> SiteCosts:
@@ -94,6 +114,36 @@ class SiteCosts:
     def same_block_children(self) -> list[list[int]]:
         g = self.groups
         return [[c for c in ch if g[c] == g[j]] for j, ch in enumerate(self.children)]
+
+
+def link_windows(costs: SiteCosts) -> tuple[list[float], list[float]]:
+    """(F_k, B_k) in ms for every site k: the forward time after k and the backward time of the
+    sites after k (the module docstring)."""
+    T = [max(t, 0.0) for t in costs.time_ms]
+    fwd = max(sum(T), 1e-12)
+    bwd_per_fwd = max(costs.step_ms - fwd, 0.0) / fwd
+    F, acc = [0.0] * len(T), 0.0
+    for k in range(len(T) - 1, -1, -1):
+        F[k] = acc
+        acc += T[k]
+    return F, [f * bwd_per_fwd for f in F]
+
+
+def expected_exposed_transfer(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
+    """exposed / step (module docstring) for offload probabilities (or flags) `o`; differentiable
+    (piecewise linear: its gradient prices the suffix where the link is tightest)."""
+    if costs.link is None:
+        return o.sum() * 0.0
+    dtype = torch.float64
+    o = o.to(dtype)
+    F, B = (torch.tensor(x, dtype=dtype) for x in link_windows(costs))
+    M = torch.tensor(costs.mem_bytes, dtype=dtype)
+    D = torch.flip(torch.cumsum(torch.flip(o * M, [0]), 0), [0])  # [n] bytes offloaded from k on
+    lk = costs.link
+    late_d = (D / (lk["d2h_gbps"] * 1e6) - F).clamp(min=0).max()
+    late_h = (D / (lk["h2d_gbps"] * 1e6) - B).clamp(min=0).max()
+    over = lk.get("copy_overhead_ms", 0.0) * o.sum()
+    return (late_d + late_h + over) / max(costs.step_ms, 1e-12)
 
 
 def expected_recompute(s: torch.Tensor, T: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
@@ -151,13 +201,32 @@ def rebuild_counts(stored: list[bool], costs: SiteCosts) -> list[float]:
     return R
 
 
-def plan_cost(stored: list[bool], costs: SiteCosts, lam: float) -> tuple[float, float, float]:
-    """(λ·mem + time, normalised stored memory, normalised recompute time) of a hard plan."""
+def plan_cost(stored: list[bool], costs: SiteCosts, lam: float,
+              offloaded: list[bool] | None = None) -> tuple[float, float, float]:
+    """(λ·mem + time, normalised device memory, normalised added time) of a hard plan. With
+    `offloaded`, a site offloaded there is neither on the device nor rebuilt, and the time adds
+    the transfers that compute does not hide."""
     M, T = costs.normalized()
-    s = torch.tensor([1.0 if x else 0.0 for x in stored], dtype=torch.float64)
+    o = torch.tensor([1.0 if x else 0.0 for x in (offloaded or [False] * len(stored))], dtype=torch.float64)
+    s = torch.tensor([1.0 if x else 0.0 for x in stored], dtype=torch.float64) * (1 - o)
     mem = float((s * M).sum())
-    t = float(expected_recompute(s, T, costs))
+    t = float(expected_recompute(s + o, T, costs))
+    if offloaded is not None and any(offloaded):
+        t += float(expected_exposed_transfer(o, costs))
     return lam * mem + t, mem, t
+
+
+def offload_report(offloaded: list[bool], costs: SiteCosts) -> dict:
+    """What an offload plan moves and what it is predicted to cost: bytes each way per step, the
+    pinned host bytes it needs, the exposed ms and the predicted link utilisation."""
+    nbytes = sum(m for m, o in zip(costs.mem_bytes, offloaded) if o)
+    exposed_ms = float(expected_exposed_transfer(torch.tensor([float(x) for x in offloaded]), costs)) \
+        * costs.step_ms if costs.link else 0.0
+    bw = min(costs.link["d2h_gbps"], costs.link["h2d_gbps"]) * 1e9 if costs.link else float("nan")
+    step_s = (costs.step_ms + exposed_ms) / 1e3
+    return {"offloaded_sites": sum(map(bool, offloaded)), "offload_bytes_per_step": nbytes,
+            "host_bytes": nbytes, "exposed_transfer_ms": exposed_ms,
+            "link_utilisation": nbytes / step_s / bw if costs.link and step_s > 0 else 0.0}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -178,6 +247,7 @@ def fmt_gib(nbytes: float) -> str:
 
 
 __all__ = [
-    "COST_MODELS", "SiteCosts", "expected_recompute", "plan_cost", "rebuild_counts", "model_state_bytes",
+    "COST_MODELS", "SiteCosts", "expected_recompute", "expected_exposed_transfer", "link_windows",
+    "offload_report", "plan_cost", "rebuild_counts", "model_state_bytes",
     "gib", "fmt_gib",
 ]

@@ -13,6 +13,10 @@ The objective (docs/design.md):
 L_task does not depend on g (recomputation is exact), so the gates are trained by the resource
 term alone; `expected_recompute` supplies its dependency-aware time part. In *budget mode* λ is a
 Lagrange multiplier updated by dual ascent on the stored bytes versus the budget.
+
+With three arms (store / recompute / offload) a gate is a row of three logits and the sample is a
+Gumbel-softmax one-hot with the same straight-through rule; the resource term then adds the
+transfer time the host link cannot hide (`costs.expected_exposed_transfer`).
 """
 
 from __future__ import annotations
@@ -23,9 +27,19 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .costs import SiteCosts, expected_recompute, plan_cost
+from .costs import SiteCosts, expected_exposed_transfer, expected_recompute, plan_cost
 from .oracle import activation_floor_bytes
-from .search import greedy_repair, local_search
+from .search import (
+    OFFLOAD,
+    RECOMPUTE,
+    STORE,
+    batch_cost3,
+    greedy_repair,
+    greedy_repair3,
+    local_search,
+    local_search3,
+    perturbed_search3,
+)
 
 DEFAULT_LAMBDA = 0.05  # the price of memory of a DRAT plan asked for with neither λ nor a budget
 
@@ -36,22 +50,42 @@ class BudgetInfeasibleError(ValueError):
 
 class GateBank(nn.Module):
     def __init__(self, n_sites: int, init_logit: float = 3.0, tau: float = 1.0, seed: int = 0,
-                 estimator: str = "gumbel"):
+                 estimator: str = "gumbel", arms: int = 2):
         super().__init__()
         if estimator not in ("gumbel", "st"):
             raise ValueError("estimator must be 'gumbel' or 'st'")
+        if arms not in (2, 3):
+            raise ValueError("a gate has 2 arms (store, recompute) or 3 (store, recompute, offload)")
         self.n_sites = n_sites
         self.estimator = estimator
-        self.logits = nn.Parameter(torch.full((n_sites,), float(init_logit)))
+        self.arms = arms
+        if arms == 2:
+            self.logits = nn.Parameter(torch.full((n_sites,), float(init_logit)))
+        else:  # [n_sites, 3]: store starts ahead by init_logit, recompute and offload level
+            init = torch.zeros(n_sites, 3)
+            init[:, STORE] = float(init_logit)
+            self.logits = nn.Parameter(init)
         self.register_buffer("tau", torch.tensor(float(tau)))
         self.generator = torch.Generator().manual_seed(seed)
 
     def probs(self) -> torch.Tensor:  # (n_sites,) probability of *store*
+        if self.arms == 3:
+            return self.arm_probs()[:, STORE]
         return torch.sigmoid(self.logits / self.tau)
 
+    def arm_probs(self) -> torch.Tensor:  # (n_sites, 3): store, recompute, offload
+        return torch.softmax(self.logits / self.tau, dim=-1)
+
     def hard(self) -> torch.Tensor:
-        """Deterministic decision: store where the gate is more likely on than off."""
+        """Deterministic decision: store where the gate is more likely on than off (three arms:
+        kept, on the device or in host memory, where recompute is not the likeliest arm)."""
+        if self.arms == 3:
+            return (self.logits.argmax(-1) != RECOMPUTE).detach()
         return (self.logits > 0).detach()
+
+    def hard_offload(self) -> torch.Tensor | None:
+        """(n_sites,) offload flags of the deterministic decision; None for two arms."""
+        return None if self.arms == 2 else (self.logits.argmax(-1) == OFFLOAD).detach()
 
     def sample_st(self) -> torch.Tensor:
         """A straight-through hard sample (values in {0,1}, gradient of the soft gate).
@@ -59,6 +93,8 @@ class GateBank(nn.Module):
         The noise is added to θ/τ, not to θ: then P(store) = σ(θ/τ) = `probs()`, and annealing
         τ really makes the executed plans settle (with σ((θ+ε)/τ) the hard event would be
         θ+ε > 0 whatever τ is)."""
+        if self.arms == 3:
+            return self._sample_st3()
         if self.estimator == "gumbel":
             u = torch.rand(self.n_sites, generator=self.generator).clamp(1e-6, 1 - 1e-6)
             noise = (torch.log(u) - torch.log1p(-u)).to(self.logits)
@@ -68,7 +104,18 @@ class GateBank(nn.Module):
         hard = (soft > 0.5).to(soft.dtype)
         return hard + soft - soft.detach()
 
+    def _sample_st3(self) -> torch.Tensor:
+        """(n_sites, 3) straight-through Gumbel-softmax: one-hot forward, soft gradient."""
+        if self.estimator == "gumbel":
+            u = torch.rand(self.n_sites, 3, generator=self.generator).clamp(1e-6, 1 - 1e-6)
+            soft = torch.softmax(self.logits / self.tau - torch.log(-torch.log(u)).to(self.logits), dim=-1)
+        else:
+            soft = self.arm_probs()
+        hard = torch.nn.functional.one_hot(soft.argmax(-1), 3).to(soft.dtype)
+        return hard + soft - soft.detach()
+
     def sample_hard(self) -> torch.Tensor:
+        """A hard sample: (n_sites,) store flags, or (n_sites, 3) one-hot rows for three arms."""
         with torch.no_grad():
             return self.sample_st() > 0.5
 
@@ -94,6 +141,11 @@ def resource_loss(s: torch.Tensor, costs: SiteCosts, lam: float | torch.Tensor):
     """(λ·mem + time, mem, time) for store values `s` (soft, straight-through or hard)."""
     M, T = costs.normalized()
     s = s.to(M.dtype)
+    if s.dim() == 2:  # three arms: (n_sites, 3) rows of store / recompute / offload
+        store, off = s[:, STORE], s[:, OFFLOAD]
+        mem = (store * M).sum()
+        t = expected_recompute(store + off, T, costs) + expected_exposed_transfer(off, costs)
+        return lam * mem + t, mem, t
     mem = (s * M).sum()
     t = expected_recompute(s, T, costs)
     return lam * mem + t, mem, t
@@ -124,6 +176,7 @@ class GateFit:
     time_frac: float
     history: list[dict] = field(default_factory=list)
     gates: GateBank | None = None  # the trained bank, its logits' signs agreeing with `stored`
+    offloaded: list[bool] | None = None  # three arms: the sites whose tensors wait in host memory
 
 
 def _sync_logits(gates: GateBank, stored: list[bool]) -> GateBank:
@@ -137,13 +190,18 @@ def _sync_logits(gates: GateBank, stored: list[bool]) -> GateBank:
 def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: float | None = None,
               steps: int = 400, lr: float = 0.1, tau_start: float = 1.0, tau_end: float = 0.05,
               seed: int = 0, gates: GateBank | None = None, polish_top: int = 3,
-              base_bytes: float = 0.0, max_time_frac: float = 1.0) -> GateFit:
+              base_bytes: float = 0.0, max_time_frac: float = 1.0, arms: int = 2,
+              host_cap_bytes: float | None = None) -> GateFit:
     """Train gates on the resource objective alone (no model needed: L_task is gate-free).
 
     Exactly one of `lam` (λ mode) and `budget_act_bytes` (budget mode, bytes of activations
-    the plan may keep) is given. Budget mode returns the cheapest feasible plan seen."""
+    the plan may keep) is given. Budget mode returns the cheapest feasible plan seen. `arms=3`
+    adds the offload arm (the costs need `link`); `host_cap_bytes` caps what it offloads."""
     if (lam is None) == (budget_act_bytes is None):
         raise ValueError("give exactly one of lam and budget_act_bytes")
+    if arms == 3:
+        return _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, seed, gates,
+                           polish_top, host_cap_bytes)
     if budget_act_bytes is not None:
         floor = activation_floor_bytes(costs, max_time_frac)
         if budget_act_bytes < floor:
@@ -193,6 +251,73 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
     stored = best[1]
     _, mem_h, t_h = plan_cost(stored, costs, 0.0)
     return GateFit(stored, cur_lam, t_h, mem_h * total, t_h, history, _sync_logits(gates, stored))
+
+
+def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, seed, gates, polish_top,
+                host_cap_bytes) -> GateFit:
+    """`fit_gates` over three arms: the same annealed straight-through training and dual ascent,
+    rounded by three-arm repair and local search. No floor check: offloading leaves no floor
+    but the host cap, and a plan that cannot fit is refused by the repair."""
+    if costs.link is None:
+        raise ValueError("the offload arm needs the host link's measured bandwidth (SiteCosts.link)")
+    import numpy as np
+
+    gates = gates or GateBank(len(costs), seed=seed, arms=3)
+    opt = torch.optim.Adam(gates.parameters(), lr=lr)
+    total = max(costs.total_bytes, 1.0)
+    raw = torch.tensor(costs.mem_bytes, dtype=torch.float64)
+    budget_frac = budget_act_bytes / total if budget_act_bytes is not None else None
+    cur_lam = lam if budget_frac is None else 0.0
+    candidates: set[tuple[int, ...]] = set()
+    history = []
+    for step in range(steps):
+        gates.set_temperature(anneal_tau(step, steps, tau_start, tau_end))
+        st = gates.sample_st()
+        loss, mem, t = resource_loss(st, costs, cur_lam)
+        if host_cap_bytes is not None:  # a penalty pushes the relaxed plan under the host cap
+            over = (st[:, OFFLOAD].to(raw.dtype) * raw).sum() - host_cap_bytes
+            loss = loss + over.clamp(min=0) / total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        arms = tuple(int(a) for a in gates.logits.argmax(-1).tolist())
+        candidates.add(arms)
+        mem_h = float(sum(m for m, a in zip(costs.mem_bytes, arms) if a == STORE)) / total
+        history.append({"step": step, "lam": cur_lam, "tau": float(gates.tau), "mem_frac": mem_h,
+                        "n_stored": arms.count(STORE), "n_offloaded": arms.count(OFFLOAD)})
+        if budget_frac is not None:
+            cur_lam = dual_ascent(cur_lam, mem_h, budget_frac)
+    if budget_frac is None:
+        start = [list(gates.logits.argmax(-1).tolist())]
+    else:
+        start = []
+        for plan in candidates:
+            try:
+                start.append(greedy_repair3(list(plan), costs, budget_act_bytes, host_cap_bytes))
+            except ValueError:
+                continue
+        if not start:
+            raise BudgetInfeasibleError("no three-arm plan fits the budget within the host-memory cap")
+        polish_top = max(polish_top, 8)  # three arms round less cleanly: polish more of the visited plans
+    lam_eval = cur_lam if budget_frac is None else 0.0
+    cost = batch_cost3(np.array(start, dtype=np.int8), costs, lam_eval)
+    best = None
+    for i in np.argsort(cost)[:polish_top]:
+        cand = local_search3(start[i], costs, lam_eval, budget_act_bytes, host_cap_bytes)
+        c = float(batch_cost3(np.array([cand], dtype=np.int8), costs, lam_eval)[0])
+        if best is None or c < best[0]:
+            best = (c, cand)
+    kicks = 60 if len(costs) <= 100 else 8  # each kick is a local search: fewer on deep models
+    arms = perturbed_search3(best[1], costs, lam_eval, budget_act_bytes, host_cap_bytes, kicks=kicks,
+                             seed=seed)
+    stored, offloaded = [a == STORE for a in arms], [a == OFFLOAD for a in arms]
+    obj, mem_h, t_h = plan_cost(stored, costs, lam_eval, offloaded)
+    with torch.no_grad():  # the bank's argmax agrees with the final plan, keeping its confidence
+        mag = float(gates.logits.abs().max().clamp(min=1.0))
+        gates.logits.zero_()
+        gates.logits[torch.arange(len(arms)), torch.tensor(arms)] = mag
+    kept = [s or o for s, o in zip(stored, offloaded)]
+    return GateFit(kept, cur_lam, obj, mem_h * total, t_h, history, gates, offloaded)
 
 
 def budget_to_activation_bytes(budget_gib: float, base_bytes: float) -> float:

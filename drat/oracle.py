@@ -14,6 +14,15 @@ a known feasible plan's cost cannot be part of an optimum, so R_c ≤ C_ref·n_c
 keeps U finite even where the all-recompute plan's rebuild counts explode exponentially.
 
     minimise  λ·Σ M_i s_i + Σ_j T_j R_j / n_j      subject to  Σ bytes_i s_i ≤ budget
+
+With the offload arm (`solve_oracle3`) a site also has o_i ∈ {0,1}, s_i + o_i ≤ 1; o_i stands in
+for s_i in the recursion (an offloaded site is not rebuilt), and the link's two backlogs of
+costs.py are variables bounded below by one linear row per site:
+
+    L_d ≥ Σ_{i≥k} M_i o_i / bw_d2h − F_k,   L_h ≥ Σ_{i≥k} M_i o_i / bw_h2d − B_k,   L_d, L_h ≥ 0
+
+    minimise  λ·Σ M_i s_i + Σ_j T_j R_j / n_j + L_d + L_h + c·Σ o_i
+    subject to  Σ bytes_i s_i ≤ budget,  Σ bytes_i o_i ≤ host cap
 """
 
 from __future__ import annotations
@@ -24,8 +33,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from .costs import SiteCosts, plan_cost, rebuild_counts
-from .search import greedy_repair, local_search
+from .costs import SiteCosts, link_windows, plan_cost, rebuild_counts
+from .search import (
+    OFFLOAD,
+    RECOMPUTE,
+    STORE,
+    batch_cost3,
+    greedy_repair,
+    greedy_repair3,
+    local_search,
+    local_search3,
+)
 
 
 @dataclass
@@ -35,6 +53,7 @@ class OraclePlan:
     mem_bytes: float
     time_frac: float
     method: str
+    offloaded: list[bool] | None = None  # three-arm plans: sites whose tensors wait in host memory
 
 
 def _rebuild_rows(costs: SiteCosts, r_cap) -> tuple[np.ndarray, np.ndarray]:
@@ -176,3 +195,82 @@ def place_curve(curve: list[dict], base_bytes: float, none_step_ms: float) -> li
     step = `none`'s step × (1 + predicted recompute fraction)."""
     return [{**pt, "memory_bytes": base_bytes + pt["activation_bytes"],
              "step_ms": none_step_ms * (1 + pt["time_frac"])} for pt in curve]
+
+
+# ----------------------------------------------------------------------------- three arms
+def _plan3(arms, costs: SiteCosts, lam: float, method: str) -> OraclePlan:
+    stored, offloaded = [a == STORE for a in arms], [a == OFFLOAD for a in arms]
+    obj, mem, t = plan_cost(stored, costs, lam, offloaded)
+    return OraclePlan(stored, obj, sum(m for m, x in zip(costs.mem_bytes, stored) if x), t, method, offloaded)
+
+
+def solve_oracle3(costs: SiteCosts, lam: float = 0.0, budget_act_bytes: float | None = None,
+                  host_cap_bytes: float | None = None, time_limit_s: float = 60.0) -> OraclePlan:
+    """The exact optimum over store / recompute / offload (module docstring)."""
+    if costs.link is None:
+        raise ValueError("the offload arm needs the host link's measured bandwidth (SiteCosts.link)")
+    n = len(costs)
+    M, T = (x.numpy() for x in costs.normalized())
+    T = np.maximum(T, 1e-12)
+    raw = np.array(costs.mem_bytes, dtype=float)
+    inst = np.array(costs.instances, dtype=float)
+    ref = [STORE] * n if budget_act_bytes is None else greedy_repair3([STORE] * n, costs, budget_act_bytes,
+                                                                        host_cap_bytes)
+    c_ref = float(batch_cost3(np.array([ref]), costs, lam)[0])
+    r_all = rebuild_counts([False] * n, costs)
+    r_max = np.minimum(np.array(r_all), (c_ref + 1e-9) * inst / T * (1 + 1e-6))
+    A2, lb = _rebuild_rows(costs, r_max)  # over [s, R]
+    nv = 3 * n + 2  # x = [s, o, R, L_d, L_h]
+    A = np.zeros((n, nv))
+    A[:, :n], A[:, n:2 * n], A[:, 2 * n:3 * n] = A2[:, :n], A2[:, :n], A2[:, n:]
+    rows = [LinearConstraint(A, lb=lb, ub=np.inf)]
+    one = np.zeros((n, nv))
+    one[np.arange(n), np.arange(n)] = 1.0
+    one[np.arange(n), n + np.arange(n)] = 1.0
+    rows.append(LinearConstraint(one, lb=-np.inf, ub=1.0))  # one arm per site
+    F, B = (np.array(x) / costs.step_ms for x in link_windows(costs))
+    lk = costs.link
+    for col, bw, window in ((3 * n, lk["d2h_gbps"], F), (3 * n + 1, lk["h2d_gbps"], B)):
+        L = np.zeros((n, nv))
+        for k in range(n):
+            L[k, n + k:2 * n] = -raw[k:] / (bw * 1e6 * costs.step_ms)
+        L[:, col] = 1.0
+        rows.append(LinearConstraint(L, lb=-window, ub=np.inf))
+    if budget_act_bytes is not None:
+        rows.append(LinearConstraint(np.concatenate([raw, np.zeros(2 * n + 2)])[None, :], lb=-np.inf,
+                                     ub=budget_act_bytes))
+    if host_cap_bytes is not None:
+        rows.append(LinearConstraint(np.concatenate([np.zeros(n), raw, np.zeros(n + 2)])[None, :], lb=-np.inf,
+                                     ub=host_cap_bytes))
+    over = lk.get("copy_overhead_ms", 0.0) / costs.step_ms
+    c = np.concatenate([lam * M, np.full(n, over), T / inst, [1.0, 1.0]])
+    c = c / max(np.abs(c).max(), 1e-30)
+    integrality = np.concatenate([np.ones(2 * n), np.zeros(n + 2)])
+    bounds = Bounds(np.zeros(nv), np.concatenate([np.ones(2 * n), np.full(n + 2, np.inf)]))
+    res = milp(c, constraints=rows, integrality=integrality, bounds=bounds,
+               options={"time_limit": time_limit_s, "mip_rel_gap": 1e-9})
+    if res.x is None:
+        raise ValueError(f"oracle found no plan: {res.message}")
+    arms = [OFFLOAD if res.x[n + i] > 0.5 else STORE if res.x[i] > 0.5 else RECOMPUTE for i in range(n)]
+    arms = local_search3(arms, costs, lam, budget_act_bytes, host_cap_bytes)
+    return _plan3(arms, costs, lam, "milp")
+
+
+def brute_force3(costs: SiteCosts, lam: float = 0.0, budget_act_bytes: float | None = None,
+                 host_cap_bytes: float | None = None) -> OraclePlan:
+    """Enumerate every three-arm plan (tests only: 3^n)."""
+    n = len(costs)
+    if n > 11:
+        raise ValueError("brute force is for small instances (n <= 11)")
+    A = np.array(list(itertools.product((STORE, RECOMPUTE, OFFLOAD), repeat=n)), dtype=np.int8)
+    raw = np.array(costs.mem_bytes, dtype=float)
+    ok = np.ones(len(A), dtype=bool)
+    if budget_act_bytes is not None:
+        ok &= np.where(A == STORE, raw, 0.0).sum(axis=1) <= budget_act_bytes + 1e-9
+    if host_cap_bytes is not None:
+        ok &= np.where(A == OFFLOAD, raw, 0.0).sum(axis=1) <= host_cap_bytes + 1e-9
+    if not ok.any():
+        raise ValueError("no plan fits the budget")
+    A = A[ok]
+    c = batch_cost3(A, costs, lam)
+    return _plan3([int(v) for v in A[int(np.argmin(c))]], costs, lam, "brute_force")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .costs import SiteCosts
+from .costs import SiteCosts, link_windows
 
 
 def greedy_repair(stored: list[bool], costs: SiteCosts, budget_act_bytes: float) -> list[bool]:
@@ -101,3 +101,135 @@ def local_search(stored: list[bool], costs: SiteCosts, lam: float = 0.0,
         cur_plan[list(mv)] ^= True
         cur, used = float(c[b]), used + float(delta[idx[b]])
     return [bool(v) for v in cur_plan]
+
+
+# ----------------------------------------------------------------------------- three arms
+STORE, RECOMPUTE, OFFLOAD = 0, 1, 2
+
+
+def _link_terms(costs: SiteCosts):
+    """(F, B, 1/bw_d2h, 1/bw_h2d, per-site overhead), normalised by the step (see costs.py)."""
+    if costs.link is None:
+        return None
+    F, B = (np.array(x) / costs.step_ms for x in link_windows(costs))
+    lk = costs.link
+    return (F, B, 1.0 / (lk["d2h_gbps"] * 1e6 * costs.step_ms), 1.0 / (lk["h2d_gbps"] * 1e6 * costs.step_ms),
+            lk.get("copy_overhead_ms", 0.0) / costs.step_ms)
+
+
+def batch_cost3(A: np.ndarray, costs: SiteCosts, lam: float) -> np.ndarray:
+    """The objective of K three-arm plans at once. A: [K, n] arms (STORE / RECOMPUTE / OFFLOAD)
+    -> [K]: λ·(device bytes) + recompute time + exposed transfer time, all normalised."""
+    M, T = (x.numpy().astype(float) for x in costs.normalized())
+    inst, children = np.array(costs.instances, dtype=float), (costs.children, costs.same_block_children)
+    S, O = A == STORE, A == OFFLOAD
+    obj = _batch_cost(S | O, np.zeros_like(M), T, inst, children, 0.0)  # recompute time alone
+    obj = obj + lam * (S * M).sum(axis=1)
+    terms = _link_terms(costs)
+    if terms is not None and O.any():
+        F, B, inv_d, inv_h, over = terms
+        raw = np.array(costs.mem_bytes, dtype=float)
+        D = np.flip(np.cumsum(np.flip(O * raw, axis=1), axis=1), axis=1)  # [K, n] bytes from k on
+        late_d = np.clip(D * inv_d - F, 0.0, None).max(axis=1)
+        late_h = np.clip(D * inv_h - B, 0.0, None).max(axis=1)
+        obj = obj + late_d + late_h + over * O.sum(axis=1)
+    return obj
+
+
+def local_search3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
+                  budget_act_bytes: float | None = None,
+                  host_cap_bytes: float | None = None, max_rounds: int = 100,
+                  trade_width: int = 12) -> list[int]:
+    """Best-improvement moves over three arms that keep the device budget and the host cap: any
+    site to another arm, and paired trades (one site onto the device, another off it) among the
+    `trade_width` best-priced sites on either side."""
+    raw = np.array(costs.mem_bytes, dtype=float)
+    cap = float("inf") if budget_act_bytes is None else budget_act_bytes + 1e-9
+    hcap = float("inf") if host_cap_bytes is None else host_cap_bytes + 1e-9
+    cur_plan = np.array(arms, dtype=np.int8)
+    n = len(cur_plan)
+    cur = float(batch_cost3(cur_plan[None, :], costs, lam)[0])
+    for _ in range(max_rounds):
+        moves = [((i, a),) for i in range(n) for a in (STORE, RECOMPUTE, OFFLOAD) if a != cur_plan[i]]
+        if budget_act_bytes is not None:
+            singles = _apply_arm_moves(cur_plan, moves)
+            freed = np.maximum(raw[[m[0][0] for m in moves]], 1e-12)
+            price = (batch_cost3(singles, costs, lam) - cur) / freed
+            on = [m[0] for m, p in sorted(zip(moves, price), key=lambda x: x[1])
+                  if cur_plan[m[0][0]] != STORE and m[0][1] == STORE][:trade_width]
+            off = [m[0] for m, p in sorted(zip(moves, price), key=lambda x: -x[1])
+                   if cur_plan[m[0][0]] == STORE and m[0][1] != STORE][:trade_width]
+            moves += [(a, b) for a in on for b in off if a[0] != b[0]]
+        C = _apply_arm_moves(cur_plan, moves)
+        dev = (np.where(C == STORE, raw, 0.0)).sum(axis=1)
+        host = (np.where(C == OFFLOAD, raw, 0.0)).sum(axis=1)
+        ok = (dev <= cap) & (host <= hcap)
+        if not ok.any():
+            break
+        idx = np.flatnonzero(ok)
+        c = batch_cost3(C[idx], costs, lam)
+        b = int(np.argmin(c))
+        if not c[b] < cur - 1e-12:
+            break
+        cur_plan, cur = C[idx[b]].copy(), float(c[b])
+    return [int(v) for v in cur_plan]
+
+
+def greedy_repair3(arms: list[int], costs: SiteCosts, budget_act_bytes: float,
+                   host_cap_bytes: float | None = None) -> list[int]:
+    """Move stored sites off the device (to recompute or, within the host cap, to offload), best
+    bytes freed per time added first, until the plan fits the budget."""
+    raw = np.array(costs.mem_bytes, dtype=float)
+    hcap = float("inf") if host_cap_bytes is None else host_cap_bytes + 1e-9
+    plan = np.array(arms, dtype=np.int8)
+    while raw[plan == STORE].sum() > budget_act_bytes + 1e-9:
+        cand = [int(i) for i in np.flatnonzero((plan == STORE) & (raw > 0))]
+        if not cand:
+            raise ValueError("no plan fits the budget")
+        host = raw[plan == OFFLOAD].sum()
+        moves = [((i, a),) for i in cand for a in (RECOMPUTE, OFFLOAD)
+                 if a == RECOMPUTE or host + raw[i] <= hcap]
+        base = batch_cost3(plan[None, :], costs, 0.0)[0]
+        dt = batch_cost3(_apply_arm_moves(plan, moves), costs, 0.0) - base
+        ratio = raw[[m[0][0] for m in moves]] / np.maximum(dt, 1e-12)
+        (i, a), = moves[int(np.argmax(ratio))]
+        plan[i] = a
+    return [int(v) for v in plan]
+
+
+def perturbed_search3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
+                      budget_act_bytes: float | None = None, host_cap_bytes: float | None = None,
+                      kicks: int = 30, kick_size: int = 4, seed: int = 0) -> list[int]:
+    """Iterated local search: a plan kicked by 2 to `kick_size` random arm changes, repaired and
+    polished, replaces the best when it is cheaper. The link term is a maximum over suffixes,
+    which leaves local optima that single moves and pair trades cannot leave."""
+    import random
+
+    rng = random.Random(seed)
+    best = list(arms)
+    best_c = float(batch_cost3(np.array([best], dtype=np.int8), costs, lam)[0])
+    for _ in range(kicks):
+        cand = list(best)
+        for _ in range(rng.randint(2, kick_size)):
+            cand[rng.randrange(len(cand))] = rng.choice((STORE, RECOMPUTE, OFFLOAD))
+        try:
+            if budget_act_bytes is not None:
+                cand = greedy_repair3(cand, costs, budget_act_bytes, host_cap_bytes)
+        except ValueError:
+            continue
+        raw = np.array(costs.mem_bytes, dtype=float)
+        if host_cap_bytes is not None and raw[np.array(cand) == OFFLOAD].sum() > host_cap_bytes + 1e-9:
+            continue
+        cand = local_search3(cand, costs, lam, budget_act_bytes, host_cap_bytes)
+        c = float(batch_cost3(np.array([cand], dtype=np.int8), costs, lam)[0])
+        if c < best_c - 1e-12:
+            best, best_c = cand, c
+    return best
+
+
+def _apply_arm_moves(plan: np.ndarray, moves) -> np.ndarray:
+    C = np.repeat(plan[None, :], len(moves), axis=0)
+    for row, mv in enumerate(moves):
+        for i, a in mv:
+            C[row, i] = a
+    return C

@@ -235,6 +235,7 @@ class DRATGates(PlanAC):
         self.sample = sample
         self._hard: torch.Tensor | None = None
         self._pinned: list[bool] | None = None
+        self._offload: list[bool] | None = None
 
     def attach(self, model) -> None:
         if self.gates.n_sites != len(model.graph):
@@ -246,9 +247,16 @@ class DRATGates(PlanAC):
         A trainer draws one straight-through sample per step, differentiates its soft part through
         the resource loss and pins its hard part here, so the forward executes exactly the plan the
         gate gradient is about (the same plan for every micro-batch). `None` unpins."""
-        if hard is not None and hard.numel() != self.gates.n_sites:
-            raise ValueError(f"pinned plan has {hard.numel()} decisions, gate bank has {self.gates.n_sites}")
-        self._pinned = None if hard is None else [bool(v) for v in (hard.detach() > 0.5).tolist()]
+        if hard is not None and hard.shape[0] != self.gates.n_sites:
+            raise ValueError(f"pinned plan has {hard.shape[0]} decisions, gate bank has {self.gates.n_sites}")
+        if hard is None:
+            self._pinned = None
+        elif hard.dim() == 2:  # three arms: one-hot rows of store / recompute / offload
+            h = hard.detach() > 0.5
+            self._pinned = [bool(v) for v in (~h[:, 1]).tolist()]
+            self._offload = [bool(v) for v in h[:, 2].tolist()]
+        else:
+            self._pinned = [bool(v) for v in (hard.detach() > 0.5).tolist()]
 
     def decisions(self, model) -> list[bool]:
         if self._pinned is not None:
@@ -256,7 +264,18 @@ class DRATGates(PlanAC):
         with torch.no_grad():
             hard = self.gates.sample_hard() if self.sample else self.gates.hard()
         self._hard = hard
+        if hard.dim() == 2:
+            self._offload = [bool(v) for v in hard[:, 2].tolist()]
+            return [bool(v) for v in (~hard[:, 1]).tolist()]
+        if self.gates.arms == 3:
+            self._offload = [bool(v) for v in self.gates.hard_offload().tolist()]
         return [bool(v) for v in hard.tolist()]
+
+    def offload_decisions(self, model) -> list[bool] | None:
+        """The offload flags of the plan `decisions` returned last (three-arm banks only)."""
+        if self.gates.arms == 2 or self._offload is None or not any(self._offload):
+            return None
+        return list(self._offload)
 
     def describe(self) -> dict:
         return {"strategy": self.name, "temperature": float(self.gates.tau)}

@@ -1,0 +1,115 @@
+"""Planning with the offload arm: the link model, the three-arm oracle against brute force, and
+three-way gates against the oracle."""
+
+import random
+
+import pytest
+import torch
+
+from drat.costs import SiteCosts, expected_exposed_transfer, link_windows, plan_cost
+from drat.oracle import brute_force3, solve_oracle, solve_oracle3
+from drat.sites import SiteGraph
+
+
+def link_costs(seed: int, n_layer: int = 1, chunks: int = 2, tight: float = 1.0) -> SiteCosts:
+    """Random costs on the real site graph with a link that moves about a site's bytes per
+    `tight`/10 of a step: some offloads hide, some cannot."""
+    rng = random.Random(seed)
+    g = SiteGraph(n_layer, chunks)
+    c = SiteCosts.build(g, [rng.uniform(1, 100) for _ in g.keys], [rng.uniform(0.01, 1) for _ in g.keys],
+                        step_ms=10.0, kind="synthetic")
+    bw = 50 / (1e6 * tight)  # 1e9 bytes/s: 50 bytes per `tight` ms
+    c.link = {"d2h_gbps": bw * rng.uniform(0.8, 1.2), "h2d_gbps": bw * rng.uniform(0.8, 1.2),
+              "copy_overhead_ms": rng.choice([0.0, 0.01])}
+    return c
+
+
+def test_exposed_transfer_follows_the_link_timeline():
+    c = link_costs(0)
+    n = len(c)
+    F, B = link_windows(c)
+    assert F[-1] == 0.0 and B[-1] == 0.0 and all(a >= b for a, b in zip(F, F[1:]))
+    o = torch.zeros(n)
+    assert float(expected_exposed_transfer(o, c)) == 0.0
+    o[-1] = 1.0  # the last site's bytes have no compute to hide behind: both directions are exposed
+    lk = c.link
+    want = (c.mem_bytes[-1] / (lk["d2h_gbps"] * 1e6) + c.mem_bytes[-1] / (lk["h2d_gbps"] * 1e6)
+            + lk["copy_overhead_ms"]) / c.step_ms
+    assert float(expected_exposed_transfer(o, c)) == pytest.approx(want)
+    o = torch.zeros(n)
+    o[0] = 1.0  # the first site's bytes have the whole step: only the host overhead shows
+    c.link["d2h_gbps"] = c.link["h2d_gbps"] = 1.0
+    assert float(expected_exposed_transfer(o, c)) == pytest.approx(c.link["copy_overhead_ms"] / c.step_ms)
+
+
+def test_offloading_leaves_device_memory_and_is_not_rebuilt():
+    c = link_costs(1)
+    n = len(c)
+    off = [False] * n
+    off[2] = True
+    obj, mem, t = plan_cost([True] * n, c, 1.0, off)
+    assert mem == pytest.approx(1 - c.mem_bytes[2] / c.total_bytes)
+    assert t == pytest.approx(float(expected_exposed_transfer(torch.tensor([float(x) for x in off]), c)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_three_arm_oracle_equals_brute_force(seed):
+    c = link_costs(seed, tight=random.Random(seed).choice([0.3, 1.0, 3.0]))
+    rng = random.Random(seed)
+    lam = rng.choice([0.0, 0.1, 1.0, 5.0])
+    o, b = solve_oracle3(c, lam=lam), brute_force3(c, lam=lam)
+    assert o.objective == pytest.approx(b.objective, abs=1e-9)
+    budget = rng.uniform(0.1, 0.6) * c.total_bytes
+    cap = rng.choice([None, 0.3 * c.total_bytes])
+    o, b = solve_oracle3(c, budget_act_bytes=budget, host_cap_bytes=cap), \
+        brute_force3(c, budget_act_bytes=budget, host_cap_bytes=cap)
+    assert o.objective == pytest.approx(b.objective, abs=1e-9)
+    assert o.mem_bytes <= budget
+    if cap is not None:
+        assert sum(m for m, x in zip(c.mem_bytes, o.offloaded) if x) <= cap + 1e-9
+
+
+def test_a_fast_link_makes_offload_win_and_no_link_makes_it_two_arms():
+    c = link_costs(3, n_layer=2)
+    budget = 0.2 * c.total_bytes
+    two = solve_oracle(c, budget_act_bytes=budget)
+    c.link = {"d2h_gbps": 1.0, "h2d_gbps": 1.0, "copy_overhead_ms": 0.0}  # effectively free
+    three = solve_oracle3(c, budget_act_bytes=budget)
+    assert three.objective < two.objective and any(three.offloaded)
+    c.link = None
+    with pytest.raises(ValueError, match="bandwidth"):
+        solve_oracle3(c, budget_act_bytes=budget)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_three_way_gates_land_within_two_percent_of_the_oracle(seed):
+    from drat.gates import fit_gates
+
+    c = link_costs(seed, n_layer=3, tight=random.Random(seed).choice([0.5, 1.0, 2.0]))
+    lam = random.Random(seed).choice([0.1, 1.0])
+    fit, best = fit_gates(c, lam=lam, arms=3, seed=seed), solve_oracle3(c, lam=lam)
+    assert fit.objective <= best.objective * 1.02 + 1e-12
+    budget = 0.3 * c.total_bytes
+    fit = fit_gates(c, budget_act_bytes=budget, arms=3, seed=seed)
+    best = solve_oracle3(c, budget_act_bytes=budget)
+    assert fit.mem_bytes <= budget and fit.objective <= best.objective * 1.02 + 1e-12
+    assert fit.gates.arms == 3 and fit.gates.hard().tolist() == fit.stored
+
+
+def test_three_way_gates_drive_an_exact_model():
+    from drat.gates import GateBank
+    from drat.strategies import DRATGates, NoneAC
+
+    from .conftest import make_batch, make_model
+    from .test_exactness import assert_bitwise, run
+
+    model = make_model(dropout=0.1)
+    idx, tgt = make_batch()
+    ref = run(model, NoneAC(), idx, tgt)
+    gates = GateBank(len(model.graph), init_logit=0.0, seed=5, arms=3)  # uniform over the three arms
+    strat = DRATGates(gates, sample=True)
+    seen_offload = 0
+    for _ in range(4):
+        assert_bitwise(run(model, strat, idx, tgt), ref, "three-arm gate sample")
+        seen_offload += sum(strat.offload_decisions(model) or [])
+    assert seen_offload > 0
