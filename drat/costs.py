@@ -72,7 +72,8 @@ class SiteCosts:
     # saving (the LM head on CUDA: see measure_peak_saving_bytes); None when M_i is what it owns
     owned_bytes: list[float] | None = None
     # the host link, for the offload arm: {"d2h_gbps", "h2d_gbps" (1e9 bytes/s, measured while
-    # the GPU computes), "copy_overhead_ms" (host time per offloaded site and step)}; None: no arm
+    # the GPU computes), "copy_overhead_ms" (host time per offloaded site and step), "synchronous"
+    # (CPU: copies hide behind nothing)}; see measure.measure_link. None: no offload arm
     link: dict | None = None
 
     @classmethod
@@ -120,6 +121,8 @@ def link_windows(costs: SiteCosts) -> tuple[list[float], list[float]]:
     """(F_k, B_k) in ms for every site k: the forward time after k and the backward time of the
     sites after k (the module docstring)."""
     T = [max(t, 0.0) for t in costs.time_ms]
+    if costs.link is not None and costs.link.get("synchronous"):  # CPU copies: nothing hides them
+        return [0.0] * len(T), [0.0] * len(T)
     fwd = max(sum(T), 1e-12)
     bwd_per_fwd = max(costs.step_ms - fwd, 0.0) / fwd
     F, acc = [0.0] * len(T), 0.0

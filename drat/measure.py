@@ -279,6 +279,84 @@ def build_costs(model: GPT, idx, targets, kind: str = "measured", step_ms: float
     return costs
 
 
+def measure_link(device: torch.device, nbytes: int = 2**30, reps: int = 4, matmul_n: int = 8192) -> dict:
+    """The host link as the offload arm uses it (`SiteCosts.link`).
+
+    CUDA: pinned device-to-host and host-to-device bandwidth (1e9 bytes/s) of `nbytes` copies on a
+    side stream, alone and while the default stream runs bf16 matmuls (the rates the cost model
+    uses: that is how offloading runs), the matmuls' slowdown from the copies, and the host time
+    to queue one copy with its events (`copy_overhead_ms`). CPU: copies are synchronous, so the
+    memcpy rate with `synchronous` set (nothing hides behind compute)."""
+    if device.type != "cuda":
+        src = torch.empty(nbytes // 4, dtype=torch.uint8)
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            dst.copy_(src)
+        gbps = src.numel() * reps / (time.perf_counter() - t0) / 1e9
+        return {"d2h_gbps": gbps, "h2d_gbps": gbps, "copy_overhead_ms": 0.0, "synchronous": True}
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    side = torch.cuda.Stream(device)
+    a = torch.randn(matmul_n, matmul_n, device=device, dtype=torch.bfloat16)
+
+    def copies(direction: str) -> float:  # ms per copy, on the side stream
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(side):
+            s.record(side)
+            for _ in range(reps):
+                if direction == "d2h":
+                    host.copy_(dev, non_blocking=True)
+                else:
+                    dev.copy_(host, non_blocking=True)
+            e.record(side)
+        e.synchronize()
+        return s.elapsed_time(e) / reps
+
+    def matmuls(k: int) -> float:  # ms for k matmuls on the default stream
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(k):
+            a @ a
+        e.record()
+        return s, e
+
+    out = {}
+    for d in ("d2h", "h2d"):
+        copies(d)  # warm-up
+        alone_ms = copies(d)
+        torch.cuda.synchronize(device)
+        s, e = matmuls(1)
+        e.synchronize()
+        per_mm = s.elapsed_time(e)
+        k = max(int(3 * alone_ms * reps / max(per_mm, 1e-3)), 4)  # matmuls outlast the copies
+        s, e = matmuls(k)
+        e.synchronize()
+        mm_alone = s.elapsed_time(e)
+        torch.cuda.synchronize(device)
+        s, e = matmuls(k)
+        under_ms = copies(d)
+        e.synchronize()
+        mm_with = s.elapsed_time(e)
+        out[f"{d}_gbps_alone"] = nbytes / alone_ms / 1e6
+        out[f"{d}_gbps"] = nbytes / under_ms / 1e6
+        out[f"{d}_compute_slowdown"] = mm_with / mm_alone - 1.0
+    small_h = torch.empty(1 << 16, dtype=torch.uint8, pin_memory=True)
+    small_d = torch.empty(1 << 16, dtype=torch.uint8, device=device)
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(200):  # what offloading one tensor costs the host: a stream switch, a copy, an event
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            small_h.copy_(small_d, non_blocking=True)
+            torch.cuda.Event().record(side)
+    out["copy_overhead_ms"] = (time.perf_counter() - t0) * 1e3 / 200
+    torch.cuda.synchronize(device)
+    out["nbytes"] = nbytes
+    return out
+
+
 def random_batch(vocab: int, batch: int, seq: int, device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, vocab, (batch, seq + 1), generator=g)

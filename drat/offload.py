@@ -63,30 +63,48 @@ class HostPool:
 
     def __init__(self, pin: bool, cap_bytes: float | None = None):
         self.pin = pin
-        self.cap_bytes = cap_bytes
+        self.cap_bytes = cap_bytes  # the default cap of `take`
         self._free: dict[int, list[tuple[torch.Tensor, object]]] = {}  # nbytes -> [(buffer, event)]
         self.total_bytes = 0  # allocated, free or in use
         self.in_use_bytes = 0
         self.peak_in_use_bytes = 0
         self.n_allocs = 0
 
-    def take(self, nbytes: int) -> tuple[torch.Tensor, object]:
-        """A buffer of `nbytes` and the event its last reader recorded (None: free to write)."""
+    def take(self, nbytes: int, cap_bytes: float | None = None) -> tuple[torch.Tensor, object]:
+        """A buffer of `nbytes` and the event its last reader recorded (None: free to write).
+        `cap_bytes` (default: the pool's) caps the bytes in use and, by evicting free buffers of
+        other sizes, the bytes pinned."""
+        cap = self.cap_bytes if cap_bytes is None else cap_bytes
+        if cap is not None and self.in_use_bytes + nbytes > cap:
+            raise HostMemoryError(
+                f"offloading needs more than the host-memory cap of {cap / 2**30:.4g} GiB "
+                f"({(self.in_use_bytes + nbytes) / 2**30:.4g} GiB in host memory so far this step); raise "
+                "--host-mem-gib or offload fewer sites")
         free = self._free.get(nbytes)
         if free:
             buf, ev = free.pop()
         else:
-            if self.cap_bytes is not None and self.total_bytes + nbytes > self.cap_bytes:
-                raise HostMemoryError(
-                    f"offloading needs more than the host-memory cap of {self.cap_bytes / 2**30:.4g} GiB "
-                    f"({(self.total_bytes + nbytes) / 2**30:.4g} GiB pinned so far); raise --host-mem-gib "
-                    "or offload fewer sites")
+            if cap is not None and self.total_bytes + nbytes > cap:
+                self._evict(self.total_bytes + nbytes - cap)
             buf, ev = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin), None
             self.total_bytes += nbytes
             self.n_allocs += 1
         self.in_use_bytes += nbytes
         self.peak_in_use_bytes = max(self.peak_in_use_bytes, self.in_use_bytes)
         return buf, ev
+
+    def _evict(self, need: int) -> None:
+        """Drop free buffers of other sizes (another plan's) until `need` bytes are released."""
+        for size in sorted(self._free, reverse=True):
+            while self._free[size] and need > 0:
+                buf, ev = self._free[size].pop()
+                if ev is not None:
+                    ev.synchronize()  # its last reload has read it
+                self.total_bytes -= size
+                need -= size
+                del buf
+        if self.pin and hasattr(torch._C, "_host_emptyCache"):
+            torch._C._host_emptyCache()  # PyTorch's own pinned-block cache would keep them
 
     def give(self, buf: torch.Tensor, event=None) -> None:
         self.in_use_bytes -= buf.numel()
@@ -146,11 +164,13 @@ class Offloader:
     """
 
     def __init__(self, device: torch.device, pool: HostPool | None = None, prefetch_blocks: int = 1,
-                 unsafe_early_release: bool = False, unsafe_no_sync: bool = False):
+                 host_cap_bytes: float | None = None, unsafe_early_release: bool = False,
+                 unsafe_no_sync: bool = False):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.pool = pool if pool is not None else HostPool(pin=self.cuda)
         self.prefetch_blocks = int(prefetch_blocks)
+        self.host_cap_bytes = host_cap_bytes
         self.unsafe_early_release = unsafe_early_release
         self.unsafe_no_sync = unsafe_no_sync  # CUDA tests only: skip record_stream and event waits
         if self.cuda:
@@ -186,7 +206,7 @@ class Offloader:
 
     def _copy_out(self, st, group: int) -> _HostCopy:
         nbytes = st.nbytes()
-        buf, last_read = self.pool.take(nbytes)
+        buf, last_read = self.pool.take(nbytes, self.host_cap_bytes)
         copy = _HostCopy(nbytes, buf, group)
         src = torch.empty(0, dtype=torch.uint8, device=self.device).set_(st)  # [nbytes] view of the storage
         if self.cuda:

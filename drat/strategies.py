@@ -141,6 +141,19 @@ def warn_on_rebuild_blowup(stored: Sequence[bool], graph) -> float:
     return total
 
 
+_POOLS: dict[str, HostPool] = {}
+
+
+def shared_pool(device) -> HostPool:
+    """One pool of host buffers per device, shared by every offloading strategy of the process: a
+    bench that alternates plans would otherwise pin one pool per plan. Each strategy's cap applies
+    to its own requests (`Offloader.host_cap_bytes`)."""
+    dev = torch.device(device)
+    if str(dev) not in _POOLS:
+        _POOLS[str(dev)] = HostPool(pin=dev.type == "cuda")
+    return _POOLS[str(dev)]
+
+
 class PlanAC(ActivationStrategy):
     """Explicit per-site decisions: `stored[i]` for every site of `model.graph` ("fixed").
 
@@ -180,8 +193,8 @@ class PlanAC(ActivationStrategy):
 
     def _offloader_for(self, device: torch.device) -> Offloader:
         if self.offloader is None or self.offloader.device != torch.device(device):
-            pool = HostPool(pin=torch.device(device).type == "cuda", cap_bytes=self.host_cap_bytes)
-            self.offloader = Offloader(device, pool, prefetch_blocks=self.prefetch_blocks)
+            self.offloader = Offloader(device, shared_pool(device), prefetch_blocks=self.prefetch_blocks,
+                                       host_cap_bytes=self.host_cap_bytes)
         return self.offloader
 
     def host_stats(self) -> dict:
@@ -229,8 +242,9 @@ class DRATGates(PlanAC):
 
     name = "drat"
 
-    def __init__(self, gates, sample: bool = False):
-        super().__init__()
+    def __init__(self, gates, sample: bool = False, host_cap_bytes: float | None = None,
+                 prefetch_blocks: int = 1):
+        super().__init__(host_cap_bytes=host_cap_bytes, prefetch_blocks=prefetch_blocks)
         self.gates = gates
         self.sample = sample
         self._hard: torch.Tensor | None = None

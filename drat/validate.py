@@ -127,6 +127,16 @@ class NumberList:
         return text
 
 
+def ARMS(text: str) -> int:
+    """An argparse `type` for `--arms`: "store,recompute" (2) or "store,recompute,offload" (3)."""
+    arms = [a.strip() for a in text.split(",") if a.strip()]
+    if arms == ["store", "recompute"]:
+        return 2
+    if sorted(arms) == ["offload", "recompute", "store"]:
+        return 3
+    raise argparse.ArgumentTypeError(f"must be store,recompute or store,recompute,offload; got {text!r}")
+
+
 # ------------------------------------------------------------------------------------- output paths
 def out_path_problem(path: str | os.PathLike[str], kind: str) -> str | None:
     """Why `path` cannot be written as a `kind` ("dir" or "file"), or None. Writes nothing: it
@@ -212,5 +222,5 @@ def check_field_types(obj: Any, error: type[Exception] = InputError, what: str =
 
 
 __all__ = ["FINITE", "FRACTION", "NONNEG", "NONNEG_INT", "OUT_DIR", "OUT_FILE", "POSITIVE", "POSITIVE_INT",
-           "SEED", "InputError", "Number", "NumberList", "check_field_types", "check_out_path",
+           "SEED", "ARMS", "InputError", "Number", "NumberList", "check_field_types", "check_out_path",
            "out_path_problem"]

@@ -137,3 +137,30 @@ def test_cuda_synchronisation_is_needed_and_sufficient():
 
     assert round_trip(unsafe=False)
     assert not round_trip(unsafe=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_random_three_arm_plans_are_bitwise_exact_on_the_gpu_in_deterministic_mode():
+    from drat.runtime import set_deterministic
+
+    restore = set_deterministic()
+    try:
+        model = make_model(dropout=0.1, n_layer=3, loss_chunks=3).cuda()
+        idx, tgt = (t.cuda() for t in make_batch(seq=64))
+
+        def run_bf16(strategy):
+            with torch.autocast("cuda", torch.bfloat16):
+                return run(model, strategy, idx, tgt)
+
+        ref = run_bf16(NoneAC())
+        rng = random.Random(7)
+        n = len(model.graph)
+        for t in range(6):
+            stored, offloaded = random_arms(n, rng)
+            s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=t % 3)
+            assert_bitwise(run_bf16(s), ref, f"gpu three-arm plan {t}")
+            assert s.host_stats()["d2h_bytes"] > 0
+        for strat in (OffloadAll(), FullOffload(), SaveOnCPU()):
+            assert_bitwise(run_bf16(strat), ref, strat.name)
+    finally:
+        restore()

@@ -313,6 +313,11 @@ def test_random_plans_are_bitwise_exact_under_bf16_autocast_in_deterministic_mod
             rnd = random.Random(t)
             gm.set_strategy(drat.PlanAC(stored=[rnd.random() < 0.5 for _ in range(len(gm.graph))]))
             assert_bitwise(run(gm), want, f"{kind} bf16 plan {t}")
+        for t in range(3):  # three arms: the offloaded sites cross the host link and back
+            rnd = random.Random(20 + t)
+            arms = [rnd.choice("sro") for _ in range(len(gm.graph))]
+            gm.set_strategy(drat.PlanAC(stored=[a == "s" for a in arms], offloaded=[a == "o" for a in arms]))
+            assert_bitwise(run(gm), want, f"{kind} bf16 three-arm plan {t}")
     finally:
         restore()
 

@@ -4,12 +4,14 @@
     drat bench capacity     the largest batch each strategy fits under a memory cap
     drat bench trace        where a step's time goes (kernels, rebuilds, idle GPU)
     drat bench exactness    losses and gradients of every plan against `none`, bit for bit
+    drat bench offload      the offload arm against save-on-cpu, offload-all and full-offload
     drat profile            one plan: what it keeps for backward, its step time (on CUDA its peak)
 """
 
 from .capacity import add_capacity_parser, run_capacity
 from .exactness import add_exactness_parser, run_exactness
 from .frontier import add_frontier_parser, run_frontier
+from .offload import add_offload_parser, run_offload
 from .profile import ProfileArgs, run_profile
 from .trace import add_trace_parser, run_trace
 
@@ -22,7 +24,9 @@ def add_bench_parser(sub) -> None:
     add_capacity_parser(bsub)
     add_trace_parser(bsub)
     add_exactness_parser(bsub)
+    add_offload_parser(bsub)
 
 
-__all__ = ["ProfileArgs", "add_bench_parser", "run_capacity", "run_exactness", "run_frontier", "run_profile",
+__all__ = ["ProfileArgs", "add_bench_parser", "run_capacity", "run_exactness", "run_frontier", "run_offload",
+           "run_profile",
            "run_trace"]

@@ -41,6 +41,13 @@ def compiled_costs(costs, pointwise_factor: float = 0.1):
                                rebuild_overhead_ms=0.0)
 
 
+def offloaded_of(gates) -> list[bool] | None:
+    """The offload flags of a fitted three-arm gate bank (None: two arms, or no bank)."""
+    if gates is None or getattr(gates, "arms", 2) == 2:
+        return None
+    return [bool(v) for v in gates.hard_offload().tolist()]
+
+
 class BudgetPlan(NamedTuple):
     stored: list[bool]
     gates: object  # the fitted GateBank (DRAT kinds), None for the oracle
@@ -49,12 +56,12 @@ class BudgetPlan(NamedTuple):
     compiled: object  # the torch.compile'd model (kinds "*-compiled"), else None
 
 
-def install_plan(model, idx, kind: str, stored: list[bool], gates=None):
-    """Put a plan on the model: DRAT's gates, the oracle's fixed plan, or either plan as SAC
-    policies under torch.compile (kinds "drat-compiled", "oracle-compiled": returned compiled;
-    None otherwise)."""
-    if kind == "drat":
-        model.set_strategy(DRATGates(gates))
+def install_plan(model, idx, kind: str, stored: list[bool], gates=None, host_cap_bytes: float | None = None):
+    """Put a plan on the model: DRAT's gates (two arms "drat", three "drat3"), the oracle's fixed
+    plan, or either plan as SAC policies under torch.compile (kinds "drat-compiled",
+    "oracle-compiled": returned compiled; None otherwise)."""
+    if kind in ("drat", "drat3"):
+        model.set_strategy(DRATGates(gates, host_cap_bytes=host_cap_bytes))
         return None
     if kind == "oracle":
         model.set_strategy(PlanAC(stored=stored))
@@ -69,12 +76,14 @@ def install_plan(model, idx, kind: str, stored: list[bool], gates=None):
 
 
 def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base_bytes: float, kind: str,
-                             max_rounds: int = 4, grow_below: float | None = 0.97) -> BudgetPlan:
+                             max_rounds: int = 4, grow_below: float | None = 0.97,
+                             host_cap_bytes: float | None = None) -> BudgetPlan:
     """Budget mode closed on the *measured* peak: plan for the activation bytes the budget leaves,
     run a step, and move the activation budget by what the measured peak missed the budget by
     (`drat.budget.PeakBudget`, aiming 0.5% under it), until the peak is within 1% over and
-    `grow_below` under the budget. `kind`: "drat", "oracle", "drat-compiled" or "oracle-compiled"
-    (give these `compiled_costs`; each round compiles once).
+    `grow_below` under the budget. `kind`: "drat", "drat3" (three arms, within `host_cap_bytes`),
+    "oracle", "drat-compiled" or "oracle-compiled" (give these `compiled_costs`; each round
+    compiles once).
 
     Both directions matter. An overshoot breaks the budget; an undershoot wastes it, since a
     plan that keeps less than it may recomputes more than it must: compiled, the cost model
@@ -94,19 +103,23 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
             if kind in ("oracle", "oracle-compiled"):
                 plan = (solve_oracle(costs, budget_act_bytes=max(act, 0.0)).stored, None, None)
             else:
-                fit = fit_gates(costs, budget_act_bytes=max(act, 0.0), base_bytes=base_bytes)
+                fit = fit_gates(costs, budget_act_bytes=max(act, 0.0), base_bytes=base_bytes,
+                                arms=3 if kind == "drat3" else 2, host_cap_bytes=host_cap_bytes)
+                # three arms: `stored` are the kept sites (on the device or offloaded); the
+                # offloaded ones are the gates' (`offloaded_of`)
                 plan = (fit.stored, fit.gates, fit.lam)
         except ValueError as e:  # BudgetInfeasibleError: the shrunk budget is below the floor
             if rnd == 0:
                 raise
             trace.append({"activation_budget_bytes": act, "infeasible": str(e).splitlines()[0]})
             break  # keep the last plan that could be made
-        if plan[0] == stored:  # the moved budget gives the plan just measured: nothing new to learn
+        if plan[0] == stored and offloaded_of(plan[1]) == offloaded_of(gates):
+            # the moved budget gives the plan just measured: nothing new to learn
             trace.append({"activation_budget_bytes": act, "same_plan": True})
             break
         stored, gates, lam = plan
         compiled = None  # free the last round's compiled graph before compiling the next
-        compiled = install_plan(model, idx, kind, stored, gates)
+        compiled = install_plan(model, idx, kind, stored, gates, host_cap_bytes)
         peak = measure_steps(model, idx, targets, steps=1, warmup=1, compiled=compiled)["peak_gib"] * 2**30
         trace.append({"activation_budget_bytes": act, "measured_peak_bytes": peak})
         fits = peak <= 1.01 * budget
@@ -123,7 +136,7 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
         if best[1] != stored:  # a later round overshot: back to the best plan that fitted
             _, stored, gates, lam, _ = best
             compiled = None
-            compiled = install_plan(model, idx, kind, stored, gates)
+            compiled = install_plan(model, idx, kind, stored, gates, host_cap_bytes)
     return BudgetPlan(stored, gates, lam, trace, compiled)
 
 
