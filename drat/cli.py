@@ -44,7 +44,7 @@ from .train import (
     write_json_atomic,
 )
 from .train.config import FIELD_RULES
-from .validate import NONNEG, NONNEG_INT, OUT_DIR, OUT_FILE, POSITIVE_INT, SEED
+from .validate import ARMS, NONNEG, NONNEG_INT, OUT_DIR, OUT_FILE, POSITIVE_INT, SEED
 
 EXIT_USAGE = 2  # bad input: one line on stderr, nothing written
 EXIT_DIVERGED = 3  # `drat train`: the loss turned NaN or inf; the last good checkpoint is kept
@@ -116,7 +116,8 @@ def _usage_errors(fn):
 def cmd_train(args) -> int:
     overrides = {field: getattr(args, field) for _, field, _, _ in SHAPE_FLAGS + _TRAIN_FLAGS
                  if hasattr(args, field)}
-    for field in ("lam", "budget_gib", "wandb", "tensorboard", "gate_warm_start", "deterministic"):
+    for field in ("lam", "budget_gib", "arms", "host_mem_gib", "wandb", "tensorboard", "gate_warm_start",
+                  "deterministic"):
         if hasattr(args, field):
             overrides[field] = getattr(args, field)
     resume, overwrite = getattr(args, "resume", None), getattr(args, "overwrite", False)
@@ -180,6 +181,10 @@ def _add_train_parsers(sub) -> None:
                    help=f"price of memory (drat; default {DEFAULT_LAMBDA})")
     g.add_argument("--budget-gib", dest="budget_gib", type=FIELD_RULES["budget_gib"],
                    help="peak memory budget (drat)")
+    p.add_argument("--arms", dest="arms", type=ARMS,
+                   help="store,recompute (default) or store,recompute,offload: the gates' choices (drat)")
+    p.add_argument("--host-mem-gib", dest="host_mem_gib", type=FIELD_RULES["host_mem_gib"],
+                   help="cap on offloaded bytes in pinned host memory (default: half the available RAM)")
     p.add_argument("--config", help="YAML or JSON file of training fields; given flags override it")
     p.add_argument("--config-json", dest="config_json", metavar="JSON",
                    help="training fields as one JSON object; overrides --config, given flags override it")

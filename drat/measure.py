@@ -357,6 +357,16 @@ def measure_link(device: torch.device, nbytes: int = 2**30, reps: int = 4, matmu
     return out
 
 
+NOMINAL_LINK_GBPS = 25.0  # a PCIe 4 x16 link: the host link of the cost models that measure nothing
+
+
+def nominal_link(device: torch.device) -> dict:
+    """The host link of the unmeasured cost models (`uniform`, `layer_weighted`, `activation_size`):
+    fixed, so that their plans are the same on every machine and run, as their times are."""
+    return {"d2h_gbps": NOMINAL_LINK_GBPS, "h2d_gbps": NOMINAL_LINK_GBPS, "copy_overhead_ms": 0.0,
+            "synchronous": device.type != "cuda"}
+
+
 def random_batch(vocab: int, batch: int, seq: int, device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, vocab, (batch, seq + 1), generator=g)

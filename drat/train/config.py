@@ -47,7 +47,8 @@ FIELD_RULES: dict[str, Number] = {
     "max_corpus_bytes": POSITIVE_INT, "vocab_size": POSITIVE_INT, "seq_len": POSITIVE_INT,
     "batch_size": POSITIVE_INT, "grad_accum": POSITIVE_INT, "steps": POSITIVE_INT, "lr": POSITIVE,
     "min_lr": NONNEG, "warmup": NONNEG_INT, "weight_decay": NONNEG, "grad_clip": NONNEG, "lam": NONNEG,
-    "budget_gib": POSITIVE, "gate_lr": POSITIVE, "gate_init_logit": FINITE, "tau_start": POSITIVE,
+    "budget_gib": POSITIVE, "host_mem_gib": POSITIVE, "arms": Number(int, low=2, high=3),
+    "gate_lr": POSITIVE, "gate_init_logit": FINITE, "tau_start": POSITIVE,
     "tau_end": POSITIVE, "eval_every": POSITIVE_INT, "eval_batches": POSITIVE_INT, "log_every": POSITIVE_INT,
     "ckpt_every": NONNEG_INT, "keep_last_k": POSITIVE_INT, "gc_every_steps": NONNEG_INT, "seed": SEED,
 }
@@ -91,6 +92,8 @@ class TrainingConfig:
     strategy: str = "drat"  # none | full | selective | sac | drat
     lam: float | None = None  # λ, price of memory in recompute time; None: DEFAULT_LAMBDA (drat, no budget)
     budget_gib: float | None = None  # peak budget: λ becomes a dual variable
+    arms: int = 2  # 2: store or recompute; 3: also offload to pinned host memory (eager, CUDA streams)
+    host_mem_gib: float | None = None  # cap on the offloaded bytes in host memory; None: half the free RAM
     gate_lr: float = 0.1
     gate_init_logit: float = 3.0  # σ(3) ≈ 0.95: start out storing, like the ungated model
     # Warm start: fit the gates on the measured costs before step 0 (seconds; the resource term
@@ -148,6 +151,9 @@ class TrainingConfig:
         need(self.lam is None or self.budget_gib is None, "give lam (--lambda) or budget_gib, not both")
         need(self.strategy == "drat" or (self.lam is None and self.budget_gib is None),
              "lam (--lambda) and budget_gib apply to strategy drat only")
+        need(self.arms == 2 or self.strategy == "drat", "arms 3 (offload) apply to strategy drat only")
+        need(self.arms == 2 or self.distributed is None,
+             "the offload arm trains on one process; drop --distributed")
         need(self.tau_end <= self.tau_start,
              f"need tau_end <= tau_start, got tau_start={self.tau_start}, tau_end={self.tau_end}")
         try:  # the shape alone (n_embd divisible by n_head); the vocabulary comes with the tokenizer

@@ -9,6 +9,10 @@ default); once a run starts, `GateTraining.lam` is the λ, and nothing else hold
     share of the budget (`drat.gates.dual_ascent`). On CUDA that share is closed on the measured
     peak (`drat.budget.PeakBudget`): what a step held beyond its plan's activations comes off it.
 
+With `arms=3` every gate chooses among store, recompute and offload (a row of three logits, a
+Gumbel-softmax sample); the costs then carry the host link measured on the device, and the
+offloaded bytes stay under `host_mem_gib`.
+
 Each step the gates are annealed, sampled once (straight-through), and the hard part of the sample
 is pinned on the model, so the forward executes the very plan whose cost the gates are trained
 on. The resource term `resource_loss(st, costs, λ)` is the gates' only gradient.
@@ -30,6 +34,7 @@ import torch
 from ..budget import PeakBudget
 from ..costs import SiteCosts
 from ..gates import DEFAULT_LAMBDA, GateBank, anneal_tau, dual_ascent, fit_gates, resource_loss
+from ..offload import default_host_cap_bytes
 from ..strategies import DRATGates
 from .config import ADAM_BETAS, TrainingConfig
 from .distributed import Dist
@@ -56,8 +61,10 @@ class GateTraining:
         self.cfg, self.labels, self.dist, self.device, self.log = cfg, site_labels, dist, device, log
         self.model_state_bytes = model_state_bytes
         self.gates = GateBank(len(site_labels), init_logit=cfg.gate_init_logit, tau=cfg.tau_start,
-                              seed=cfg.seed)
-        self.strategy = DRATGates(self.gates, sample=True)
+                              seed=cfg.seed, arms=cfg.arms)
+        self.host_cap_bytes = (cfg.host_mem_gib * 2**30 if cfg.host_mem_gib is not None
+                               else default_host_cap_bytes()) if cfg.arms == 3 else None
+        self.strategy = DRATGates(self.gates, sample=True, host_cap_bytes=self.host_cap_bytes)
         # Their own AdamW: the gates are not part of the (possibly wrapped) model and its state
         # dict. No decay (it would pull logits to 0, i.e. towards coin flips) and a constant lr:
         # τ annealing already sharpens them on schedule.
@@ -82,19 +89,31 @@ class GateTraining:
         executes a good plan from its first step, and training refines it."""
         cfg = self.cfg
 
-        def fit() -> tuple[list[bool], float]:
+        arms = dict(arms=cfg.arms, host_cap_bytes=self.host_cap_bytes)
+
+        def fit() -> tuple[list[bool], float, list[bool] | None]:
             if self.budget is not None:
                 res = fit_gates(self.costs, budget_act_bytes=self.budget.act_bytes, seed=cfg.seed,
-                                base_bytes=self.model_state_bytes)
-                return res.stored, res.lam
-            return fit_gates(self.costs, lam=self.lam, seed=cfg.seed).stored, self.lam
+                                base_bytes=self.model_state_bytes, **arms)
+                return res.stored, res.lam, res.offloaded
+            res = fit_gates(self.costs, lam=self.lam, seed=cfg.seed, **arms)
+            return res.stored, self.lam, res.offloaded
 
-        stored, self.lam = self.dist.main_first(fit)  # one fit, on rank 0; every rank starts from it
+        # one fit, on rank 0; every rank starts from it
+        stored, self.lam, offloaded = self.dist.main_first(fit)
         mag = abs(cfg.gate_init_logit) or 1.0
         with torch.no_grad():
-            self.gates.logits.copy_(torch.tensor([mag if s else -mag for s in stored],
-                                                 device=self.gates.logits.device))
-        self.log.info(f"gates warm-started from the cost model: {sum(stored)}/{len(stored)} sites stored")
+            if cfg.arms == 3:  # the fitted arm of each site ahead by `mag`
+                arm = [2 if o else 0 if s else 1 for s, o in zip(stored, offloaded)]
+                logits = torch.zeros(len(arm), 3)
+                logits[torch.arange(len(arm)), torch.tensor(arm)] = mag
+                self.gates.logits.copy_(logits)
+            else:
+                self.gates.logits.copy_(torch.tensor([mag if s else -mag for s in stored],
+                                                     device=self.gates.logits.device))
+        moved = f", {sum(offloaded)} offloaded" if offloaded else ""
+        self.log.info(f"gates warm-started from the cost model: {sum(stored)}/{len(stored)} sites "
+                      f"kept{moved}")
 
     def agree_across_ranks(self) -> None:
         """Rank 0's logits on every rank: identical already (same costs, same seed); made certain."""
@@ -103,7 +122,8 @@ class GateTraining:
     # ------------------------------------------------------------------------- one step
     def sample_plan(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Anneal τ, draw this step's straight-through sample `st` (n_sites,) and pin its hard part,
-        the plan (n_sites,) in {0, 1}, on the model: every micro-batch of the step runs it."""
+        the plan (n_sites,) in {0, 1}, on the model: every micro-batch of the step runs it. With
+        three arms both are (n_sites, 3): one-hot rows of store / recompute / offload."""
         cfg = self.cfg
         self.gates.set_temperature(anneal_tau(step, cfg.steps, cfg.tau_start, cfg.tau_end))
         st = self.gates.sample_st()
@@ -176,15 +196,19 @@ class GateTraining:
     def plan_bytes(self, plan: torch.Tensor, site_bytes: list[float] | None = None) -> float:
         """Saved activation bytes of `plan`: Σ bytes of its stored sites, counted in `site_bytes`
         where given (the budget loop's `peak_site_bytes`), else in the measured site bytes."""
-        stored = (plan.detach() > 0.5).tolist()
+        stored = _on_device(plan).tolist()
         return float(sum(b for b, s in zip(site_bytes or self.site_bytes, stored) if s))
 
     # ------------------------------------------------------------------------- records, checkpoints
     def record(self, out: dict) -> dict:
         """The gate fields of a `kind: train` metrics record of the step `out` describes."""
         probs = self.gates.probs().detach().cpu().tolist()
-        stored = (out["plan"] > 0.5).cpu().tolist()
-        return {
+        stored = _on_device(out["plan"]).cpu().tolist()
+        extra = {}
+        if self.gates.arms == 3:
+            extra = {"n_offloaded": int((out["plan"][:, 2] > 0.5).sum()),
+                     **{k: v for k, v in self.strategy.host_stats().items() if v is not None}}
+        return {**extra,
             "tau": float(self.gates.tau),
             "resource_loss": out["resource_t"].item(),
             "mem_frac": out["mem_t"].item(),
@@ -196,8 +220,15 @@ class GateTraining:
 
     def final_plan(self) -> dict:
         stored = [bool(v) for v in self.gates.hard().cpu().tolist()]
-        return {"stored": stored, "n_stored": sum(stored),
-                "saved_activation_bytes": self.plan_bytes(torch.tensor(stored, dtype=torch.float32))}
+        off = self.gates.hard_offload()
+        offloaded = [False] * len(stored) if off is None else [bool(v) for v in off.tolist()]
+        on_dev = [s and not o for s, o in zip(stored, offloaded)]
+        out = {"stored": stored, "n_stored": sum(stored),
+               "saved_activation_bytes": self.plan_bytes(torch.tensor(on_dev, dtype=torch.float32))}
+        if off is not None:
+            out["offloaded"] = offloaded
+            out["offloaded_bytes"] = float(sum(b for b, o in zip(self.site_bytes, offloaded) if o))
+        return out
 
     def state_dict(self) -> dict:
         """The checkpoint's gate entries (the bank carries its generator: a resumed run draws the
@@ -211,6 +242,13 @@ class GateTraining:
         self.lam = state["lam"]
         if self.budget is not None:
             self.budget.other_bytes = state.get("other_bytes", 0.0)
+
+
+def _on_device(plan: torch.Tensor) -> torch.Tensor:
+    """(n_sites,) bool: the sites a plan keeps on the device (two arms: stored; three: the store
+    column of the one-hot rows)."""
+    plan = plan.detach()
+    return plan[:, 0] > 0.5 if plan.dim() == 2 else plan > 0.5
 
 
 # the checkpoint's gate entries of a run without gates

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ..accounting import saved_activation_bytes
 from ..costs import SiteCosts, model_state_bytes
 from ..gates import budget_to_activation_bytes
-from ..measure import build_costs, measure_site_bytes
+from ..measure import build_costs, measure_link, measure_site_bytes, nominal_link
 from ..model import GPT
 from ..provenance import provenance
 from ..runtime import ScheduledGC, autocast_ctx, set_deterministic
@@ -498,7 +498,11 @@ class ResourceAwareTrainer:
                 if self.gating is None:
                     out["plan_bytes"], _ = saved_activation_bytes(self.model, x, y)
             if self.gating is not None:
-                out["costs"] = build_costs(self.model, x, y, self.cfg.cost_model).to_dict()
+                costs = build_costs(self.model, x, y, self.cfg.cost_model)
+                if self.cfg.arms == 3:  # the offload arm prices the host link it runs on
+                    measured = self.cfg.cost_model == "measured"
+                    costs.link = measure_link(self.device) if measured else nominal_link(self.device)
+                out["costs"] = costs.to_dict()
         self.model.zero_grad(set_to_none=True)
         return out
 
