@@ -356,9 +356,16 @@ class CompiledPlanAC(ActivationStrategy):
     name = "drat-compiled"
     ALWAYS_STORED = ("embed", "final_norm")
 
-    def __init__(self, stored: Sequence[bool]):
+    def __init__(self, stored: Sequence[bool], offloaded: Sequence[bool] | None = None):
         self.stored = [bool(s) for s in stored]
         self._requested = list(self.stored)
+        # offloaded sites: their output op is CPU_OFFLOAD, the compiler's own activation offloading
+        # (torch._functorch.config.enable_activation_offloading; see `compiler_offloading`)
+        self.offloaded = [bool(o) for o in offloaded] if offloaded is not None else [False] * len(self.stored)
+        if any(self.offloaded) and not hasattr(CheckpointPolicy, "MUST_CPU_OFFLOAD"):
+            raise RuntimeError(f"torch {torch.__version__} has no compiler activation offloading "
+                               "(CheckpointPolicy.MUST_CPU_OFFLOAD); offload is eager-only here")
+        self.stored = [s or o for s, o in zip(self.stored, self.offloaded)]
         self.op_sites: list[tuple] | None = None  # (op, site name, is_output) for a block's ops
 
     def attach(self, model) -> None:
@@ -416,7 +423,7 @@ class CompiledPlanAC(ActivationStrategy):
         table: dict = {}
         for op, site, is_out in self.op_sites:
             table.setdefault(op, []).append((graph.idx(layer, site), is_out))
-        stored = self.stored
+        stored, offloaded = self.stored, self.offloaded
 
         def context_fn():
             counts: dict = {}
@@ -431,6 +438,8 @@ class CompiledPlanAC(ActivationStrategy):
                 site, is_out = entries[k]
                 if not stored[site]:
                     return CheckpointPolicy.MUST_RECOMPUTE
+                if is_out and offloaded[site]:
+                    return CheckpointPolicy.MUST_CPU_OFFLOAD
                 return CheckpointPolicy.MUST_SAVE if is_out else CheckpointPolicy.PREFER_RECOMPUTE
 
             return create_selective_checkpoint_contexts(policy)
@@ -452,8 +461,9 @@ class CompiledPlanAC(ActivationStrategy):
         # the partitioner's default plan, so store-all DRAT compiles to what plain torch.compile
         # (compile-budget 1.0) runs, instead of a region whose MUST_SAVE marks constrain fusion.
         keys = model.graph.keys
+        kept = [s and not o for s, o in zip(self.stored, self.offloaded)]
         plain = {b.layer for b in model.blocks
-                 if all(self.stored[i] for i, k in enumerate(keys) if k.layer == b.layer)}
+                 if all(kept[i] for i, k in enumerate(keys) if k.layer == b.layer)}
 
         def block_fn(block, x, run):
             if block.layer in plain:
@@ -461,6 +471,17 @@ class CompiledPlanAC(ActivationStrategy):
             return checkpoint(block, x, run, use_reentrant=False, context_fn=ctx_fns[block.layer])
 
         return model.forward_sites(idx, targets, run=run, block_fn=block_fn)
+
+
+def compiler_offloading(bandwidth_gbps: float = 50.0):
+    """The compiler's activation offloading, on for a `torch.compile` of a CompiledPlanAC with
+    offloaded sites: copies on their own stream, waits sunk to first use, reloads prefetched by
+    the bandwidth given (1e9 bytes/s). A context manager over torch._functorch.config."""
+    import torch._functorch.config as fc
+
+    return fc.patch(enable_activation_offloading=True, activation_offload_separate_stream=True,
+                    activation_offload_sink_wait=True, activation_reload_prefetch=True,
+                    activation_offload_cpu_gpu_bw=float(bandwidth_gbps))
 
 
 def make_strategy(name: str, **kw) -> ActivationStrategy:

@@ -28,6 +28,8 @@ import random
 import statistics
 from pathlib import Path
 
+import torch
+
 from ..costs import plan_cost
 from ..measure import build_costs, interleaved_step_ms, measure_link, measure_steps
 from ..offload import default_host_cap_bytes
@@ -55,7 +57,7 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
                 n_layer=None, n_embd=None, n_head=None, vocab_size=None, tie_weights=None,
                 cuts=(0.45, 0.6, 0.75), arms: int = 3, host_mem_gib: float | None = None, steps: int = 12,
                 warmup: int = 3, rounds: int = 3, seed: int = 0, out: str | Path | None = None,
-                log=print) -> dict:
+                compiled: bool = False, log=print) -> dict:
     dev, cfg, model, idx, targets = bench_model(size, seq_len, batch_size, device, n_layer, n_embd, n_head,
                                                 vocab_size, tie_weights)
     cuda = dev.type == "cuda"
@@ -64,6 +66,7 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
             "host_cap_bytes": host_cap, "rounds": rounds, "steps": steps, **provenance(dev)}
     rows: list[dict] = []
     strategies: list = []
+    plans: dict[str, tuple[list[bool], list[bool]]] = {}  # DRAT row -> (kept, offloaded)
 
     def add(name, strategy, **extra):
         model.set_strategy(strategy)
@@ -100,6 +103,7 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
                 log(f"{name:<20} no plan: {str(e).splitlines()[0]}")
                 continue
             off = offloaded_of(plan.gates) or [False] * len(plan.stored)
+            plans[name] = (list(plan.stored), off)
             dev_stored = [s and not o for s, o in zip(plan.stored, off)]
             add(name, model.strategy, arms=k, budget_gib=budget_gib,
                 n_recomputed=len(plan.stored) - sum(plan.stored), n_offloaded=sum(off), plan_trace=plan.trace,
@@ -124,6 +128,8 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
         row["step_vs_none"] = row["step_ms"] / none["step_ms"] - 1
         moved = row.get("d2h_bytes")
         row["link_utilisation"] = moved / (row["step_ms"] / 1e3) / bw if moved else None
+    if cuda and compiled and arms == 3:
+        _compiled_rows(model, idx, targets, rows, plans, costs, none, steps, warmup, log)
     meta["verdicts"] = verdicts(rows, cuts)
     if out is not None:
         write_rows(rows, Path(out), "offload", CSV_FIELDS, meta)
@@ -162,6 +168,43 @@ def _plan(model, idx, targets, costs, budget_gib, base, kind, host_cap, none_ms,
     model.set_strategy(first[2])
     first[0].trace.extend(again.trace)
     return first[0]
+
+
+def _compiled_rows(model, idx, targets, rows, plans, costs, none, steps, warmup, log) -> None:
+    """The compiler's own activation offloading (CheckpointPolicy.MUST_CPU_OFFLOAD under
+    torch._functorch.config.enable_activation_offloading) on each three-arm plan, next to the
+    same plan with its offloaded sites stored, both compiled: what the compiler's offload saves
+    and costs. Own steps, not interleaved (each compiled graph is its own model)."""
+    from ..runtime import autocast_ctx
+    from ..strategies import CompiledPlanAC, compiler_offloading
+
+    bw = min(costs.link["d2h_gbps"], costs.link["h2d_gbps"])
+    for name, (kept, off) in plans.items():
+        if not name.startswith("drat3-") or not any(off):
+            continue
+        for tag, offloaded in (("compiled-offload", off), ("compiled-stored", None)):
+            torch._dynamo.reset()
+            strat = CompiledPlanAC(kept, offloaded=offloaded)
+            model.set_strategy(strat)
+            strat.prepare(model, idx, autocast_ctx(idx.device))
+            err = None
+            try:
+                with compiler_offloading(bw):
+                    m = measure_steps(model, idx, targets, steps, warmup, compiled=torch.compile(model))
+            except Exception as e:  # the compiler's offloading is young: report, do not stop the bench
+                err = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            row_name = f"{tag}-{name}"
+            if err is not None:
+                log(f"{row_name}: failed: {err}")
+                rows.append({"name": row_name, "strategy": strat.name, "error": err})
+                continue
+            rows.append({"name": row_name, "strategy": strat.name, "arms": 3, "peak_gib": m["peak_gib"],
+                         "step_ms": m["step_ms"], "step_spread_ms": 0.0, "own_steps": True,
+                         "n_offloaded": sum(offloaded or []),
+                         "peak_vs_none": m["peak_gib"] / none["peak_gib"] - 1,
+                         "step_vs_none": m["step_ms"] / none["step_ms"] - 1})
+            log(f"{row_name:<34} peak {m['peak_gib']:8.3f} GiB  {m['step_ms']:9.2f} ms (own steps)")
+    torch._dynamo.reset()
 
 
 def _transfers(strategy) -> dict:
@@ -211,6 +254,8 @@ def plot(rows: list[dict], path: Path, meta: dict) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     style = {"drat3": ("C3", "o"), "drat": ("C0", "s")}
     for r in rows:
+        if r.get("step_ms") is None:
+            continue
         key = r["name"].split("-cut")[0] if "-cut" in r["name"] else None
         c, m = style.get(key, ("0.3", "^"))
         ax.errorbar(r["step_ms"], r["peak_gib"], xerr=r["step_spread_ms"] / 2, color=c, marker=m, ms=6,
@@ -232,6 +277,8 @@ def add_offload_parser(bsub) -> None:
                    help="store,recompute (two-arm DRAT rows only) or store,recompute,offload")
     p.add_argument("--host-mem-gib", type=POSITIVE, default=None,
                    help="cap on pinned host memory (default: half the available RAM)")
+    p.add_argument("--compiled", action="store_true",
+                   help="also run each three-arm plan under torch.compile with the compiler's own offloading")
     p.add_argument("--rounds", type=POSITIVE_INT, default=3,
                    help="interleaved timing rounds, each in a new order")
     p.set_defaults(func=_cmd_offload)
@@ -242,7 +289,7 @@ def _cmd_offload(args) -> int:
     run_offload(args.size, args.seq_len, args.batch_size, args.device, **model_kwargs(args),
                 cuts=tuple(float(x) for x in args.peak_cuts.split(",") if x), arms=args.arms,
                 host_mem_gib=args.host_mem_gib, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                out=args.out)
+                compiled=args.compiled, out=args.out)
     return 0
 
 
