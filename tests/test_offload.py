@@ -164,3 +164,26 @@ def test_random_three_arm_plans_are_bitwise_exact_on_the_gpu_in_deterministic_mo
             assert_bitwise(run_bf16(strat), ref, strat.name)
     finally:
         restore()
+
+
+def test_profile_three_arm_plan_moves_the_bytes_it_planned(capsys):
+    import json
+
+    from drat.cli import main
+
+    rc = main(["profile", "--size", "tiny", "--strategy", "oracle", "--budget-gib", "0.077", "--arms",
+               "store,recompute,offload", "--steps", "1", "--warmup", "0", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["plan"]["arms"] == 3
+    moved = out["offload"]["d2h_bytes"]
+    assert moved > 0 and moved == out["plan"]["offload_bytes_per_step"]  # the planned bytes crossed
+    assert out["offload"]["h2d_bytes"] == moved and out["offload"]["reloads_on_demand"] == 0
+    assert sum(s["decision"] == "offload" for s in out["sites"]) == out["plan"]["offloaded_sites"]
+
+
+def test_a_bad_arms_flag_is_one_line_and_exit_2(capsys):
+    from drat.cli import main
+
+    rc = main(["profile", "--size", "tiny", "--arms", "store,offload"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "--arms" in err

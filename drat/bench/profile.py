@@ -48,7 +48,7 @@ from ..provenance import provenance
 from ..runs import BASELINES, PLANNERS, RunName, parse_run_name
 from ..runtime import autocast_ctx, resolve_device
 from ..strategies import STRATEGY_NAMES, DRATGates, PlanAC, make_strategy
-from ..validate import NONNEG, NONNEG_INT, OUT_FILE, POSITIVE, POSITIVE_INT, SEED
+from ..validate import ARMS, NONNEG, NONNEG_INT, OUT_FILE, POSITIVE, POSITIVE_INT, SEED
 from .common import bench_model
 
 PROFILE_STRATEGIES = (*BASELINES, *PLANNERS)
@@ -74,6 +74,8 @@ class ProfileArgs:
     seed: int = 0
     costs: str | None = None  # a cost table written by `costs_only` (drat and oracle plans)
     hf: str | None = None  # a transformers family: a random-init model of it, wrapped by drat.wrap
+    arms: int = 2  # 3: the plan may also offload sites to pinned host memory (drat, oracle)
+    host_mem_gib: float | None = None  # cap on offloaded bytes; None: half the available RAM
 
 
 def resolve_plan(a: ProfileArgs) -> RunName:
@@ -107,6 +109,10 @@ def _check(a: ProfileArgs) -> None:
         NONNEG.check(a.lam, "--lambda", ValueError)
     if a.budget_gib is not None:
         POSITIVE.check(a.budget_gib, "--budget-gib", ValueError)
+    if a.arms not in (2, 3):
+        raise ValueError("--arms must be store,recompute or store,recompute,offload")
+    if a.host_mem_gib is not None:
+        POSITIVE.check(a.host_mem_gib, "--host-mem-gib", ValueError)
 
 
 def _setup(a: ProfileArgs):
@@ -186,6 +192,34 @@ def _baseline_decision(strategy: str, site) -> str:
     return "policy"  # sac: decided per op at run time
 
 
+def _three_arm_plan(a: ProfileArgs, plan: RunName, costs, act, device):
+    """A DRAT or oracle plan over store / recompute / offload, on the measured host link (a
+    nominal one for the unmeasured cost models), within the host-memory cap."""
+    from ..costs import offload_report
+    from ..measure import measure_link, nominal_link
+    from ..offload import default_host_cap_bytes
+    from ..oracle import solve_oracle3
+
+    if costs.link is None:
+        costs.link = measure_link(device) if a.cost_model == "measured" else nominal_link(device)
+    cap = a.host_mem_gib * 2**30 if a.host_mem_gib is not None else default_host_cap_bytes()
+    if plan.kind == "drat":
+        fit = (fit_gates(costs, lam=plan.lam, seed=a.seed, arms=3, host_cap_bytes=cap) if act is None
+               else fit_gates(costs, budget_act_bytes=act, seed=a.seed, arms=3, host_cap_bytes=cap))
+        strategy = DRATGates(fit.gates, host_cap_bytes=cap)
+        info = {"lambda": fit.lam, "objective": fit.objective, "planned_activation_bytes": fit.mem_bytes,
+                "recompute_time_frac": fit.time_frac}
+        offloaded = fit.offloaded
+    else:
+        sol = solve_oracle3(costs, lam=plan.lam or 0.0, budget_act_bytes=act, host_cap_bytes=cap)
+        strategy = PlanAC(stored=sol.stored, offloaded=sol.offloaded, host_cap_bytes=cap)
+        info = {"objective": sol.objective, "planned_activation_bytes": sol.mem_bytes,
+                "recompute_time_frac": sol.time_frac, "method": sol.method}
+        offloaded = sol.offloaded
+    info.update({"arms": 3, "host_cap_bytes": cap, "link": costs.link, **offload_report(offloaded, costs)})
+    return strategy, info
+
+
 def run_profile(a: ProfileArgs, progress=None) -> dict:
     """Profile one plan. `progress(msg)` is told before the long parts (default: stderr)."""
     progress = progress or _stderr_progress
@@ -201,7 +235,9 @@ def run_profile(a: ProfileArgs, progress=None) -> dict:
         costs = (load_costs(a.costs, model, a) if a.costs
                  else build_costs(model, idx, targets, a.cost_model))  # sets its own autocast
         act = None if plan.budget_gib is None else budget_to_activation_bytes(plan.budget_gib, base)
-        if plan.kind == "drat":
+        if a.arms == 3:
+            strategy, plan_info = _three_arm_plan(a, plan, costs, act, device)
+        elif plan.kind == "drat":
             fit = (fit_gates(costs, lam=plan.lam, seed=a.seed) if act is None
                    else fit_gates(costs, budget_act_bytes=act, seed=a.seed, base_bytes=base))
             strategy = DRATGates(fit.gates)
@@ -222,9 +258,10 @@ def run_profile(a: ProfileArgs, progress=None) -> dict:
         del loss
         owned = measure_site_bytes(model, idx, targets)
     decisions = strategy.decisions(model)
+    offloaded = strategy.offload_decisions(model) or [False] * len(model.graph)
     sites = [{"layer": k.layer, "site": k.name,
               "decision": (_baseline_decision(plan.kind, k) if decisions is None
-                           else "store" if decisions[i] else "recompute"),
+                           else "offload" if offloaded[i] else "store" if decisions[i] else "recompute"),
               "bytes": int(owned[i]), "held_bytes": int(per_site.get(i, 0))}
              for i, k in enumerate(model.graph.keys)]
     kind = "baseline" if plan.is_baseline else plan.kind
@@ -238,6 +275,8 @@ def run_profile(a: ProfileArgs, progress=None) -> dict:
     if a.steps > 0:
         progress(f"{plan} on {a.size}: timing {a.steps} training steps after {a.warmup} warm-up")
         out.update(time_steps(model, idx, targets, a.steps, a.warmup))
+    if strategy.host_stats():  # what the last step moved over the host link, and the host bytes it pinned
+        out["offload"] = strategy.host_stats()
     return out
 
 
@@ -255,7 +294,7 @@ def _args_of(ns: argparse.Namespace) -> ProfileArgs:
     return ProfileArgs(size=ns.size, strategy=ns.strategy or "none", lam=ns.lam, budget_gib=ns.budget_gib,
                        point=ns.point, device=ns.device, seq_len=ns.seq_len, batch_size=ns.batch_size,
                        cost_model=ns.cost_model, **shape_overrides(ns), steps=ns.steps, warmup=ns.warmup,
-                       seed=ns.seed, costs=ns.costs, hf=ns.hf)
+                       seed=ns.seed, costs=ns.costs, hf=ns.hf, arms=ns.arms, host_mem_gib=ns.host_mem_gib)
 
 
 def cmd_profile(ns: argparse.Namespace) -> int:
@@ -310,6 +349,10 @@ def add_profile_parser(sub) -> None:
     g.add_argument("--lambda", dest="lam", type=NONNEG, default=None,
                    help=f"price of memory (drat, oracle; default {DEFAULT_LAMBDA})")
     g.add_argument("--budget-gib", type=POSITIVE, default=None, help="peak memory budget (drat, oracle)")
+    p.add_argument("--arms", type=ARMS, default=2,
+                   help="store,recompute (default) or store,recompute,offload (drat, oracle)")
+    p.add_argument("--host-mem-gib", type=POSITIVE, default=None,
+                   help="cap on offloaded bytes in pinned host memory (default: half the available RAM)")
     p.add_argument("--cost-model", default="measured",
                    help="measured | uniform | layer_weighted | activation_size")
     p.add_argument("--costs", default=None, metavar="FILE",
