@@ -17,7 +17,7 @@ from .costs import SiteCosts, plan_cost
 from .gates import GateBank, fit_gates
 from .measure import build_costs
 from .model import GPT, GPTConfig, config_for
-from .oracle import solve_oracle
+from .oracle import solve_oracle, solve_oracle3
 from .strategies import (
     SAC,
     CompiledPlanAC,
@@ -40,6 +40,6 @@ __all__ = [
     "GPT", "GPTConfig", "config_for",
     "NoneAC", "FullAC", "SelectiveAC", "SAC", "PlanAC", "DRATGates", "CompiledPlanAC", "make_strategy",
     "SaveOnCPU", "OffloadAll", "FullOffload",
-    "SiteCosts", "build_costs", "plan_cost", "GateBank", "fit_gates", "solve_oracle",
+    "SiteCosts", "build_costs", "plan_cost", "GateBank", "fit_gates", "solve_oracle", "solve_oracle3",
     "saved_activation_bytes", "ResourceAwareTrainer", "TrainingConfig", "wrap", "unwrap", "GatedModel",
 ]

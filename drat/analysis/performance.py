@@ -28,10 +28,11 @@ from pathlib import Path
 
 from ..model import SIZES
 from .aggregate import step_spread
+from .offload_tables import OFFLOAD_HEADER, offload_args, offload_headline, offload_rows, offload_targets
 
 BENCH_ROOT = Path("results/bench/h200")
 PAPER_BENCH_ROOT = Path("results/paper/bench")
-STEMS = ("frontier", "capacity", "trace")  # the JSON each `drat bench` command writes
+STEMS = ("frontier", "capacity", "trace", "offload")  # the JSON each `drat bench` command writes
 MINUS = "\u2212"
 
 # `drat bench` defaults the command lines are rebuilt against (tests hold them to the parsers')
@@ -403,6 +404,8 @@ def command(b: Bench, out: str | None = None) -> str:
             parts += ["--alloc-conf", m["cuda_alloc_conf"]]
         if steps and steps != CAPACITY_DEFAULTS["steps"]:
             parts += ["--steps", str(steps)]
+    elif b.stem == "offload":
+        parts += ["--batch-size", str(m["batch_size"]), "--device", device, *offload_args(b)]
     elif b.stem == "trace":
         parts += ["--batch-size", str(m["batch_size"]), "--device", device]
         lams = tuple(float(r["name"][len("drat-lam"):]) for r in b.rows if r["name"].startswith("drat-lam"))
@@ -599,6 +602,8 @@ def _span(xs: list[float]) -> str:
 def headline(b: Bench) -> str:
     """The folder's key numbers in one sentence, from its rows (ratios within the process)."""
     none, out = b.none, []
+    if b.stem == "offload":
+        return offload_headline(b)
     if b.stem == "trace":
         for r in b.rows:
             if r["name"].startswith("drat") and none is not None:
@@ -778,6 +783,8 @@ def section(b: Bench) -> str:
                       md_table(BUDGET_HEADER, budget)]
     elif b.stem == "capacity":
         parts.append(md_table(CAPACITY_HEADER, capacity_rows(b)))
+    elif b.stem == "offload":
+        parts += [*offload_targets(b), "", md_table(OFFLOAD_HEADER, offload_rows(b))]
     else:
         parts.append(md_table(TRACE_HEADER, trace_rows(b)))
     return "\n".join(parts).replace("\n\n\n", "\n\n") + "\n"

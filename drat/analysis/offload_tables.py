@@ -1,0 +1,80 @@
+"""The offload sections of `docs/performance.md`: a `drat bench offload` folder's command, table,
+key numbers and targets, all read from its `offload.json` (performance.py renders them)."""
+
+from __future__ import annotations
+
+OFFLOAD_DEFAULTS = {"peak_cuts": (0.45, 0.6, 0.75), "steps": 12, "warmup": 3, "rounds": 3}
+OFFLOAD_HEADER = ["row", "arms", "budget GiB", "peak GiB", "peak vs none", "step ms", "spread ms",
+                  "step vs none", "sites rec./off.", "GiB each way", "host GiB", "link util.", "predicted ms"]
+BASELINES = ("save-on-cpu", "offload-all", "full-offload")
+
+
+def _gib(x) -> str:
+    return "—" if x is None else f"{x / 2**30:.2f}"
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:+.1f}%".replace("-", "\u2212")
+
+
+def _num(x, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def offload_args(b) -> list[str]:
+    """The flags of `drat bench offload` that differ from its defaults."""
+    m, parts = b.meta, []
+    cuts = tuple(float(r["name"].split("-cut")[1]) for r in b.rows if r["name"].startswith("drat-cut"))
+    if cuts and cuts != OFFLOAD_DEFAULTS["peak_cuts"]:
+        parts += ["--peak-cuts", ",".join(f"{c:g}" for c in cuts)]
+    if m.get("arms", 3) == 2:
+        parts += ["--arms", "store,recompute"]
+    for key in ("steps", "rounds"):
+        if m.get(key, OFFLOAD_DEFAULTS[key]) != OFFLOAD_DEFAULTS[key]:
+            parts += [f"--{key}", str(m[key])]
+    if m.get("warmup", OFFLOAD_DEFAULTS["warmup"]) != OFFLOAD_DEFAULTS["warmup"]:
+        parts += ["--warmup", str(m["warmup"])]
+    if any(r["name"].startswith("compiled-") for r in b.rows):
+        parts.append("--compiled")
+    return parts
+
+
+def offload_rows(b) -> list[list[str]]:
+    out = []
+    for r in b.rows:
+        if r.get("error"):
+            out.append([f"`{r['name']}`", "3", "—", "failed", "—", "—", "—", "—", "—", "—", "—", "—",
+                        r["error"][:80].replace("|", "/")])
+            continue
+        rec, off = r.get("n_recomputed"), r.get("n_offloaded")
+        out.append([f"`{r['name']}`", str(r.get("arms", 2)), _num(r.get("budget_gib")),
+                    _num(r["peak_gib"], 3),
+                    _pct(r.get("peak_vs_none")), _num(r["step_ms"]), _num(r.get("step_spread_ms")),
+                    _pct(r.get("step_vs_none")),
+                    "—" if rec is None and off is None else f"{rec or 0}/{off or 0}",
+                    _gib(r.get("d2h_bytes")), _gib(r.get("host_pinned_bytes")),
+                    "—" if r.get("link_utilisation") is None else f"{100 * r['link_utilisation']:.0f}%",
+                    _num(r.get("predicted_step_ms"))])
+    return out
+
+
+def offload_headline(b) -> str:
+    link = b.meta.get("link") or {}
+    out = []
+    if link.get("d2h_gbps"):
+        out.append(f"host link under compute: D2H {link['d2h_gbps']:.1f} GB/s, "
+                   f"H2D {link['h2d_gbps']:.1f} GB/s "
+                   f"(alone {link.get('d2h_gbps_alone', float('nan')):.1f} / "
+                   f"{link.get('h2d_gbps_alone', float('nan')):.1f}); a copy slows the matmuls by "
+                   f"{100 * link.get('d2h_compute_slowdown', 0):.1f}% (D2H) and "
+                   f"{100 * link.get('h2d_compute_slowdown', 0):.1f}% (H2D)")
+    return "; ".join(out) + "." if out else ""
+
+
+def offload_targets(b) -> list[str]:
+    """The verdicts the bench computed (each beyond the measured spread), as bullets."""
+    return [f"- {v}" for v in b.meta.get("verdicts", [])]
+
+
+__all__ = ["OFFLOAD_DEFAULTS", "OFFLOAD_HEADER", "offload_args", "offload_rows", "offload_headline",
+           "offload_targets"]
