@@ -37,6 +37,7 @@ COMMANDS = {
     "bench capacity": ["bench", "capacity", "--out", "{tmp}/bench"],
     "bench trace": ["bench", "trace", "--out", "{tmp}/bench"],
     "bench exactness": ["bench", "exactness", "--out", "{tmp}/bench"],
+    "bench offload": ["bench", "offload", "--out", "{tmp}/bench"],
     "data pin": ["data", "pin", "--corpus", "stdlib", "--out", "{tmp}/corpus.json"],
     "data tokenize": ["data", "tokenize", "--corpus", "stdlib", "--pinned", "{tmp}/corpus.json",
                       "--tokenizer", "{tmp}/tok.json", "--out", "{tmp}/tokens"],
