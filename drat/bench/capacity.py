@@ -12,7 +12,8 @@ affine in the batch), then brackets and bisects, so it costs a handful of probes
 the largest fitting batch is then timed like `drat bench frontier` (median CUDA-event step).
 
 DRAT plans per batch size in budget mode at the cap, closed on the measured peak; its guess
-comes from the ILP floor of the activation bytes at that batch. On the CPU (tests) "peak" is the
+comes from the ILP floor of the activation bytes at that batch. `drat3` is DRAT with the offload
+arm (three-way plans on the measured host link, within the host-memory cap). On the CPU (tests) "peak" is the
 fp32 model state plus exact saved-activation bytes, and the compiled row is skipped.
 
 Outputs in --out: capacity.csv, capacity.json (rows, every probe, provenance), capacity.png.
@@ -30,7 +31,15 @@ import torch
 from ..accounting import saved_activation_bytes
 from ..costs import model_state_bytes
 from ..gates import budget_to_activation_bytes, fit_gates
-from ..measure import build_costs, matmul_tflops, measure_steps, model_flops_per_step, random_batch
+from ..measure import (
+    build_costs,
+    matmul_tflops,
+    measure_link,
+    measure_steps,
+    model_flops_per_step,
+    random_batch,
+)
+from ..offload import default_host_cap_bytes
 from ..model import GPT
 from ..oracle import activation_floor_bytes, solve_oracle
 from ..provenance import provenance
@@ -48,6 +57,7 @@ from .common import (
 )
 
 CAPACITY_STRATEGIES = ("none", "full", "compile-budget0.5", "drat")
+KNOWN_STRATEGIES = CAPACITY_STRATEGIES + ("drat3",)
 CAPACITY_FIELDS = ["name", "mode", "cap_gib", "batch_size", "tokens_per_step", "peak_gib", "step_ms",
                    "tokens_per_s", "mfu", "n_probes", "n_recomputed", "recomputed_sites"]
 
@@ -87,10 +97,10 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
                  n_embd: int | None = None, n_head: int | None = None, max_batch: int = 256,
                  steps: int = 10, warmup: int = 3, out: str | Path | None = None, log=print,
                  tie_weights: bool | None = None) -> list[dict]:
-    unknown = set(strategies) - set(CAPACITY_STRATEGIES)
+    unknown = set(strategies) - set(KNOWN_STRATEGIES)
     if unknown:
         raise ValueError(f"unknown capacity strategies {sorted(unknown)}; "
-                         f"choose from {', '.join(CAPACITY_STRATEGIES)}")
+                         f"choose from {', '.join(KNOWN_STRATEGIES)}")
     if cap_gib <= 0:
         raise ValueError("--cap-gib must be positive")
     dev, cfg, model, _, _ = bench_model(size, seq_len, 1, device, n_layer, n_embd, n_head, vocab_size,
@@ -203,7 +213,7 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
             return True
         return set_plan
 
-    none_probes = None
+    none_probes, ref = None, None
     for name in strategies:
         if name == "none":
             none_probes = search("none", "eager", fixed(NoneAC()))["probes"]
@@ -222,6 +232,14 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
                 search("compile-budget0.5", "compiled", fixed(NoneAC()), compiled=compiled)
             del compiled
             torch._dynamo.reset()
+        elif name == "drat3":
+            ref = ref or _drat_reference(model, cfg, seq_len, dev, none_probes)
+            ref["costs"].link = measure_link(dev)
+            meta["link"] = ref["costs"].link
+            # offloading has no activation floor: start where the `none` line's transients meet the cap
+            guess = max(1, int((cap_bytes - ref["s0"]) // max(ref["transient_per_sample"], 1.0)))
+            search("drat3", "eager", _drat_planner(model, cfg, seq_len, cap_gib, dev, ref, log, arms=3),
+                   guess=guess)
         elif name == "drat":
             ref = _drat_reference(model, cfg, seq_len, dev, none_probes)
             # the guess: where the least-memory plan's *measured* peak line meets the cap. The
@@ -288,9 +306,13 @@ class _OverCap(Exception):
     """Budget mode's closed loop ended with a plan still above the cap."""
 
 
-def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict, log):
+def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict, log,
+                  arms: int = 2):
     """set_plan(b): DRAT budget mode at the cap for batch b on the scaled reference costs, closed
-    on the measured peak (CUDA). False when no plan fits (below the floor, or OOM)."""
+    on the measured peak (CUDA). False when no plan fits (below the floor, or OOM). `arms=3`:
+    with the offload arm, within the default host-memory cap."""
+    host_cap = default_host_cap_bytes() if arms == 3 else None
+    kind = "drat3" if arms == 3 else "drat"
     def set_plan(b: int) -> bool:
         set_plan.last_info = None
         costs = _scaled_costs(ref["costs"], b / ref["b_ref"])
@@ -308,8 +330,8 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
                     # allocator's fragmentation (measured on the H200, large, S=4096: plans for
                     # B=25–43 peaked 38.2–39.5 GiB here, with the cap lifted, and each then ran out
                     # of the 40 GiB in its probe)
-                    plan = plan_under_measured_peak(model, idx, targets, costs, 0.99 * cap_gib, base, "drat",
-                                                    grow_below=None)
+                    plan = plan_under_measured_peak(model, idx, targets, costs, 0.99 * cap_gib, base,
+                                                    kind, grow_below=None, host_cap_bytes=host_cap)
                     gates, trace = plan.gates, plan.trace
                 finally:
                     torch.cuda.empty_cache()
@@ -322,8 +344,8 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
                                    f"{len(trace)} rounds")
             else:
                 gates = fit_gates(costs, budget_act_bytes=budget_to_activation_bytes(cap_gib, base),
-                                  base_bytes=base).gates
-            model.set_strategy(DRATGates(gates))
+                                  base_bytes=base, arms=arms, host_cap_bytes=host_cap).gates
+            model.set_strategy(DRATGates(gates, host_cap_bytes=host_cap))
             return True
         except (ValueError, torch.OutOfMemoryError, _OverCap) as e:  # below the floor / no room
             log(f"  drat B={b}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
@@ -355,7 +377,7 @@ def plot_capacity(rows: list[dict], path: Path, meta: dict) -> None:
     a1.bar(names, [r["batch_size"] for r in rows], color="C0")
     a1.set_ylabel(f"largest batch under {meta['cap_gib']:g} GiB")
     tps = [r.get("tokens_per_s") or 0.0 for r in rows]
-    a2.bar(names, [t / 1e3 for t in tps], color=["C3" if n == "drat" else "C0" for n in names])
+    a2.bar(names, [t / 1e3 for t in tps], color=["C3" if n.startswith("drat") else "C0" for n in names])
     a2.set_ylabel("tokens/s (thousands)")
     for ax in (a1, a2):
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
