@@ -76,5 +76,34 @@ def offload_targets(b) -> list[str]:
     return [f"- {v}" for v in b.meta.get("verdicts", [])]
 
 
-__all__ = ["OFFLOAD_DEFAULTS", "OFFLOAD_HEADER", "offload_args", "offload_rows", "offload_headline",
+def offload_panel(ax, b) -> None:
+    """One bench's rows as peak against step, relative to its `none`, with the target region
+    (≥45% less peak at ≤8% more step) shaded; bars: the spread of the interleaved rounds."""
+    none = next((r for r in b.rows if r["name"] == "none"), None)
+    if none is None:
+        return
+    ax.axvspan(-100, 8, ymin=0, ymax=1, color="0.93", zorder=0)
+    ax.axhspan(-100, -45, color="0.85", zorder=0, label="target: ≥45% less peak at ≤8% more step")
+    for r in b.rows:
+        if r.get("step_ms") is None or r.get("peak_gib") is None:
+            continue
+        x, y = 100 * (r["step_ms"] / none["step_ms"] - 1), 100 * (r["peak_gib"] / none["peak_gib"] - 1)
+        name = r["name"]
+        c, m = (("C3", "o") if name.startswith("drat3-") else ("C0", "s") if name.startswith("drat-")
+                else ("C2", "D") if name.startswith("compiled-") else ("0.3", "^"))
+        xerr = 100 * r.get("step_spread_ms", 0.0) / none["step_ms"] / 2
+        ax.errorbar(x, y, xerr=xerr, color=c, marker=m, ms=6, capsize=2)
+        ax.annotate(name, (x, y), fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("symlog", linthresh=50)
+    ax.set_xlim(left=-10)
+    ax.set_ylim(-100, 5)
+    ax.set_xlabel("step vs none (%)")
+    ax.set_ylabel("peak vs none (%)")
+    ax.set_title(f"{b.model_dir}: S={b.meta['seq_len']}, B={b.meta['batch_size']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+
+
+__all__ = ["offload_panel", "OFFLOAD_DEFAULTS", "OFFLOAD_HEADER", "offload_args", "offload_rows",
+           "offload_headline",
            "offload_targets"]

@@ -28,7 +28,14 @@ from pathlib import Path
 
 from ..model import SIZES
 from .aggregate import step_spread
-from .offload_tables import OFFLOAD_HEADER, offload_args, offload_headline, offload_rows, offload_targets
+from .offload_tables import (
+    OFFLOAD_HEADER,
+    offload_args,
+    offload_headline,
+    offload_panel,
+    offload_rows,
+    offload_targets,
+)
 
 BENCH_ROOT = Path("results/bench/h200")
 PAPER_BENCH_ROOT = Path("results/paper/bench")
@@ -794,7 +801,7 @@ def section(b: Bench) -> str:
 
 MAIN_FRONTIERS = ("frontier", "frontier-compiled")  # the folders the S=2048 figure draws
 FIGURES = {"s2048": "figures/peak-vs-step-s2048.png", "paper": "figures/peak-vs-step-paper-bench.png",
-           "capacity": "figures/capacity-large-s4096.png"}
+           "capacity": "figures/capacity-large-s4096.png", "offload": "figures/offload-peak-vs-step.png"}
 
 
 def wrapped_figure(b: Bench) -> str:
@@ -906,6 +913,13 @@ def write_figures(benches: list[Bench], figures_dir: Path) -> None:
                                "(one process)")
         _save(fig, figures_dir / Path(wrapped_figure(b)).name)
         plt.close(fig)
+    offload = [b for b in benches if b.stem == "offload"]
+    if offload:
+        fig, axes = plt.subplots(1, len(offload), figsize=(6.0 * len(offload), 5.0), squeeze=False)
+        for ax, b in zip(axes[0], offload):
+            offload_panel(ax, b)
+        _save(fig, figures_dir / Path(FIGURES["offload"]).name)
+        plt.close(fig)
     paper = [b for b in benches if b.key.startswith("paper-")]
     if paper:
         fig, axes = plt.subplots(1, len(paper), figsize=(5.5 * len(paper), 4.5), squeeze=False)
@@ -991,6 +1005,8 @@ def render(benches: list[Bench]) -> str:
         out += [f"![peak GiB against step ms, {b.model_dir}, wrapped by drat.wrap]({wrapped_figure(b)})", ""]
     if any(b.stem == "capacity" for b in benches):
         out += [f"![largest batch and tokens/s under a 40 GiB cap]({FIGURES['capacity']})", ""]
+    if any(b.stem == "offload" for b in benches):
+        out += [f"![the offload arm: peak GiB against step ms]({FIGURES['offload']})", ""]
     if any(b.key.startswith("paper-") for b in benches):
         out += [f"![peak GiB against step ms, the paper's bench]({FIGURES['paper']})", ""]
     for g, bs in groups.items():
