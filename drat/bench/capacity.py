@@ -39,8 +39,8 @@ from ..measure import (
     model_flops_per_step,
     random_batch,
 )
-from ..offload import default_host_cap_bytes
 from ..model import GPT
+from ..offload import default_host_cap_bytes
 from ..oracle import activation_floor_bytes, solve_oracle
 from ..provenance import provenance
 from ..runtime import autocast_ctx
