@@ -484,6 +484,11 @@ def details(b: Bench) -> list[str]:
     elif b.stem == "trace":
         timing.append(f"median of the timed steps per row; {m.get('trace_steps', 3)} more steps under "
                       "`torch.profiler`")
+    elif b.stem == "offload":
+        timing.append(f"every row timed in alternation, in a new random order in each of "
+                      f"{m.get('rounds', 3)} rounds of {m.get('steps', 12)} steps; a row's step is the "
+                      "median of its round medians, its spread their max − min; peaks from each row's "
+                      "own steps")
     paused = {r.get("gc_paused", False) for r in b.rows}
     timing.append("Python's garbage collector paused while timing" if paused == {True}
                   else "Python's garbage collector active while timing (no row has `gc_paused`)"
@@ -496,7 +501,7 @@ def details(b: Bench) -> list[str]:
     if costs:
         lines.append("- cost table: " + (
             "peak-aware LM head (charged the measured drop of the peak when it is recomputed; "
-            "`owned_bytes` differ from `mem_bytes`)" if "owned_bytes" in costs
+            "`owned_bytes` differ from `mem_bytes`)" if costs.get("owned_bytes")
             else "every site charged the bytes it owns (no peak-aware LM head)")
             + f", per-rebuild overhead {costs.get('rebuild_overhead_ms', 0):.3f} ms")
     return lines
