@@ -34,8 +34,9 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 
-class HostMemoryError(RuntimeError):
-    """An offload plan needs more pinned host memory than the cap allows."""
+class HostMemoryError(RuntimeError, ValueError):
+    """An offload plan needs more pinned host memory than the cap allows (a ValueError too: the
+    commands refuse it in one line, as any input they cannot use)."""
 
 
 def available_host_bytes() -> int:

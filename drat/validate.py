@@ -130,7 +130,7 @@ class NumberList:
 def ARMS(text: str) -> int:
     """An argparse `type` for `--arms`: "store,recompute" (2) or "store,recompute,offload" (3)."""
     arms = [a.strip() for a in text.split(",") if a.strip()]
-    if arms == ["store", "recompute"]:
+    if sorted(arms) == ["recompute", "store"]:
         return 2
     if sorted(arms) == ["offload", "recompute", "store"]:
         return 3
