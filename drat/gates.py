@@ -307,7 +307,7 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
         c = float(batch_cost3(np.array([cand], dtype=np.int8), costs, lam_eval)[0])
         if best is None or c < best[0]:
             best = (c, cand)
-    kicks = 60 if len(costs) <= 100 else 4  # each kick is a local search: fewer on deep models
+    kicks = 60 if len(costs) <= 40 else 6  # each kick is a local search: few on deep models
     arms = perturbed_search3(best[1], costs, lam_eval, budget_act_bytes, host_cap_bytes, kicks=kicks,
                              seed=seed)
     stored, offloaded = [a == STORE for a in arms], [a == OFFLOAD for a in arms]
