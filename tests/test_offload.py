@@ -187,3 +187,19 @@ def test_a_bad_arms_flag_is_one_line_and_exit_2(capsys):
     rc = main(["profile", "--size", "tiny", "--arms", "store,offload"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "--arms" in err
+
+
+def test_compiled_plan_marks_offloaded_sites_and_stays_exact_eagerly():
+    """CompiledPlanAC's offloaded sites become CPU_OFFLOAD policies (acted on only by the compiler,
+    under `compiler_offloading`); run eagerly, the plan is still bitwise exact."""
+    from drat.runtime import autocast_ctx
+    from drat.strategies import CompiledPlanAC
+
+    model = make_model(dropout=0.0)
+    idx, tgt = make_batch()
+    ref = run(model, NoneAC(), idx, tgt)
+    stored, offloaded = random_arms(len(model.graph), random.Random(0))
+    s = CompiledPlanAC([a or o for a, o in zip(stored, offloaded)], offloaded=offloaded)
+    model.set_strategy(s)
+    s.prepare(model, idx, autocast_ctx(idx.device))
+    assert_bitwise(run(model, s, idx, tgt), ref, "compiled plan with offload marks, eager")
