@@ -479,9 +479,11 @@ def compiler_offloading(bandwidth_gbps: float = 50.0):
     the bandwidth given (1e9 bytes/s). A context manager over torch._functorch.config."""
     import torch._functorch.config as fc
 
-    return fc.patch(enable_activation_offloading=True, activation_offload_separate_stream=True,
-                    activation_offload_sink_wait=True, activation_reload_prefetch=True,
-                    activation_offload_cpu_gpu_bw=float(bandwidth_gbps))
+    want = {"enable_activation_offloading": True, "activation_offload_separate_stream": True,
+            "activation_offload_sink_wait": True, "activation_reload_prefetch": True,
+            "activation_offload_cpu_gpu_bw": float(bandwidth_gbps)}
+    # torch 2.11 has the offloading and its streams, not yet every knob: set those it has
+    return fc.patch(**{k: v for k, v in want.items() if hasattr(fc, k)})
 
 
 def make_strategy(name: str, **kw) -> ActivationStrategy:
