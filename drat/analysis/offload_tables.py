@@ -5,7 +5,7 @@ from __future__ import annotations
 
 OFFLOAD_DEFAULTS = {"peak_cuts": (0.45, 0.6, 0.75), "steps": 12, "warmup": 3, "rounds": 3}
 OFFLOAD_HEADER = ["row", "arms", "budget GiB", "peak GiB", "peak vs none", "step ms", "spread ms",
-                  "step vs none", "sites rec./off.", "GiB each way", "host GiB", "link util.", "predicted ms"]
+                  "step vs none", "sites rec./off.", "GiB each way (host)", "link util.", "predicted ms"]
 BASELINES = ("save-on-cpu", "offload-all", "full-offload")
 
 
@@ -32,8 +32,9 @@ def offload_args(b) -> list[str]:
     for key in ("steps", "rounds"):
         if m.get(key, OFFLOAD_DEFAULTS[key]) != OFFLOAD_DEFAULTS[key]:
             parts += [f"--{key}", str(m[key])]
-    if m.get("warmup", OFFLOAD_DEFAULTS["warmup"]) != OFFLOAD_DEFAULTS["warmup"]:
-        parts += ["--warmup", str(m["warmup"])]
+    warmup = m.get("warmup", b.entry.warmup if b.entry else OFFLOAD_DEFAULTS["warmup"])
+    if warmup != OFFLOAD_DEFAULTS["warmup"]:
+        parts += ["--warmup", str(warmup)]
     if any(r["name"].startswith("compiled-") for r in b.rows):
         parts.append("--compiled")
     return parts
@@ -43,7 +44,7 @@ def offload_rows(b) -> list[list[str]]:
     out = []
     for r in b.rows:
         if r.get("error"):
-            out.append([f"`{r['name']}`", "3", "—", "failed", "—", "—", "—", "—", "—", "—", "—", "—",
+            out.append([f"`{r['name']}`", "3", "—", "failed", "—", "—", "—", "—", "—", "—", "—",
                         r["error"][:80].replace("|", "/")])
             continue
         rec, off = r.get("n_recomputed"), r.get("n_offloaded")
@@ -52,7 +53,7 @@ def offload_rows(b) -> list[list[str]]:
                     _pct(r.get("peak_vs_none")), _num(r["step_ms"]), _num(r.get("step_spread_ms")),
                     _pct(r.get("step_vs_none")),
                     "—" if rec is None and off is None else f"{rec or 0}/{off or 0}",
-                    _gib(r.get("d2h_bytes")), _gib(r.get("host_pinned_bytes")),
+                    _gib(r.get("d2h_bytes")),
                     "—" if r.get("link_utilisation") is None else f"{100 * r['link_utilisation']:.0f}%",
                     _num(r.get("predicted_step_ms"))])
     return out
@@ -68,12 +69,29 @@ def offload_headline(b) -> str:
                    f"{link.get('h2d_gbps_alone', float('nan')):.1f}); a copy slows the matmuls by "
                    f"{100 * link.get('d2h_compute_slowdown', 0):.1f}% (D2H) and "
                    f"{100 * link.get('h2d_compute_slowdown', 0):.1f}% (H2D)")
+    pinned = max((r.get("host_pinned_bytes") or 0 for r in b.rows), default=0)
+    if pinned:
+        out.append(f"the process's pool pinned {pinned / 2**30:.2f} GiB of host memory for all its plans")
     return "; ".join(out) + "." if out else ""
 
 
 def offload_targets(b) -> list[str]:
-    """The verdicts the bench computed (each beyond the measured spread), as bullets."""
-    return [f"- {v}" for v in b.meta.get("verdicts", [])]
+    """The verdicts the bench computed (each beyond the measured spread), as bullets, and what the
+    link could carry: the bytes that can leave while the forward runs (the measured device-to-host
+    rate × the cost table's forward time), against what each three-arm plan moved."""
+    out = [f"- {v}" for v in b.meta.get("verdicts", [])]
+    link, costs = b.meta.get("link") or {}, b.meta.get("costs") or {}
+    fwd_ms = sum(costs.get("time_ms") or [])
+    moved = [r for r in b.rows if r["name"].startswith("drat3-") and r.get("d2h_bytes")]
+    if link.get("d2h_gbps") and fwd_ms and moved:
+        cap = link["d2h_gbps"] * 1e6 * fwd_ms
+        out.append(f"- the link's reach: in the {fwd_ms:.1f} ms forward (the cost table's) "
+                   f"{link['d2h_gbps']:.1f} GB/s moves {cap / 2**30:.2f} GiB off the device; "
+                   + "; ".join(f"`{r['name']}` moved {r['d2h_bytes'] / 2**30:.2f} GiB "
+                               f"({r['d2h_bytes'] / cap:.0%} of it), link busy "
+                               f"{100 * (r.get('link_utilisation') or 0):.0f}% of its step" for r in moved)
+                   + ". Bytes that leave later are still on the device at the peak, when backward starts.")
+    return out
 
 
 def offload_panel(ax, b) -> None:

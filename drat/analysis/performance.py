@@ -143,6 +143,20 @@ CATALOGUE: dict[str, Entry] = {
         "(the model compiles). Compare with the eager frontier above through each process's `none`.",
         warmup=2),
 }
+_OFFLOAD = ("The offload arm against the offload baselines in one process: `none`, `full`, `save-on-cpu` "
+            "(PyTorch's synchronous `save_on_cpu`), `offload-all` (every site, streams and prefetch) and "
+            "`full-offload` (checkpointed blocks whose inputs are offloaded), then two-arm (`drat-cut*`) and "
+            "three-arm (`drat3-cut*`) DRAT budgeted at (1 − cut) × `none`'s peak on the measured host link. "
+            "Every row timed in alternation, in a new random order per round.")
+CATALOGUE.update({
+    "gpt-12x1024-v32k-s2048-b8/offload": Entry(
+        "the offload arm", _OFFLOAD + " The compiled rows failed on this torch (a configuration knob it "
+        "lacks, since fixed); `compiled-offload-probe/` measures the compiler's own offloading instead.",
+        warmup=2),
+    "medium-s2048-b8/offload": Entry("the offload arm", _OFFLOAD, warmup=2),
+    "large-s4096-b4/offload": Entry("the offload arm", _OFFLOAD, warmup=2),
+})
+
 PAPER_ENTRY = Entry(
     "the paper's bench",
     "The `bench` rule of `workflow/config/paper.yaml`: every strategy at the paper's profile "
