@@ -155,6 +155,17 @@ def _version_of(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version
 
 
+def _check_alive_version(tref: weakref.ref, version: int | None, why: str) -> None:
+    """A saved tensor that is not held (recomputed or offloaded) but still alive must fail an
+    in-place change as autograd would: the backward would silently use the unchanged values."""
+    t = tref()
+    if t is not None and version is not None and t._version != version:
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by an inplace "
+            f"operation: a tensor of shape {tuple(t.shape)} is at version {t._version}; expected "
+            f"version {version} instead ({why})")
+
+
 class _OutRef:
     """A saved view of a recomputed site's output: geometry relative to that output."""
 
@@ -172,12 +183,7 @@ class _OutRef:
         self.version = _version_of(t)
 
     def check_version(self) -> None:
-        t = self.tref()
-        if t is not None and self.version is not None and t._version != self.version:
-            raise RuntimeError(
-                "one of the variables needed for gradient computation has been modified by an inplace "
-                f"operation: a tensor of shape {tuple(self.size)} is at version {t._version}; expected "
-                f"version {self.version} instead (DRAT recomputes it in backward)")
+        _check_alive_version(self.tref, self.version, "DRAT recomputes it in backward")
 
     def view_of(self, y: torch.Tensor) -> torch.Tensor:
         if self.same:
@@ -215,12 +221,7 @@ class _Off:
         self.version = _version_of(t)
 
     def check_version(self) -> None:
-        t = self.tref()
-        if t is not None and self.version is not None and t._version != self.version:
-            raise RuntimeError(
-                "one of the variables needed for gradient computation has been modified by an inplace "
-                f"operation: a tensor of shape {tuple(t.shape)} is at version {t._version}; expected "
-                f"version {self.version} instead (DRAT offloaded it to host memory)")
+        _check_alive_version(self.tref, self.version, "DRAT offloaded it to host memory")
 
 
 class _IntRef:

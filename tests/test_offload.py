@@ -203,3 +203,19 @@ def test_compiled_plan_marks_offloaded_sites_and_stays_exact_eagerly():
     model.set_strategy(s)
     s.prepare(model, idx, autocast_ctx(idx.device))
     assert_bitwise(run(model, s, idx, tgt), ref, "compiled plan with offload marks, eager")
+
+
+def test_an_inplace_change_of_an_offloaded_tensor_fails_as_autograd_would():
+    from drat.recompute import SiteRuntime
+
+    rt = SiteRuntime([True, True], [False, False], torch.device("cpu"), offloaded=[True, False],
+                     offloader=Offloader(torch.device("cpu")), site_blocks=[0, 0])
+    x = torch.randn(8, requires_grad=True)
+    with rt.hooks():
+        y = rt.run(0, torch.sin, x)  # site 0's output: offloaded when site 1 saves it
+        z = rt.run(1, lambda t: t * t, y)
+    rt.end_forward()
+    with torch.no_grad():
+        y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation.*offloaded"):
+        z.sum().backward()
