@@ -1,0 +1,77 @@
+"""`drat bench offload` on the CPU: its rows and files, the re-plan on a mispredicted step, and the
+verdicts claiming a difference only beyond the measured spread."""
+
+import csv
+import json
+
+import pytest
+
+from drat.bench.offload import CSV_FIELDS, verdicts
+
+
+@pytest.mark.slow
+def test_bench_offload_writes_its_rows_and_files(tmp_path):
+    from drat.cli import main
+
+    out = tmp_path / "b"
+    rc = main(["bench", "offload", "--size", "tiny", "--layers", "2", "--hidden", "32", "--heads", "4",
+               "--vocab-size", "128", "--seq-len", "16", "--device", "cpu", "--steps", "2", "--warmup", "1",
+               "--rounds", "2", "--peak-cuts", "0.5", "--out", str(out)])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "offload.csv")))
+    assert list(rows[0]) == CSV_FIELDS
+    assert [r["name"] for r in rows] == ["none", "full", "save-on-cpu", "offload-all", "full-offload",
+                                         "drat-cut0.5", "drat3-cut0.5"]
+    d = json.loads((out / "offload.json").read_text())
+    assert d["meta"]["link"]["synchronous"] and d["meta"]["rounds"] == 2 and "git_commit" in d["meta"]
+    by = {r["name"]: r for r in d["rows"]}
+    assert len(by["none"]["step_ms_rounds"]) == 2 and by["offload-all"]["d2h_bytes"] > 0
+    assert (out / "offload.png").is_file()
+
+
+def test_a_mispredicted_three_arm_step_is_replanned_and_the_faster_plan_kept(monkeypatch):
+    import drat.bench.offload as off
+    from drat.measure import build_costs, nominal_link
+
+    from ..conftest import make_batch, make_model
+
+    model = make_model(n_layer=2)
+    idx, tgt = make_batch()
+    costs = build_costs(model, idx, tgt, "measured")
+    costs.link = {**nominal_link(idx.device), "synchronous": False, "d2h_gbps": 1e-4, "h2d_gbps": 1e-4}
+    measured = iter([100.0, 90.0])  # measured: far above any prediction, then faster after the re-plan
+
+    def scripted(model_, idx_, tgt_, steps=3, warmup=1, compiled=None):
+        return {"peak_gib": float("nan"), "step_ms": next(measured)}
+
+    monkeypatch.setattr(off, "measure_steps", scripted)
+    monkeypatch.setattr(off, "plan_under_measured_peak", lambda *a, **k: _fake_plan(a[3], k))
+    plan = off._plan(model, idx, tgt, costs, 1.0, 0.0, "drat3", None, 10.0, lambda m: None)
+    assert any("replanned_link_scale" in t for t in plan.trace)
+    assert plan.trace[-1]["measured_step_ms"] == 90.0  # the re-planned one, faster, is kept
+
+
+def _fake_plan(costs, kw):
+    import torch
+
+    from drat.bench.common import BudgetPlan
+    from drat.gates import GateBank
+
+    n = len(costs)
+    gates = GateBank(n, arms=3)
+    with torch.no_grad():
+        gates.logits.zero_()
+        gates.logits[:, 2] = 1.0  # offload everything
+    return BudgetPlan([True] * n, gates, 0.0, [], None)
+
+
+@pytest.mark.parametrize("spread, claim", [(0.1, "lower peak"), (30.0, "no three-arm DRAT row")])
+def test_verdicts_claim_only_beyond_the_spread(spread, claim):
+    rows = [{"name": "none", "peak_gib": 10.0, "step_ms": 100.0, "step_spread_ms": 0.1, "peak_vs_none": 0.0,
+             "step_vs_none": 0.0},
+            {"name": "offload-all", "peak_gib": 6.0, "step_ms": 120.0, "step_spread_ms": 0.1},
+            {"name": "drat3-cut0.45", "peak_gib": 5.0, "step_ms": 119.0, "step_spread_ms": spread,
+             "peak_vs_none": -0.5, "step_vs_none": 0.19}]
+    v = verdicts(rows, (0.45,))
+    assert "missed" in v[0]
+    assert claim in v[1]
