@@ -359,6 +359,10 @@ class ResourceAwareTrainer:
             rec["mfu"] = self.mfu(rec["tokens_per_s"])
         if self.gating is not None:
             rec.update(self.gating.record(out))
+            link = self.gating.costs.link if self.gating.costs is not None else None
+            if rec.get("d2h_bytes") and link:  # the share of the step the link was busy each way
+                bw = min(link["d2h_gbps"], link["h2d_gbps"]) * 1e9
+                rec["link_utilisation"] = rec["d2h_bytes"] / (rec["step_ms"] / 1e3) / bw
         self._emit(rec)
         return rec
 
