@@ -414,6 +414,8 @@ def command(b: Bench, out: str | None = None) -> str:
         if warmup_steps(b) != FRONTIER_DEFAULTS["warmup"]:
             parts += ["--warmup", str(warmup_steps(b))]
         parts += _frontier_args(b)
+        if any(r["name"].startswith("drat3-") for r in b.rows):
+            parts += ["--arms", "store,recompute,offload"]
     elif b.stem == "capacity":
         parts += ["--device", device]
         if m.get("cap_gib", 40.0) != CAPACITY_DEFAULTS["cap_gib"]:

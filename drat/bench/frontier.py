@@ -18,12 +18,20 @@ import torch
 
 from ..accounting import SavedTensorAccountant, saved_activation_bytes
 from ..gates import GateBank, fit_gates
-from ..measure import build_costs, interleaved_step_ms, matmul_tflops, measure_steps, model_flops_per_step
+from ..measure import (
+    build_costs,
+    interleaved_step_ms,
+    matmul_tflops,
+    measure_link,
+    measure_steps,
+    model_flops_per_step,
+)
+from ..offload import default_host_cap_bytes
 from ..oracle import oracle_curve, place_curve
 from ..provenance import provenance
 from ..runtime import autocast_ctx
 from ..strategies import SAC, DRATGates, FullAC, NoneAC, SelectiveAC
-from ..validate import FRACTION, NONNEG, Number, NumberList
+from ..validate import ARMS, FRACTION, NONNEG, Number, NumberList
 from ..wrap import HF_FAMILIES, HFCheckpointing, wrap
 from .common import (
     add_model_args,
@@ -48,7 +56,7 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                  compile_budgets=(1.0, 0.5, 0.2), compiled_lams=(0.0, 0.2, 0.5, 1.0, 2.0, 5.0),
                  compiled_budget_targets: bool = True, steps: int = 12, warmup: int = 3,
                  only: set[str] | None = None, out: str | Path | None = None, log=print,
-                 hf: str | None = None) -> list[dict]:
+                 hf: str | None = None, arms: int = 2) -> list[dict]:
     dev, cfg, model, idx, targets = bench_model(size, seq_len, batch_size, device, n_layer, n_embd, n_head,
                                                 vocab_size, tie_weights, hf=hf)
     wrapped = hf is not None
@@ -119,6 +127,8 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
     n = len(model.graph)
     # the table every DRAT and oracle row below was planned on, and the oracle's predicted
     # frontier on it: the analysis of a missed target needs both (see oracle_curve)
+    if arms == 3:  # three-arm budget rows (`drat3-*`) plan on the host link measured here
+        costs.link = measure_link(dev)
     meta["costs"] = costs.to_dict()
     if want("oracle-curve"):
         meta["oracle_curve"] = oracle_curve(costs)
@@ -149,11 +159,13 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
         targets_gib += [(f"cut{round(cut * 100)}", (1 - cut) * none_row["peak_gib"]) for cut in peak_cuts]
         for label, budget_gib in targets_gib:
             placed = {}
-            for kind in ("drat", "oracle"):
+            for kind in ("drat", "oracle") + (("drat3",) if arms == 3 else ()):
                 if not want(f"{kind}-{label}"):
                     continue
                 try:
-                    plan = plan_under_measured_peak(model, idx, targets, costs, budget_gib, base, kind)
+                    cap = default_host_cap_bytes() if kind == "drat3" else None
+                    plan = plan_under_measured_peak(model, idx, targets, costs, budget_gib, base, kind,
+                                                    host_cap_bytes=cap)
                 except ValueError as e:  # below the floor on this device's costs: no row
                     log(f"{kind}-{label}: skipped, {str(e).splitlines()[0]}")
                     continue
@@ -163,7 +175,7 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                 placed[kind] = (row, model.strategy)
                 if out is not None:
                     write_outputs(rows, Path(out), meta)
-            if len(placed) == 2:  # the budget target is their ratio: also time them alternately
+            if "drat" in placed and "oracle" in placed:  # their ratio: also time them alternately
                 (r_drat, s_drat), (r_oracle, s_oracle) = placed["drat"], placed["oracle"]
                 paired = interleaved_step_ms(model, idx, targets, [s_drat, s_oracle], steps, warmup)
                 r_drat["step_ms_paired"], r_oracle["step_ms_paired"] = paired
@@ -306,6 +318,8 @@ def add_frontier_parser(bsub) -> None:
     f.add_argument("--no-compiled-drat-budgets", dest="compiled_budget_targets", action="store_false",
                    help="skip the budget rows under torch.compile, DRAT's and the oracle's (up to 4 "
                         "compiles each)")
+    f.add_argument("--arms", default="store,recompute", type=ARMS,
+                   help="store,recompute,offload adds three-arm DRAT budget rows (drat3-*)")
     f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
     f.set_defaults(func=_cmd_frontier)
 
@@ -318,5 +332,6 @@ def _cmd_frontier(args) -> int:
                  compile_budgets=tuple(float(x) for x in args.compile_budgets.split(",") if x),
                  peak_cuts=tuple(float(x) for x in args.peak_cuts.split(",") if x),
                  compiled_budget_targets=args.compiled_budget_targets, steps=args.steps, warmup=args.warmup,
-                 only=set(args.only.split(",")) if args.only else None, out=args.out, hf=args.hf)
+                 only=set(args.only.split(",")) if args.only else None, out=args.out, hf=args.hf,
+                 arms=args.arms)
     return 0
