@@ -3,10 +3,10 @@ the committed bench results (never typed).
 
     python -m drat.analysis.performance --out docs/performance.md --index results/bench/README.md
 
-Every `drat bench` output under `results/bench/h200/` (`frontier.json`, `capacity.json`,
-`trace.json`) and the paper's one-process benches under `results/paper/bench/` become one section
-each: the command that makes it (rebuilt from the JSON's meta and its row names), its folder, its
-provenance (device, torch, commit, read from the JSON) and its rows. A frontier of a transformers
+Every `drat bench` output under `results/bench/h200/` and `results/bench/h100/` (`frontier.json`,
+`capacity.json`, `trace.json`, `offload.json`) and the paper's one-process benches under
+`results/paper/bench/` become one section each: the command that makes it (rebuilt from the
+JSON's meta and its row names), its folder, its provenance (device, torch, commit, read from the JSON) and its rows. A frontier of a transformers
 model wrapped by `drat.wrap` (`--hf`; its meta's config has `hf`) also gets its targets, computed
 from the rows: whether DRAT's plans dominate transformers' own checkpointing, what the wrapping
 costs against the `unwrapped` model, how close each budget row's peak came to its budget, and how
@@ -38,6 +38,8 @@ from .offload_tables import (
 )
 
 BENCH_ROOT = Path("results/bench/h200")
+# benches run on other cards, each its own group (their numbers are not compared with the H200's)
+OTHER_BENCH_ROOTS = {"h100": Path("results/bench/h100")}
 PAPER_BENCH_ROOT = Path("results/paper/bench")
 STEMS = ("frontier", "capacity", "trace", "offload")  # the JSON each `drat bench` command writes
 MINUS = "\u2212"
@@ -157,6 +159,11 @@ CATALOGUE.update({
     "large-s4096-b4/offload": Entry("the offload arm", _OFFLOAD, warmup=2),
 })
 
+CATALOGUE["h100-medium-s2048-b8/offload-cut64"] = Entry(
+    "the offload arm at a deeper cut, on an H100",
+    _OFFLOAD + " One cut, at about `full-offload`'s peak; this process ran on an H100, so its "
+               "numbers stand beside this folder's own rows only.", warmup=2)
+
 PAPER_ENTRY = Entry(
     "the paper's bench",
     "The `bench` rule of `workflow/config/paper.yaml`: every strategy at the paper's profile "
@@ -273,6 +280,10 @@ def discover(root: Path) -> list[Bench]:
                     for p in (root / BENCH_ROOT).glob(f"*/*/{stem}.json")})
     order = [k for k in CATALOGUE if k in found] + [k for k in found if k not in CATALOGUE]
     out = [load_bench(root, BENCH_ROOT / k, k, CATALOGUE.get(k)) for k in order]
+    for card, other in OTHER_BENCH_ROOTS.items():
+        keys = sorted({str(p.parent.relative_to(root / other)) for stem in STEMS
+                       for p in (root / other).glob(f"*/*/{stem}.json")})
+        out += [load_bench(root, other / k, f"{card}-{k}", CATALOGUE.get(f"{card}-{k}")) for k in keys]
     for size in SIZES:
         if (root / PAPER_BENCH_ROOT / size / "frontier.json").is_file():
             b = load_bench(root, PAPER_BENCH_ROOT / size, f"paper-{size}", PAPER_ENTRY)
@@ -1040,11 +1051,11 @@ def render(benches: list[Bench]) -> str:
 
 
 INDEX_INTRO = """\
-# results/bench: the H200 benchmarks
+# results/bench: the GPU benchmarks
 
-One folder per `drat bench` process, named by what it holds:
-`h200/<model>-s<S>[-b<B>]/<bench>/`, with the files the command writes: `<stem>.json` (meta with
-device, torch version, commit, model config, and the cost table where plans were fitted; every
+One folder per `drat bench` process, named by the card it ran on and what it holds:
+`h200/<model>-s<S>[-b<B>]/<bench>/` (`h100/...` for a process that ran on an H100), with the
+files the command writes: `<stem>.json` (meta with device, torch version, commit, model config, and the cost table where plans were fitted; every
 row, with `step_ms_all`, each timed step), `<stem>.csv` (the schema's columns) and, for frontier
 and capacity, `<stem>.png` (the command's own plot). This index and the tables of
 `docs/performance.md` are generated from those files by
@@ -1065,7 +1076,8 @@ def render_index(benches: list[Bench], doc: str = "docs/performance.md") -> str:
         if b.key.startswith("paper-"):
             continue
         shows = " ".join(x for x in ((b.entry.shows if b.entry else ""), headline(b)) if x) or "—"
-        rows.append([f"[`{b.key}/`](h200/{b.key}/)", f"`{command(b)}`", shows,
+        link = Path(b.folder).relative_to(BENCH_ROOT.parent)
+        rows.append([f"[`{link}/`]({link}/)", f"`{command(b)}`", shows,
                      f"[{doc}#{slug(b.heading)}](../../{doc}#{slug(b.heading)})"])
     out.append(md_table(["folder", "command", "what it shows", "tables"], rows))
     return "\n".join(out).rstrip() + "\n"
