@@ -6,8 +6,8 @@ the committed bench results (never typed).
 Every `drat bench` output under `results/bench/h200/` and `results/bench/h100/` (`frontier.json`,
 `capacity.json`, `trace.json`, `offload.json`) and the paper's one-process benches under
 `results/paper/bench/` become one section each: the command that makes it (rebuilt from the
-JSON's meta and its row names), its folder, its provenance (device, torch, commit, read from the JSON) and its rows. A frontier of a transformers
-model wrapped by `drat.wrap` (`--hf`; its meta's config has `hf`) also gets its targets, computed
+JSON's meta and its row names), its folder, its provenance (device, torch, commit, read from
+the JSON) and its rows. A frontier of a transformers model wrapped by `drat.wrap` (`--hf`; its meta's config has `hf`) also gets its targets, computed
 from the rows: whether DRAT's plans dominate transformers' own checkpointing, what the wrapping
 costs against the `unwrapped` model, how close each budget row's peak came to its budget, and how
 much of the stored activations no site owns. Every ratio is taken against the `none` row of the
@@ -1055,8 +1055,8 @@ INDEX_INTRO = """\
 
 One folder per `drat bench` process, named by the card it ran on and what it holds:
 `h200/<model>-s<S>[-b<B>]/<bench>/` (`h100/...` for a process that ran on an H100), with the
-files the command writes: `<stem>.json` (meta with device, torch version, commit, model config, and the cost table where plans were fitted; every
-row, with `step_ms_all`, each timed step), `<stem>.csv` (the schema's columns) and, for frontier
+files the command writes: `<stem>.json` (meta with device, torch version, commit, model config,
+and the cost table where plans were fitted; every row, with `step_ms_all`, each timed step), `<stem>.csv` (the schema's columns) and, for frontier
 and capacity, `<stem>.png` (the command's own plot). This index and the tables of
 `docs/performance.md` are generated from those files by
 `python -m drat.analysis.performance --out docs/performance.md --index results/bench/README.md`.
