@@ -5,14 +5,14 @@ the committed bench results (never typed).
 
 Every `drat bench` output under `results/bench/h200/` and `results/bench/h100/` (`frontier.json`,
 `capacity.json`, `trace.json`, `offload.json`) and the paper's one-process benches under
-`results/paper/bench/` become one section each: the command that makes it (rebuilt from the
-JSON's meta and its row names), its folder, its provenance (device, torch, commit, read from
-the JSON) and its rows. A frontier of a transformers model wrapped by `drat.wrap` (`--hf`; its meta's config has `hf`) also gets its targets, computed
-from the rows: whether DRAT's plans dominate transformers' own checkpointing, what the wrapping
-costs against the `unwrapped` model, how close each budget row's peak came to its budget, and how
-much of the stored activations no site owns. Every ratio is taken against the `none` row of the
-same process, and every row shows how far its own timed steps spread (p10 to p90 of
-`step_ms_all`, as % of the median). Figures go to `figures/` next to `--out`.
+`results/paper/bench/` become one section each: the command that makes it (rebuilt from the JSON's
+meta and its row names), its folder, its provenance (device, torch, commit, read from the JSON) and
+its rows. A frontier of a transformers model wrapped by `drat.wrap` (`--hf`; its meta's config has
+`hf`) also gets its targets, computed from the rows: whether DRAT's plans dominate transformers'
+own checkpointing, what the wrapping costs against the `unwrapped` model, how close each budget
+row's peak came to its budget, and how much of the stored activations no site owns. Every ratio is
+taken against the `none` row of the same process, and every row shows how far its own timed steps
+spread (p10 to p90 of `step_ms_all`, as % of the median). Figures go to `figures/` next to `--out`.
 `tests/analysis/test_performance.py` regenerates both files and compares them with the committed
 ones, so neither can drift from the data.
 """
@@ -1054,12 +1054,12 @@ INDEX_INTRO = """\
 # results/bench: the GPU benchmarks
 
 One folder per `drat bench` process, named by the card it ran on and what it holds:
-`h200/<model>-s<S>[-b<B>]/<bench>/` (`h100/...` for a process that ran on an H100), with the
-files the command writes: `<stem>.json` (meta with device, torch version, commit, model config,
-and the cost table where plans were fitted; every row, with `step_ms_all`, each timed step), `<stem>.csv` (the schema's columns) and, for frontier
-and capacity, `<stem>.png` (the command's own plot). This index and the tables of
-`docs/performance.md` are generated from those files by
-`python -m drat.analysis.performance --out docs/performance.md --index results/bench/README.md`.
+`h200/<model>-s<S>[-b<B>]/<bench>/` (`h100/...` for a process that ran on an H100), with the files
+the command writes: `<stem>.json` (meta with device, torch version, commit, model config, and the
+cost table where plans were fitted; every row, with `step_ms_all`, each timed step), `<stem>.csv`
+(the schema's columns) and, for frontier and capacity, `<stem>.png` (the command's own plot). This
+index and the tables of `docs/performance.md` are generated from those files by `python -m
+drat.analysis.performance --out docs/performance.md --index results/bench/README.md`.
 
 The paper's raw data (training runs, profiles, cost tables, exactness, its own benches) are in
 `results/paper/` (see its README); one training run on the H200 is in
