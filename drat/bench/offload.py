@@ -164,7 +164,8 @@ def _plan(model, idx, targets, costs, budget_gib, base, kind, host_cap, none_ms,
     meas2 = measure_steps(model, idx, targets, steps=3, warmup=1)["step_ms"]
     again.trace.append({"replanned_link_scale": scale, "measured_step_ms": meas2})
     log(f"re-planned on the measured step: link x{scale:.2f}, {meas:.2f} -> {meas2:.2f} ms")
-    if meas2 < meas:
+    if meas2 < meas:  # the re-planned plan is kept; its trace starts with the first plan's rounds
+        again.trace[:0] = [{**t, "first_plan": True} for t in plan.trace]
         return again
     model.set_strategy(first[2])
     first[0].trace.extend(again.trace)

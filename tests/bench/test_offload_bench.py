@@ -49,6 +49,8 @@ def test_a_mispredicted_three_arm_step_is_replanned_and_the_faster_plan_kept(mon
     plan = off._plan(model, idx, tgt, costs, 1.0, 0.0, "drat3", None, 10.0, lambda m: None)
     assert any("replanned_link_scale" in t for t in plan.trace)
     assert plan.trace[-1]["measured_step_ms"] == 90.0  # the re-planned one, faster, is kept
+    first = [t for t in plan.trace if t.get("first_plan")]
+    assert first and first[-1]["measured_step_ms"] == 100.0  # and the first plan's miss stays recorded
 
 
 def _fake_plan(costs, kw):
