@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -260,8 +261,6 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
     but the host cap, and a plan that cannot fit is refused by the repair."""
     if costs.link is None:
         raise ValueError("the offload arm needs the host link's measured bandwidth (SiteCosts.link)")
-    import numpy as np
-
     gates = gates or GateBank(len(costs), seed=seed, arms=3)
     opt = torch.optim.Adam(gates.parameters(), lr=lr)
     total = max(costs.total_bytes, 1.0)

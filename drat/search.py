@@ -7,6 +7,8 @@ single and paired flips evaluated in batch against `costs.plan_cost`'s objective
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
 from .costs import SiteCosts, link_windows
@@ -203,9 +205,8 @@ def perturbed_search3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
     """Iterated local search: a plan kicked by 2 to `kick_size` random arm changes, repaired and
     polished, replaces the best when it is cheaper. The link term is a maximum over suffixes,
     which leaves local optima that single moves and pair trades cannot leave."""
-    import random
-
     rng = random.Random(seed)
+    raw = np.array(costs.mem_bytes, dtype=float)
     best = list(arms)
     best_c = float(batch_cost3(np.array([best], dtype=np.int8), costs, lam)[0])
     for _ in range(kicks):
@@ -217,7 +218,6 @@ def perturbed_search3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
                 cand = greedy_repair3(cand, costs, budget_act_bytes, host_cap_bytes)
         except ValueError:
             continue
-        raw = np.array(costs.mem_bytes, dtype=float)
         if host_cap_bytes is not None and raw[np.array(cand) == OFFLOAD].sum() > host_cap_bytes + 1e-9:
             continue
         cand = local_search3(cand, costs, lam, budget_act_bytes, host_cap_bytes)
