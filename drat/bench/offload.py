@@ -19,6 +19,11 @@ of its rounds, its spread their max − min. A verdict claims a difference only 
 Per row it also reports the bytes each way, the pinned host bytes and the link utilisation (bytes
 ÷ step ÷ measured bandwidth).
 
+With `--trace-steps` (CUDA), each row that moves bytes, and `none`, is then traced with
+torch.profiler (`trace.transfer_overlap`): the compute stream's idle time while a copy was in
+flight (the exposed transfer, measured), beside the cost model's `predicted_exposed_ms`, and the
+share of copy time hidden under compute.
+
 Outputs in --out: `offload.csv`, `offload.json` (rows, link, costs, provenance), `offload.png`.
 """
 
@@ -30,12 +35,12 @@ from pathlib import Path
 
 import torch
 
-from ..costs import plan_cost
+from ..costs import offload_report, plan_cost
 from ..measure import build_costs, interleaved_step_ms, measure_link, measure_steps
 from ..offload import default_host_cap_bytes
 from ..provenance import provenance
 from ..strategies import FullAC, FullOffload, NoneAC, OffloadAll, SaveOnCPU
-from ..validate import ARMS, FRACTION, POSITIVE, POSITIVE_INT, NumberList
+from ..validate import ARMS, FRACTION, NONNEG_INT, POSITIVE, POSITIVE_INT, NumberList
 from .common import (
     add_model_args,
     bench_model,
@@ -46,10 +51,12 @@ from .common import (
     save_stamped,
     write_rows,
 )
+from .trace import trace_transfers
 
 CSV_FIELDS = ["name", "strategy", "arms", "budget_gib", "peak_gib", "step_ms", "step_spread_ms",
               "peak_vs_none", "step_vs_none", "n_recomputed", "n_offloaded", "d2h_bytes", "h2d_bytes",
-              "host_pinned_bytes", "link_utilisation", "predicted_step_ms"]
+              "host_pinned_bytes", "link_utilisation", "predicted_step_ms", "predicted_exposed_ms",
+              "trace_exposed_transfer_ms", "trace_copy_hidden_frac", "trace_compute_idle_ms"]
 MISPREDICT_FRAC = 0.02  # of `none`'s step: a three-arm plan missing its predicted step by more is re-planned
 
 
@@ -57,7 +64,7 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
                 n_layer=None, n_embd=None, n_head=None, vocab_size=None, tie_weights=None,
                 cuts=(0.45, 0.6, 0.75), arms: int = 3, host_mem_gib: float | None = None, steps: int = 12,
                 warmup: int = 3, rounds: int = 3, seed: int = 0, out: str | Path | None = None,
-                compiled: bool = False, log=print) -> dict:
+                compiled: bool = False, trace_steps: int = 3, log=print) -> dict:
     dev, cfg, model, idx, targets = bench_model(size, seq_len, batch_size, device, n_layer, n_embd, n_head,
                                                 vocab_size, tie_weights)
     cuda = dev.type == "cuda"
@@ -107,7 +114,8 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
             dev_stored = [s and not o for s, o in zip(plan.stored, off)]
             add(name, model.strategy, arms=k, budget_gib=budget_gib,
                 n_recomputed=len(plan.stored) - sum(plan.stored), n_offloaded=sum(off), plan_trace=plan.trace,
-                predicted_step_ms=none["own_step_ms"] * (1 + plan_cost(dev_stored, costs, 0.0, off)[2]))
+                predicted_step_ms=none["own_step_ms"] * (1 + plan_cost(dev_stored, costs, 0.0, off)[2]),
+                predicted_exposed_ms=offload_report(off, costs)["exposed_transfer_ms"] if any(off) else 0.0)
 
     # the step times: every row in alternation, a new random order per round
     rng = random.Random(seed)
@@ -129,6 +137,16 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
         row["step_vs_none"] = row["step_ms"] / none["step_ms"] - 1
         moved = row.get("d2h_bytes")
         row["link_utilisation"] = moved / (row["step_ms"] / 1e3) / bw if moved else None
+    if cuda and trace_steps:  # the exposed transfer, measured: rows that move bytes, and `none`
+        for row, strategy in zip(rows, strategies):
+            if row["name"] == "none" or row.get("d2h_bytes"):
+                model.set_strategy(strategy)
+                tr = trace_transfers(model, idx, targets, steps=trace_steps)
+                row.update({f"trace_{k}": v for k, v in tr.items()})
+                if tr:
+                    log(f"{row['name']:<20} traced: exposed transfer {tr['exposed_transfer_ms']:.2f} ms, "
+                        f"copies {tr['copy_hidden_frac']:.0%} hidden, "
+                        f"compute idle {tr['compute_idle_ms']:.2f} ms")
     if cuda and compiled and arms == 3:
         _compiled_rows(model, idx, targets, rows, plans, costs, none, steps, warmup, log)
     meta["verdicts"] = verdicts(rows, cuts)
@@ -285,6 +303,8 @@ def add_offload_parser(bsub) -> None:
                    help="also run each three-arm plan under torch.compile with the compiler's own offloading")
     p.add_argument("--rounds", type=POSITIVE_INT, default=3,
                    help="interleaved timing rounds, each in a new order")
+    p.add_argument("--trace-steps", type=NONNEG_INT, default=3,
+                   help="steps per offloading row under torch.profiler, for the exposed transfer (0: none)")
     p.set_defaults(func=_cmd_offload)
 
 
@@ -293,7 +313,7 @@ def _cmd_offload(args) -> int:
     run_offload(args.size, args.seq_len, args.batch_size, args.device, **model_kwargs(args),
                 cuts=tuple(float(x) for x in args.peak_cuts.split(",") if x), arms=args.arms,
                 host_mem_gib=args.host_mem_gib, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                compiled=args.compiled, out=args.out)
+                compiled=args.compiled, trace_steps=args.trace_steps, out=args.out)
     return 0
 
 

@@ -23,7 +23,9 @@ Outputs in --out: trace.csv, trace.json (rows + provenance).
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -101,6 +103,103 @@ def profile_steps(model, idx, targets, steps: int = 3, warmup: int = 2) -> dict:
                       stacklevel=2)
         out.update(gpu_busy_ms=math.nan, rebuild_gpu_ms=math.nan, kernels=math.nan)
     return out
+
+
+# ----------------------------------------------------------------------------- the link, traced
+
+
+def _merge(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted, disjoint union of [start, end) spans."""
+    out: list[list[float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _overlap_us(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Length of the intersection of two merged span lists."""
+    i = j = 0
+    total = 0.0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        total += max(hi - lo, 0.0)
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def transfer_overlap(events: list[dict], steps: int) -> dict:
+    """Where the host link's time went, from a Kineto trace's device events (chrome-trace dicts
+    with `cat`, `name`, `ts`, `dur` in µs and `args.stream`), per step:
+
+        compute_stream        the stream with the most kernel time (the training step's)
+        d2h_ms, h2d_ms        time the D→H and H→D copies were in flight, each a union of spans
+        copy_hidden_frac      share of that copy time under a kernel of the compute stream
+        compute_idle_ms       gaps of the compute stream inside the traced window
+        exposed_transfer_ms   those gaps while a copy was in flight: the compute stream waiting on
+                              the link (an event wait or a reload on demand), the time the cost
+                              model calls exposed; gaps with no copy in flight are the host's
+
+    The trace shows only what happened, not why a gap began: a gap in which the CPU was late and
+    a copy merely happened to run counts as exposed. That makes the number an upper bound."""
+    kern = [e for e in events if e.get("cat") == "kernel"]
+    copies = [e for e in events if e.get("cat") == "gpu_memcpy"]
+    if not kern:
+        return {}
+    busy: dict[int, float] = {}
+    for e in kern:
+        busy[e["args"].get("stream", -1)] = busy.get(e["args"].get("stream", -1), 0.0) + e["dur"]
+    compute = max(busy, key=busy.get)
+    comp = _merge([(e["ts"], e["ts"] + e["dur"]) for e in kern if e["args"].get("stream", -1) == compute])
+    t0, t1 = comp[0][0], comp[-1][1]
+    gaps = [(a[1], b[0]) for a, b in zip(comp, comp[1:]) if b[0] > a[1]]
+
+    def spans(tag: str) -> list[tuple[float, float]]:
+        # copies on the compute stream count too: a synchronous copy (save_on_cpu's) is a gap
+        return _merge([(e["ts"], e["ts"] + e["dur"]) for e in copies if tag in e.get("name", "")])
+
+    d2h, h2d = spans("DtoH"), spans("HtoD")
+    link = _merge(d2h + h2d)
+    link_us = sum(b - a for a, b in link)
+    per = 1e3 * steps  # µs -> ms per step
+    return {"compute_stream": compute, "traced_ms": (t1 - t0) / per,
+            "d2h_ms": sum(b - a for a, b in d2h) / per, "h2d_ms": sum(b - a for a, b in h2d) / per,
+            "copy_hidden_frac": _overlap_us(link, comp) / link_us if link_us else math.nan,
+            "compute_idle_ms": sum(b - a for a, b in gaps) / per,
+            "exposed_transfer_ms": _overlap_us(_merge(gaps), link) / per}
+
+
+def trace_transfers(model, idx, targets, steps: int = 3, warmup: int = 2) -> dict:
+    """`transfer_overlap` of `steps` training steps under the profiler (empty on the CPU, where
+    there are no device streams to trace)."""
+    if idx.device.type != "cuda":
+        return {}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def step():
+        with autocast_ctx(idx.device):
+            loss = model.step_loss(idx, targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text()).get("traceEvents", [])
+    return transfer_overlap([e for e in events if e.get("ph") == "X"], steps)
 
 
 def run_trace(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device: str = "cpu",
