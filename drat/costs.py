@@ -40,7 +40,7 @@ the oracle keeps them exactly (oracle.py).
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -137,6 +137,13 @@ def expected_exposed_transfer(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor
     (piecewise linear: its gradient prices the suffix where the link is tightest)."""
     if costs.link is None:
         return o.sum() * 0.0
+    over = costs.link.get("copy_overhead_ms", 0.0) * o.to(torch.float64).sum()
+    return (_late_ms(o, costs) + over) / max(costs.step_ms, 1e-12)
+
+
+def _late_ms(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
+    """L_d + L_h in ms: the D→H backlog at the end of the forward plus the reloads still late at
+    their use (maxima over suffixes) — the time the compute stream waits on the link."""
     dtype = torch.float64
     o = o.to(dtype)
     F, B = (torch.tensor(x, dtype=dtype) for x in link_windows(costs))
@@ -145,8 +152,44 @@ def expected_exposed_transfer(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor
     lk = costs.link
     late_d = (D / (lk["d2h_gbps"] * 1e6) - F).clamp(min=0).max()
     late_h = (D / (lk["h2d_gbps"] * 1e6) - B).clamp(min=0).max()
-    over = lk.get("copy_overhead_ms", 0.0) * o.sum()
-    return (late_d + late_h + over) / max(costs.step_ms, 1e-12)
+    return late_d + late_h
+
+
+def predicted_wait_ms(offloaded: list[bool], costs: SiteCosts) -> float:
+    """The compute stream's predicted wait on the link per step for a hard offload plan: the
+    exposed transfer less the per-copy host overhead, i.e. what `Offloader.pop_wait_ms` measures."""
+    if costs.link is None or not any(offloaded):
+        return 0.0
+    return float(_late_ms(torch.tensor([float(x) for x in offloaded]), costs))
+
+
+def scaled_link(link: dict, scale: float) -> dict:
+    """`link` with both bandwidths times `scale` (what a re-plan on a measured step assumes)."""
+    return {**link, "d2h_gbps": link["d2h_gbps"] * scale, "h2d_gbps": link["h2d_gbps"] * scale}
+
+
+def link_scale_for_wait(plans: list[list[bool]], measured_ms: float, costs: SiteCosts,
+                        lo: float = 1 / 16, hi: float = 16.0) -> float:
+    """The factor on both link bandwidths at which the predicted waits of `plans` sum to
+    `measured_ms` (bisection in log space: a wider link waits less). Clamped to [lo, hi]."""
+    import math
+
+    def excess(scale: float) -> float:
+        c = replace(costs, link=scaled_link(costs.link, scale))
+        return sum(predicted_wait_ms(p, c) for p in plans) - measured_ms
+
+    if excess(lo) <= 0:
+        return lo
+    if excess(hi) >= 0:
+        return hi
+    a, b = math.log(lo), math.log(hi)
+    for _ in range(40):
+        m = (a + b) / 2
+        if excess(math.exp(m)) > 0:
+            a = m
+        else:
+            b = m
+    return math.exp(b)
 
 
 def expected_recompute(s: torch.Tensor, T: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
@@ -251,6 +294,7 @@ def fmt_gib(nbytes: float) -> str:
 
 __all__ = [
     "COST_MODELS", "SiteCosts", "expected_recompute", "expected_exposed_transfer", "link_windows",
-    "offload_report", "plan_cost", "rebuild_counts", "model_state_bytes",
+    "link_scale_for_wait", "offload_report", "plan_cost", "predicted_wait_ms", "rebuild_counts",
+    "model_state_bytes", "scaled_link",
     "gib", "fmt_gib",
 ]

@@ -178,6 +178,10 @@ class Offloader:
             self.d2h = torch.cuda.Stream(self.device)
             self.h2d = torch.cuda.Stream(self.device)
         self.stats = OffloadStats()
+        # with time_waits, each wait of the compute stream on a reload is bracketed by two timing
+        # events; pop_wait_ms sums them (the measured exposed transfer of `costs.predicted_wait_ms`)
+        self.time_waits = False
+        self._waits: list[tuple] = []
         self._by_ptr: dict[int, tuple[_HostCopy, StorageWeakRef]] = {}
         self._order: list[weakref.ref] = []  # this forward's copies in offload order
         self._next = -1  # the latest copy in `_order` whose reload has not been started
@@ -242,7 +246,13 @@ class Offloader:
         if self.cuda and not copy.waited:
             cur = torch.cuda.current_stream(self.device)
             if not self.unsafe_no_sync:
+                if self.time_waits:  # the stall, measured on the compute stream: event, wait, event
+                    before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    before.record(cur)
                 cur.wait_event(copy.h2d_done)
+                if self.time_waits:
+                    after.record(cur)
+                    self._waits.append((before, after))
                 dev.record_stream(cur)
             copy.waited = True
         out = torch.empty(0, dtype=ref.dtype, device=self.device).set_(
@@ -252,6 +262,15 @@ class Offloader:
             if copy.pending <= 0:  # every autograd slot has its tensor: the copy may go
                 copy.dev, copy.waited = None, False
         return out
+
+    def pop_wait_ms(self) -> float:
+        """ms the compute stream stalled on reloads since the last call (with `time_waits`; 0 on
+        the CPU, whose copies are synchronous). Waits for the last timed event: a host sync."""
+        waits, self._waits = self._waits, []
+        if not waits:
+            return 0.0
+        waits[-1][1].synchronize()
+        return float(sum(a.elapsed_time(b) for a, b in waits))
 
     def _copy_in(self, copy: _HostCopy) -> None:
         if self.cuda:

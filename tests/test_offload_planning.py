@@ -2,6 +2,7 @@
 three-way gates against the oracle."""
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -113,3 +114,23 @@ def test_three_way_gates_drive_an_exact_model():
         assert_bitwise(run(model, strat, idx, tgt), ref, "three-arm gate sample")
         seen_offload += sum(strat.offload_decisions(model) or [])
     assert seen_offload > 0
+
+
+def test_the_link_scale_that_explains_a_measured_wait():
+    from drat.costs import link_scale_for_wait, predicted_wait_ms, scaled_link
+
+    c = link_costs(3, n_layer=2, tight=3.0)
+    n = len(c)
+    plan = [i % 2 == 0 for i in range(n)]
+    pred = predicted_wait_ms(plan, c)
+    assert pred > 0 and predicted_wait_ms([False] * n, c) == 0.0
+    # the overhead is host time, not a wait: the prediction is the exposed transfer less it
+    o = torch.tensor([float(x) for x in plan])
+    over = c.link["copy_overhead_ms"] * sum(plan)
+    assert pred == pytest.approx(float(expected_exposed_transfer(o, c)) * c.step_ms - over)
+    for want in (0.5, 2.0):  # a link half as fast waits longer; one twice as fast, shorter
+        s = link_scale_for_wait([plan], pred * want, c)
+        assert (s < 1) == (want > 1)
+        assert predicted_wait_ms(plan, replace(c, link=scaled_link(c.link, s))) == pytest.approx(pred * want,
+                                                                                                rel=1e-6)
+    assert link_scale_for_wait([plan], 1e9, c) == 1 / 16  # beyond the clamp

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from ..costs import offload_report, plan_cost
+from ..costs import offload_report, plan_cost, scaled_link
 from ..measure import build_costs, interleaved_step_ms, measure_link, measure_steps
 from ..offload import default_host_cap_bytes
 from ..provenance import provenance
@@ -174,8 +174,7 @@ def _plan(model, idx, targets, costs, budget_gib, base, kind, host_cap, none_ms,
         return plan
     # the link did less (or more) than modelled: rescale it by the extra time the step showed
     scale = min(max((pred - none_ms + 1e-3) / max(meas - none_ms, 1e-3), 0.1), 2.0)
-    lk = costs.link
-    link = {**lk, "d2h_gbps": lk["d2h_gbps"] * scale, "h2d_gbps": lk["h2d_gbps"] * scale}
+    link = scaled_link(costs.link, scale)
     first = (plan, meas, model.strategy)
     again = plan_under_measured_peak(model, idx, targets, dataclasses.replace(costs, link=link), budget_gib,
                                      base, kind, host_cap_bytes=host_cap)

@@ -11,7 +11,14 @@ default); once a run starts, `GateTraining.lam` is the λ, and nothing else hold
 
 With `arms=3` every gate chooses among store, recompute and offload (a row of three logits, a
 Gumbel-softmax sample); the costs then carry the host link measured on the device, and the
-offloaded bytes stay under `host_mem_gib`.
+offloaded bytes stay under `host_mem_gib`. The link is the part of the cost table least likely to
+hold in training (other traffic, the host's own load, copies slowing the matmuls), so on CUDA the
+run checks it: over the first `LINK_WINDOW` steps after the first, the offloader times every wait
+of the compute stream on a reload (`Offloader.pop_wait_ms`), and if their median misses the
+predicted wait (`costs.predicted_wait_ms`) by more than `REPLAN_FRAC` of the step, the link is
+rescaled to what was measured (`costs.link_scale_for_wait`) and the gates re-fitted on it, as at
+the warm start. Two such checks at most. The losses do not depend on it (no plan changes them);
+which plan runs after a re-plan does, since it reads the clock.
 
 Each step the gates are annealed, sampled once (straight-through), and the hard part of the sample
 is pinned on the model, so the forward executes the very plan whose cost the gates are trained
@@ -27,17 +34,23 @@ the same costs, seed and gradient, so every rank updates them alike.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import statistics
 
 import torch
 
 from ..budget import PeakBudget
-from ..costs import SiteCosts
+from ..costs import SiteCosts, link_scale_for_wait, predicted_wait_ms, scaled_link
 from ..gates import DEFAULT_LAMBDA, GateBank, anneal_tau, dual_ascent, fit_gates, resource_loss
 from ..offload import default_host_cap_bytes
 from ..strategies import DRATGates
 from .config import ADAM_BETAS, TrainingConfig
 from .distributed import Dist
+
+LINK_WINDOW = 6  # steps per link check
+LINK_CHECKS = 2  # checks per run; a re-plan's window is checked once more
+REPLAN_FRAC = 0.02  # of the modelled step: a wait mispredicted by more is re-planned
 
 
 def configured_lam(cfg: TrainingConfig) -> float | None:
@@ -76,13 +89,27 @@ class GateTraining:
         self.budget = (PeakBudget(cfg.budget_gib, model_state_bytes, ratchet=True)
                        if cfg.budget_gib is not None else None)
         self.costs: SiteCosts | None = None  # set_costs, before the first step
+        self._measured_costs: SiteCosts | None = None
         self.site_bytes: list[float] | None = None
+        # the link check (module docstring): the scale applied to the measured link so far, how
+        # many checks are left, and the current window's (plan, measured wait ms) per step
+        self.link_scale = 1.0
+        self.link_checks_left = LINK_CHECKS if cfg.arms == 3 and device.type == "cuda" else 0
+        self._window: list[tuple[list[bool], float]] = []
 
     # ------------------------------------------------------------------------- set-up
     def set_costs(self, costs: SiteCosts, site_bytes: list[float]) -> None:
         """The site costs the resource term prices, and each site's saved bytes, as measured once
         (or as a checkpoint stored them: re-measured CPU timings would differ)."""
-        self.costs, self.site_bytes = costs, site_bytes
+        self._measured_costs, self.site_bytes = costs, site_bytes
+        self._apply_link_scale()
+
+    def _apply_link_scale(self) -> None:
+        """The costs the gates price: the measured ones, with the link as the last re-plan found it."""
+        c = self._measured_costs
+        if c is not None and c.link is not None and self.link_scale != 1.0:
+            c = dataclasses.replace(c, link=scaled_link(c.link, self.link_scale))
+        self.costs = c
 
     def warm_start(self) -> None:
         """Start the gates (and λ in budget mode) from `fit_gates` on the measured costs: the run
@@ -114,6 +141,47 @@ class GateTraining:
         moved = f", {sum(offloaded)} offloaded" if offloaded else ""
         self.log.info(f"gates warm-started from the cost model: {sum(stored)}/{len(stored)} sites "
                       f"kept{moved}")
+
+    # ------------------------------------------------------------------------- the link, checked
+    def observe_link(self, plan: torch.Tensor, step: int) -> dict | None:
+        """After a step of a three-arm CUDA run: the measured wait of its plan; at the end of a
+        window, the check (module docstring). Returns a `kind: replan` record when one is made."""
+        off = self.strategy.offloader
+        if self.link_checks_left <= 0 or off is None or self.costs is None or self.costs.link is None:
+            return None
+        off.time_waits = True
+        wait_ms = off.pop_wait_ms()
+        if step == 0:  # the first step fills the host pool: its waits are not the plan's
+            return None
+        self._window.append(([bool(v) for v in (plan[:, 2] > 0.5).tolist()], wait_ms))
+        if len(self._window) < LINK_WINDOW:
+            return None
+        window, self._window = self._window, []
+        self.link_checks_left -= 1
+        off.time_waits = self.link_checks_left > 0
+        return self.check_link(window, step)
+
+    def check_link(self, window: list[tuple[list[bool], float]], step: int) -> dict:
+        """Compare the window's measured waits with the predicted ones and re-plan on a miss."""
+        pred = [predicted_wait_ms(p, self.costs) for p, _ in window]
+        meas = [w for _, w in window]
+        miss_ms = statistics.median(m - p for m, p in zip(meas, pred))
+        rec = {"kind": "replan", "step": step, "measured_wait_ms": statistics.median(meas),
+               "predicted_wait_ms": statistics.median(pred), "step_ms_model": self.costs.step_ms,
+               "replanned": False, "link_scale": self.link_scale}
+        if abs(miss_ms) <= REPLAN_FRAC * self.costs.step_ms:
+            return rec
+        scale = link_scale_for_wait([p for p, _ in window], sum(meas), self.costs)
+        self.link_scale *= scale
+        self._apply_link_scale()
+        before = [bool(v) for v in self.gates.hard_offload().tolist()]
+        self.warm_start()
+        after = [bool(v) for v in self.gates.hard_offload().tolist()]
+        self.log.info(f"step {step}: the link waited {rec['measured_wait_ms']:.2f} ms a step against "
+                      f"{rec['predicted_wait_ms']:.2f} predicted; re-planned on a link x{scale:.3g}: "
+                      f"{sum(before)} -> {sum(after)} sites offloaded")
+        return {**rec, "replanned": True, "link_scale": self.link_scale,
+                "n_offloaded_before": sum(before), "n_offloaded_after": sum(after)}
 
     def agree_across_ranks(self) -> None:
         """Rank 0's logits on every rank: identical already (same costs, same seed); made certain."""
@@ -234,7 +302,8 @@ class GateTraining:
         """The checkpoint's gate entries (the bank carries its generator: a resumed run draws the
         same samples)."""
         return {"gates": self.gates.state_dict(), "gate_optimizer": self.optimizer.state_dict(),
-                "lam": self.lam, "other_bytes": self.budget.other_bytes if self.budget is not None else 0.0}
+                "lam": self.lam, "other_bytes": self.budget.other_bytes if self.budget is not None else 0.0,
+                "link_scale": self.link_scale, "link_checks_left": self.link_checks_left}
 
     def load_state_dict(self, state: dict) -> None:
         self.gates.load_state_dict(state["gates"])
@@ -242,6 +311,10 @@ class GateTraining:
         self.lam = state["lam"]
         if self.budget is not None:
             self.budget.other_bytes = state.get("other_bytes", 0.0)
+        # the link as the run last re-planned on it (the checkpoint's costs hold the measured one)
+        self.link_scale = state.get("link_scale", 1.0)
+        self.link_checks_left = min(self.link_checks_left, state.get("link_checks_left", LINK_CHECKS))
+        self._apply_link_scale()
 
 
 def _on_device(plan: torch.Tensor) -> torch.Tensor:

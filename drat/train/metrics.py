@@ -48,7 +48,7 @@ class MetricSinks:
         self._metrics.write(json.dumps(rec) + "\n")
         self._metrics.flush()
         if self._tb is not None:
-            prefix = "train" if rec["kind"] == "train" else "val"
+            prefix = {"train": "train", "eval": "val"}.get(rec["kind"], rec["kind"])
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
                     self._tb.add_scalar(f"{prefix}/{k}", v, rec["step"])

@@ -262,6 +262,9 @@ class ResourceAwareTrainer:
             self._interval_peak_bytes = max(self._interval_peak_bytes, step_peak_bytes)
         if self.gating is not None:
             self.gating.step(plan, step_peak_bytes)
+            replan = self.gating.observe_link(plan, self.step)
+            if replan is not None:
+                self._emit(replan)
         # the first step whose loss was NaN or inf, kept on the device (no sync here)
         self._diverged_at = torch.where(~torch.isfinite(out["loss_t"]) & (self._diverged_at == 0),
                                         self.step + 1, self._diverged_at)

@@ -35,3 +35,65 @@ def test_three_arm_training_writes_the_losses_of_store_all_and_resumes_bitwise(t
 def test_unsupported_three_arm_settings_are_refused(tmp_path, tokenizer_path, kw, msg):
     with pytest.raises(TrainingError, match=msg):
         small_cfg(tmp_path / "x", tokenizer_path, **kw)
+
+
+def _gating(tmp_path, tokenizer_path, tight: float):
+    """Three-arm gates on a 2-layer site graph with a link that waits (`tight` > 1: slower), as
+    a CUDA run would hold them (the check runs on CUDA only; here it is driven by hand)."""
+    import logging
+    import random
+
+    import torch
+
+    from drat.costs import SiteCosts
+    from drat.sites import SiteGraph
+    from drat.train.distributed import Dist
+    from drat.train.gating import GateTraining
+
+    cfg = small_cfg(tmp_path, tokenizer_path, arms=3, lam=2.0)
+    g = SiteGraph(2, 2)
+    rng = random.Random(0)
+    costs = SiteCosts.build(g, [rng.uniform(1, 100) for _ in g.keys], [rng.uniform(0.05, 1) for _ in g.keys],
+                            step_ms=10.0, kind="synthetic")
+    bw = 50 / (1e6 * tight)
+    costs.link = {"d2h_gbps": bw, "h2d_gbps": bw, "copy_overhead_ms": 0.0}
+    gt = GateTraining(cfg, [k.label() for k in g.keys], 1e3, Dist(), torch.device("cpu"),
+                      logging.getLogger("t"))
+    gt.set_costs(costs, list(costs.mem_bytes))
+    gt.warm_start()
+    return gt
+
+
+def test_a_link_that_waits_more_than_predicted_is_replanned_and_the_scale_survives_a_resume(tmp_path,
+                                                                                             tokenizer_path):
+    from drat.costs import predicted_wait_ms
+
+    gt = _gating(tmp_path / "a", tokenizer_path, tight=0.3)
+    plan = [bool(v) for v in gt.gates.hard_offload().tolist()]
+    assert any(plan)
+    pred = predicted_wait_ms(plan, gt.costs)
+    # measured as predicted (within 2% of the step): nothing changes
+    rec = gt.check_link([(plan, pred + 0.1)] * 6, step=7)
+    assert rec["kind"] == "replan" and not rec["replanned"] and gt.link_scale == 1.0
+    # the link waits 3 ms a step more than the model says: re-planned on a slower link
+    rec = gt.check_link([(plan, pred + 3.0)] * 6, step=13)
+    assert rec["replanned"] and gt.link_scale < 1.0 and rec["n_offloaded_after"] <= rec["n_offloaded_before"]
+    assert predicted_wait_ms(plan, gt.costs) == pytest.approx(pred + 3.0, rel=1e-4)
+    # a resumed run prices the same slower link (set_costs gets the measured costs after the state)
+    again = _gating(tmp_path / "b", tokenizer_path, tight=0.3)
+    again.load_state_dict(gt.state_dict())
+    again.set_costs(gt._measured_costs, gt.site_bytes)
+    assert again.link_scale == gt.link_scale and again.costs.link == gt.costs.link
+    assert again.link_checks_left == gt.link_checks_left
+
+
+def test_the_cpu_offloader_measures_no_waits():
+    import torch
+
+    from drat.offload import Offloader
+
+    off = Offloader(torch.device("cpu"))
+    off.time_waits = True
+    ref = off.offload(torch.arange(8.0), group=0)
+    off.end_forward()
+    assert torch.equal(off.get(ref), torch.arange(8.0)) and off.pop_wait_ms() == 0.0
