@@ -31,6 +31,23 @@ def greedy_repair(stored: list[bool], costs: SiteCosts, budget_act_bytes: float)
     return [bool(v) for v in plan]
 
 
+def greedy_descent(costs: SiteCosts, lam: float) -> list[bool]:
+    """λ mode's greedy planner: from storing every site, recompute (or store again) the one site
+    whose flip lowers the objective most, until no single flip does. No pairs or trades: the
+    baseline the relaxation and `local_search` are measured against."""
+    M, T = (x.numpy().astype(float) for x in costs.normalized())
+    inst, children = np.array(costs.instances, dtype=float), (costs.children, costs.same_block_children)
+    plan = np.ones(len(costs), dtype=bool)
+    cur = float(_batch_cost(plan[None, :], M, T, inst, children, lam)[0])
+    while True:
+        c = _batch_cost(_apply_moves(plan, [(i,) for i in range(len(plan))]), M, T, inst, children, lam)
+        b = int(np.argmin(c))
+        if not c[b] < cur - 1e-12:
+            return [bool(v) for v in plan]
+        plan[b] ^= True
+        cur = float(c[b])
+
+
 def _batch_cost(S: np.ndarray, mem_n: np.ndarray, time_n: np.ndarray, inst: np.ndarray, children,
                 lam: float) -> np.ndarray:
     """The objective λ·M_stored + Σ_j R_j·T_j/n_j (normalised) of K plans at once.
