@@ -3,7 +3,9 @@ key numbers and targets, all read from its `offload.json` (performance.py render
 
 from __future__ import annotations
 
-OFFLOAD_DEFAULTS = {"peak_cuts": (0.45, 0.6, 0.75), "steps": 12, "warmup": 3, "rounds": 3}
+OFFLOAD_DEFAULTS = {"peak_cuts": (0.45, 0.6, 0.75), "steps": 12, "warmup": 3, "rounds": 3, "trace_steps": 3}
+TRACED_HEADER = ["row", "step ms", "compute idle ms", "exposed transfer ms (traced)", "predicted ms",
+                 "D→H ms", "H→D ms", "copy time hidden"]
 OFFLOAD_HEADER = ["row", "arms", "budget GiB", "peak GiB", "peak vs none", "step ms", "spread ms",
                   "step vs none", "sites rec./off.", "GiB each way (host)", "link util.", "predicted ms"]
 BASELINES = ("save-on-cpu", "offload-all", "full-offload")
@@ -37,7 +39,27 @@ def offload_args(b) -> list[str]:
         parts += ["--warmup", str(warmup)]
     if any(r["name"].startswith("compiled-") for r in b.rows):
         parts.append("--compiled")
+    # benches from before the trace record no trace_steps and traced nothing; the catalogue
+    # entry names the count of benches that traced without recording it
+    traced = b.meta.get("trace_steps", getattr(b.entry, "trace_steps", None) or 0)
+    if traced != OFFLOAD_DEFAULTS["trace_steps"]:
+        parts += ["--trace-steps", str(traced)]
     return parts
+
+
+def traced_rows(b) -> list[list[str]]:
+    """The rows `--trace-steps` traced (torch.profiler): the compute stream's idle time, the part of
+    it under a copy (the measured exposed transfer) beside the cost model's, and copy times."""
+    out = []
+    for r in b.rows:
+        if r.get("trace_exposed_transfer_ms") is None:
+            continue
+        hid = r.get("trace_copy_hidden_frac")
+        out.append([f"`{r['name']}`", _num(r.get("step_ms")), _num(r.get("trace_compute_idle_ms")),
+                    _num(r["trace_exposed_transfer_ms"]), _num(r.get("predicted_exposed_ms")),
+                    _num(r.get("trace_d2h_ms")), _num(r.get("trace_h2d_ms")),
+                    "—" if hid is None or hid != hid else f"{100 * hid:.0f}%"])
+    return out
 
 
 def offload_rows(b) -> list[list[str]]:
@@ -122,6 +144,7 @@ def offload_panel(ax, b) -> None:
     ax.legend(fontsize=7, loc="upper right")
 
 
-__all__ = ["offload_panel", "OFFLOAD_DEFAULTS", "OFFLOAD_HEADER", "offload_args", "offload_rows",
+__all__ = ["offload_panel", "OFFLOAD_DEFAULTS", "OFFLOAD_HEADER", "TRACED_HEADER", "offload_args",
+           "offload_rows", "traced_rows",
            "offload_headline",
            "offload_targets"]

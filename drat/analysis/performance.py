@@ -30,11 +30,13 @@ from ..model import SIZES
 from .aggregate import step_spread
 from .offload_tables import (
     OFFLOAD_HEADER,
+    TRACED_HEADER,
     offload_args,
     offload_headline,
     offload_panel,
     offload_rows,
     offload_targets,
+    traced_rows,
 )
 
 BENCH_ROOT = Path("results/bench/h200")
@@ -64,6 +66,8 @@ class Entry:
     # warm-up steps a row ran before its timed ones, where the JSON's meta does not record them
     # (`--warmup`; the meta's own "warmup" wins where it has one)
     warmup: int = FRONTIER_DEFAULTS["warmup"]
+    # `drat bench offload --trace-steps` of a bench whose meta does not record it (None: 0)
+    trace_steps: int | None = None
 
 
 _FRONTIER_EAGER = Entry(
@@ -824,6 +828,13 @@ def section(b: Bench) -> str:
         parts.append(md_table(CAPACITY_HEADER, capacity_rows(b)))
     elif b.stem == "offload":
         parts += [*offload_targets(b), "", md_table(OFFLOAD_HEADER, offload_rows(b))]
+        traced = traced_rows(b)
+        if traced:
+            parts += ["", "Traced (`torch.profiler`, per step): the compute stream's idle time, the part "
+                          "of it while a copy was in flight (the exposed transfer, an upper bound: a gap "
+                          "the host caused counts if a copy ran in it), the cost model's predicted "
+                          "exposed time, and how much of the copies' time ran under compute.", "",
+                      md_table(TRACED_HEADER, traced)]
     else:
         parts.append(md_table(TRACE_HEADER, trace_rows(b)))
     return "\n".join(parts).replace("\n\n\n", "\n\n") + "\n"

@@ -70,7 +70,8 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
     cuda = dev.type == "cuda"
     host_cap = host_mem_gib * 2**30 if host_mem_gib is not None else default_host_cap_bytes()
     meta = {"config": cfg.to_dict(), "batch_size": batch_size, "seq_len": seq_len, "arms": arms,
-            "host_cap_bytes": host_cap, "rounds": rounds, "steps": steps, "warmup": warmup, **provenance(dev)}
+            "host_cap_bytes": host_cap, "rounds": rounds, "steps": steps, "warmup": warmup,
+            "trace_steps": trace_steps, **provenance(dev)}
     rows: list[dict] = []
     strategies: list = []
     plans: dict[str, tuple[list[bool], list[bool]]] = {}  # DRAT row -> (kept, offloaded)
