@@ -52,6 +52,7 @@ from drat.analysis.report import (
     with_ci,
     write_tex,
 )
+from drat.analysis.stats import MIN_CI_SEEDS
 from drat.analysis.verdicts import bench_verdicts
 
 cfg = json.loads(config_json)
@@ -85,16 +86,20 @@ rows = []
 for size in sizes_in(head):
     r = head[head["size"] == size].iloc[0]
     params = runs[runs["size"] == size]["params"].iloc[0] if len(runs) else float("nan")
-    tost = ("equivalent" if r["tost_equivalent"] else "not shown") + f" ($p={num(r['tost_p'], 3)}$)"
+    tost = ("equivalent" if r["tost_equivalent"] else "not shown") + \
+        f" ($p={num(r['tost_p'], 3)}$, df {num(r.get('tost_df'), 1)})"
     rows.append([size_word(size), f"{num(params / 1e6, 2)}M" if finite(params) else "--",
-                 with_ci(r["mem_reduction"], r["mem_reduction_lo"], r["mem_reduction_hi"], 1, pct=True),
-                 with_ci(r["val_loss_diff"], r["val_loss_diff_lo"], r["val_loss_diff_hi"], 4),
+                 with_ci(r["mem_reduction"], r["mem_reduction_lo"], r["mem_reduction_hi"], 1, pct=True,
+                         seeds=r.get("mem_reduction_seeds")),
+                 with_ci(r["val_loss_diff"], r["val_loss_diff_lo"], r["val_loss_diff_hi"], 4,
+                         seeds=r.get("val_loss_diff_seeds")),
                  with_ci(r["step_time_ratio"] - 1, r["step_time_ratio_lo"] - 1, r["step_time_ratio_hi"] - 1,
-                         1, pct=True),
+                         1, pct=True, seeds=r.get("step_time_ratio_seeds"), shift=-1.0),
                  tost, str(int(r["n_pairs"]))])
 write_tex(gen / "results_table.tex", booktabs(
     ["size", "params", r"memory red. (\%)", r"$\Delta$ val loss", r"step time (\%)", "TOST", "seeds"], rows,
-    caption_note=f"lambda={headline_lambda:g}, {conf_pct}% bootstrap CIs"))
+    caption_note=f"lambda={headline_lambda:g}, {conf_pct}% bootstrap CIs from {MIN_CI_SEEDS} seeds, "
+                 "per-seed values below"))
 print(open(gen / "results_table.tex").read())
 
 # %% [markdown]
@@ -120,8 +125,10 @@ for run in sorted(set(s_head["run"]) if len(s_head) else [], key=run_key):
                  "--" if p is None else with_ci(p["mem_reduction"], p["mem_reduction_lo"],
                                                 p["mem_reduction_hi"], 1, pct=True),
                  "--" if p is None else with_ci(p["step_time_ratio"], p["step_time_ratio_lo"],
-                                                p["step_time_ratio_hi"], 3),
-                 with_ci(s["val_loss"], s["val_loss_lo"], s["val_loss_hi"], 4), str(int(s["n_seeds"]))])
+                                                p["step_time_ratio_hi"], 3,
+                                                seeds=p.get("step_time_ratio_seeds")),
+                 with_ci(s["val_loss"], s["val_loss_lo"], s["val_loss_hi"], 4, seeds=s.get("val_loss_seeds")),
+                 str(int(s["n_seeds"]))])
 write_tex(gen / "baselines_table.tex", booktabs(
     ["run", "activations (MiB)", r"red. vs none (\%)", "time / none", "val loss", "seeds"], rows,
     caption_note=f"size {headline_size}"))
@@ -318,6 +325,18 @@ print(open(gen / "exactness_text.tex").read())
 # ## Macros
 
 # %%
+def ci_phrase(r, col: str, shift: float = 0.0) -> str:
+    """The interval of a percentage in words for the text: the CI where the stats drew one (from
+    MIN_CI_SEEDS seeds on), else the per-seed values, else nothing."""
+    lo, hi, seeds = r.get(f"{col}_lo"), r.get(f"{col}_hi"), r.get(f"{col}_seeds")
+    if finite(lo) and finite(hi):
+        return f"({conf_pct}\\% CI [{num(lo + shift, 1, pct=True)}, {num(hi + shift, 1, pct=True)}]\\%)"
+    if isinstance(seeds, str) and ";" in seeds:
+        vals = ", ".join(num(float(x) + shift, 1, pct=True) for x in seeds.split(";"))
+        return f"(per seed: {vals}\\%; no interval under {MIN_CI_SEEDS} seeds)"
+    return ""
+
+
 M = Macros()
 M.add("ScaleName", tex_escape(cfg.get("scale", "?")), "pipeline config")
 M.add("HeadSize", size_word(headline_size))
@@ -350,6 +369,9 @@ if len(hs):
     M.add("HeadTostP", num(r["tost_p"], 3))
     M.add("HeadTostVerdict", "equivalent" if r["tost_equivalent"] else "not shown to be equivalent")
     M.add("HeadTostMethod", tex_escape(r["tost_method"]))
+    M.add("HeadTostDf", num(r.get("tost_df"), 1), "degrees of freedom of the TOST t statistic")
+    M.add("HeadMemRedCI", ci_phrase(r, "mem_reduction"), "the interval, or the per-seed values")
+    M.add("HeadTimeChangeCI", ci_phrase(r, "step_time_ratio", shift=-1.0))
     M.add("HeadSeeds", str(int(r["n_pairs"])))
     # a headline price at which the gates store every site deserves the reason next to its 0%
     stores_all = finite(r["mem_reduction"]) and abs(float(r["mem_reduction"])) < 5e-4
@@ -361,8 +383,10 @@ else:
     M.add("HeadPlanNote", "")
     for name in ["HeadMemRed", "HeadMemRedLo", "HeadMemRedHi", "HeadTimeChange", "HeadTimeChangeLo",
                  "HeadTimeChangeHi", "HeadLossDiff", "HeadTostLo", "HeadTostHi", "HeadTostP",
-                 "HeadTostMethod", "HeadSeeds"]:
+                 "HeadTostMethod", "HeadSeeds", "HeadTostDf"]:
         M.add(name, "--", "no headline run")
+    for name in ("HeadMemRedCI", "HeadTimeChangeCI"):
+        M.add(name, "", "no headline run")
     M.add("HeadTostVerdict", "not tested")
 # the strongest baseline memory saver (full AC) at the headline size: from the paired statistics
 # of trained runs, or, where baselines are profiled rather than trained (the paper grid: they are
@@ -395,9 +419,11 @@ if len(sa):
     M.add("StoreAllTimeChange", num(r["step_time_ratio"] - 1, 1, pct=True), "% step time, drat-lam0 vs none")
     M.add("StoreAllTimeChangeLo", num(r["step_time_ratio_lo"] - 1, 1, pct=True))
     M.add("StoreAllTimeChangeHi", num(r["step_time_ratio_hi"] - 1, 1, pct=True))
+    M.add("StoreAllTimeChangeCI", ci_phrase(r, "step_time_ratio", shift=-1.0))
 else:
     for name in ("StoreAllTimeChange", "StoreAllTimeChangeLo", "StoreAllTimeChangeHi"):
         M.add(name, "--", "no store-all run")
+    M.add("StoreAllTimeChangeCI", "")
 # DRAT's fitted plan against the oracle at the headline λ (profiled plans of the headline size)
 fh = f_head.set_index("point") if len(f_head) else None
 key_d, key_o = f"drat-lam{headline_lambda:g}", f"oracle-lam{headline_lambda:g}"

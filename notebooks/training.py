@@ -45,6 +45,7 @@ from drat.analysis.report import (
 )
 
 bands = read_csv(Path(stats_dir) / "curves_ci.csv")
+curves = read_csv(Path(tables_dir) / "curves.csv")  # per seed: drawn where no band is
 gates = read_csv(Path(tables_dir) / "gates.csv")
 budget = read_csv(Path(stats_dir) / "budget.csv")
 prov = data_provenance(tables_dir)
@@ -68,8 +69,14 @@ for ax, size, d in size_axes:
         r = d[d["run"] == run].sort_values("step")
         ls = "-" if run == "none" else "--" if run.startswith("drat") else ":"
         ax.plot(r["step"], r["val_loss"], ls, color=f"C{i % 10}", label=run, lw=1.2)
-        ax.fill_between(r["step"], r["val_loss_lo"].fillna(r["val_loss"]),
-                        r["val_loss_hi"].fillna(r["val_loss"]), color=f"C{i % 10}", alpha=0.15)
+        if r["val_loss_lo"].notna().any():  # a band only from five seeds on (the stats' rule)
+            ax.fill_between(r["step"], r["val_loss_lo"].fillna(r["val_loss"]),
+                            r["val_loss_hi"].fillna(r["val_loss"]), color=f"C{i % 10}", alpha=0.15)
+        elif len(curves):  # fewer seeds: each seed's own curve, thin
+            c = curves[(curves["size"] == size) & (curves["run"] == run) & (curves["kind"] == "eval")]
+            for _, cs in c.groupby("seed"):
+                cs = cs.sort_values("step")
+                ax.plot(cs["step"], cs["val_loss"], ls, color=f"C{i % 10}", lw=0.5, alpha=0.5)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(size, fontsize=10)
@@ -77,7 +84,7 @@ for ax, size, d in size_axes:
     ax.legend(fontsize=6, ncol=2)
 fig.tight_layout(rect=(0, 0.04, 1, 1))
 save_figure(fig, "loss_curves", figures_dir, prov, [f"{stats_dir}/curves_ci.csv"],
-            note="mean over seeds, bootstrap CI band")
+            note="mean over seeds; CI band from five seeds, else each seed thin")
 
 # %%
 g = gates[(gates["size"] == headline_size) & gates["lam"].notna()] if len(gates) else gates

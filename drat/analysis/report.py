@@ -111,13 +111,20 @@ def num(x, digits: int = 2, pct: bool = False) -> str:
     return f"{x:.{digits}f}"
 
 
-def with_ci(v, lo, hi, digits: int = 2, pct: bool = False) -> str:
-    """'v [lo, hi]' (or 'v' when the interval is degenerate, '--' when unknown)."""
+def with_ci(v, lo, hi, digits: int = 2, pct: bool = False, seeds=None, shift: float = 0.0) -> str:
+    """'v [lo, hi]' (or 'v' when the interval is degenerate, '--' when unknown). Without an
+    interval, `seeds` (the stats' ';'-joined per-seed values, each plus `shift`) follow in
+    parentheses: 'v (a/b)', the values a reader can judge the spread by."""
     if not finite(v):
         return "--"
     s = num(v, digits, pct)
-    if finite(lo) and finite(hi) and not (num(lo, digits, pct) == s == num(hi, digits, pct)):
-        s += f" [{num(lo, digits, pct)}, {num(hi, digits, pct)}]"
+    if finite(lo) and finite(hi):
+        if not (num(lo, digits, pct) == s == num(hi, digits, pct)):
+            s += f" [{num(lo, digits, pct)}, {num(hi, digits, pct)}]"
+    elif isinstance(seeds, str) and seeds.count(";") >= 1:
+        vals = [num(float(x) + shift, digits, pct) for x in seeds.split(";")]
+        if len(set(vals)) > 1:
+            s += f" ({'/'.join(vals)})"
     return s
 
 

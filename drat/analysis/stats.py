@@ -7,6 +7,8 @@ Library (numpy/scipy only):
     ratio_ci(a, b, paired=True)               per-seed ratios a_i/b_i (paired) or mean(a)/mean(b)
     tost(a, b, margin)                        two one-sided t-tests: is mean(a) − mean(b) within ±margin?
     pareto_mask(x, y)                         which points no other point beats on both axes
+    pareto_beyond_spread(x, lo, hi, y)        the same, where the step-time spread supports the mark
+    seed_ci(values)                           bootstrap_ci over seeds, only from MIN_CI_SEEDS seeds on
 
 Pipeline step (`python -m drat.analysis.stats --tables DIR --out DIR ...`, needs pandas): reads the tidy
 CSVs of `drat.analysis.aggregate` and writes summary.csv, paired.csv, frontier.csv, budget.csv,
@@ -17,6 +19,11 @@ Conventions. Confidence intervals are two-sided percentile/BCa bootstrap interva
 unstable with 2-3 seeds). A sample whose values are all equal has the degenerate interval
 [v, v] (on the CPU the gated and ungated losses are bitwise equal, so their difference is
 exactly 0 for every seed). One observation gives the value with a NaN interval.
+
+An interval over seeds is drawn only from `MIN_CI_SEEDS` seeds on (`seed_ci`): with 2 seeds a
+percentile bootstrap interval is the [min, max] of the two values and covers the mean about
+half the time (about two thirds with 3), so below 5 the value comes with a NaN interval and the
+per-seed values (`<name>_seeds`) are reported instead.
 
 The equivalence test is Schuirmann's TOST at level α on the difference of final validation loss,
 gated minus `none`: paired by seed (same init and batches) when both arms have the same seeds,
@@ -39,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sps
 
+MIN_CI_SEEDS = 5  # fewer seeds: the per-seed values, no interval (module docstring)
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 9999
 BCA_MIN_N = 10
@@ -173,6 +181,7 @@ class TOSTResult:
     n_a: int
     n_b: int
     method: str  # paired | welch | degenerate | insufficient
+    df: float = math.nan  # degrees of freedom of the t statistic (n − 1 paired, Welch–Satterthwaite)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,17 +226,58 @@ def tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0
     n_a, n_b = len(a), len(b)
     if n < 2:
         return TOSTResult(diff, math.nan, math.nan, margin, alpha, math.nan, math.nan, math.nan, False,
-                          n_a, n_b, "insufficient")
+                          n_a, n_b, "insufficient", float(df) if n > 1 else math.nan)
     if se == 0:  # no spread at all (e.g. bitwise-equal losses): the difference is known exactly
         inside = abs(diff) < margin
         p_lower = 0.0 if diff > -margin else 1.0
         p_upper = 0.0 if diff < margin else 1.0
         return TOSTResult(diff, diff, diff, margin, alpha, p_lower, p_upper, max(p_lower, p_upper), inside,
-                          n_a, n_b, "degenerate")
+                          n_a, n_b, "degenerate", float(df))
     half = float(sps.t.ppf(1 - alpha, df)) * se
     p = max(p_lower, p_upper)
     return TOSTResult(diff, diff - half, diff + half, margin, alpha, p_lower, p_upper, p, bool(p < alpha),
-                      n_a, n_b, method)
+                      n_a, n_b, method, float(df))
+
+
+def pareto_beyond_spread(x: Sequence[float], x_lo: Sequence[float], x_hi: Sequence[float],
+                         y: Sequence[float]) -> np.ndarray:
+    """Pareto marks that the measured spread of x supports: point i is marked only when no other
+    point j could be as good on both axes, i.e. none has y_j <= y_i and x_lo_j <= x_hi_i. Two
+    points of the same plan (equal y, overlapping x intervals) both go unmarked; where an
+    interval is unknown the point's own value stands for it."""
+    x = np.asarray(x, dtype=float)
+    lo = np.where(np.isfinite(np.asarray(x_lo, dtype=float)), np.asarray(x_lo, dtype=float), x)
+    hi = np.where(np.isfinite(np.asarray(x_hi, dtype=float)), np.asarray(x_hi, dtype=float), x)
+    y = np.asarray(y, dtype=float)
+    mask = np.zeros(len(x), dtype=bool)
+    for i in range(len(x)):
+        if not (np.isfinite(x[i]) and np.isfinite(y[i])):
+            continue
+        rivals = (y <= y[i]) & (lo <= hi[i]) & np.isfinite(x)
+        rivals[i] = False
+        mask[i] = not rivals.any()
+    return mask
+
+
+def seed_ci(values: Sequence[float], **kw) -> Estimate:
+    """`bootstrap_ci` over seeds, drawn only from MIN_CI_SEEDS seeds on (module docstring); with
+    fewer the mean with a NaN interval ("per-seed"), unless every value is equal (degenerate)."""
+    x = _clean(values)
+    if len(x) >= MIN_CI_SEEDS or len(x) < 2 or np.all(x == x[0]):
+        return bootstrap_ci(x, **kw)
+    return Estimate(float(np.mean(x)), math.nan, math.nan, len(x), "per-seed")
+
+
+def per_seed(est: Estimate) -> Estimate:
+    """An interval computed over seeds (e.g. `ratio_ci`), withdrawn below MIN_CI_SEEDS seeds."""
+    if est.n >= MIN_CI_SEEDS or est.method in ("degenerate", "single", "empty"):
+        return est
+    return Estimate(est.value, math.nan, math.nan, est.n, "per-seed")
+
+
+def seeds_str(values: Sequence[float]) -> str:
+    """The per-seed values, ';'-joined in seed order (full precision; the tables round them)."""
+    return ";".join(repr(float(v)) for v in np.asarray(values, dtype=float))
 
 
 def pareto_mask(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
@@ -269,7 +319,9 @@ def summarize_runs(runs, kw: dict):
                           ("peak_memory_bytes", "peak_memory_bytes")]:
             if col not in g:
                 continue
-            row.update(_ci_cols(bootstrap_ci(g[col].to_numpy(float), **kw), name))
+            g = g.sort_values("seed") if "seed" in g else g
+            row.update(_ci_cols(seed_ci(g[col].to_numpy(float), **kw), name))
+            row[f"{name}_seeds"] = seeds_str(g[col].to_numpy(float))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -290,13 +342,18 @@ def paired_vs_none(runs, margin: float, alpha: float, kw: dict):
         row = {"size": size, "run": run, "strategy": first["strategy"], "lam": first["lam"],
                "budget_gib": first["budget_gib"], "n_pairs": len(m), "paired": paired}
         if paired:
-            mem_ratio = ratio_ci(m[mem_col], m[f"{mem_col}_none"], paired=True, **kw)
-            time_ratio = ratio_ci(m["step_ms"], m["step_ms_none"], paired=True, **kw)
-            dloss = bootstrap_ci((m["final_val_loss"] - m["final_val_loss_none"]).to_numpy(float), **kw)
+            m = m.sort_values("seed")
+            mem_ratio = per_seed(ratio_ci(m[mem_col], m[f"{mem_col}_none"], paired=True, **kw))
+            time_ratio = per_seed(ratio_ci(m["step_ms"], m["step_ms_none"], paired=True, **kw))
+            d = (m["final_val_loss"] - m["final_val_loss_none"]).to_numpy(float)
+            dloss = seed_ci(d, **kw)
+            row.update({"val_loss_diff_seeds": seeds_str(d),
+                        "mem_reduction_seeds": seeds_str(1 - m[mem_col] / m[f"{mem_col}_none"]),
+                        "step_time_ratio_seeds": seeds_str(m["step_ms"] / m["step_ms_none"])})
             t = tost(m["final_val_loss"], m["final_val_loss_none"], margin, alpha, paired=True)
         else:
-            mem_ratio = ratio_ci(g[mem_col], base[mem_col], paired=False, **kw)
-            time_ratio = ratio_ci(g["step_ms"], base["step_ms"], paired=False, **kw)
+            mem_ratio = per_seed(ratio_ci(g[mem_col], base[mem_col], paired=False, **kw))
+            time_ratio = per_seed(ratio_ci(g["step_ms"], base["step_ms"], paired=False, **kw))
             dloss = Estimate(float(g["final_val_loss"].mean() - base["final_val_loss"].mean()),
                              math.nan, math.nan, len(g), "unpaired")
             t = tost(g["final_val_loss"], base["final_val_loss"], margin, alpha, paired=False)
@@ -335,9 +392,11 @@ def frontier_table(profile, steps, runs, kw: dict):
                          "step_ms_lo": s["step_ms_lo"], "step_ms_hi": s["step_ms_hi"], "n": s["n_seeds"]})
     df = pd.DataFrame(rows)
     if len(df):
+        # marked only beyond the measured spread of the step time (pareto_beyond_spread)
         df["pareto"] = False
         for (_, _), g in df.groupby(["source", "size"]):
-            df.loc[g.index, "pareto"] = pareto_mask(g["step_ms"], g["memory_bytes"])
+            df.loc[g.index, "pareto"] = pareto_beyond_spread(g["step_ms"], g["step_ms_lo"], g["step_ms_hi"],
+                                                             g["memory_bytes"])
     return df
 
 
@@ -365,7 +424,7 @@ def curves_ci(curves, kw: dict):
     ev = curves[curves["kind"] == "eval"]
     rows = []
     for (size, run, step), g in ev.groupby(["size", "run", "step"], sort=True):
-        e = bootstrap_ci(g["val_loss"].to_numpy(float), **{**kw, "n_resamples": min(kw["n_resamples"], 999)})
+        e = seed_ci(g["val_loss"].to_numpy(float), **{**kw, "n_resamples": min(kw["n_resamples"], 999)})
         rows.append({"size": size, "run": run, "step": step, **_ci_cols(e, "val_loss"), "n": e.n})
     return pd.DataFrame(rows)
 
@@ -399,6 +458,7 @@ def run_stats(tables: Path, out: Path, margin: float, alpha: float = 0.05, confi
         "parameters": {"confidence": confidence, "alpha": alpha, "tost_margin": margin,
                        "n_resamples": n_resamples, "seed": seed, "headline_lambda": headline_lambda,
                        "bootstrap": f"scipy.stats.bootstrap, BCa for n >= {BCA_MIN_N} else percentile",
+                       "min_ci_seeds": MIN_CI_SEEDS,
                        "tost": "paired t (by seed) when both arms share seeds, else Welch"},
         "n_runs": int(len(runs)),
         "headline": [],

@@ -146,8 +146,13 @@ def test_run_stats_pipeline_step(tmp_path):
     assert budget.iloc[0]["measured_gib"] == pytest.approx((10 * 16 + 40) / 2**30)
     assert not budget.iloc[0]["within"]
     bands = pd.read_csv(out / "curves_ci.csv")
-    assert len(bands) == 3 and (bands["val_loss_lo"] <= bands["val_loss"]).all()
-    assert json.loads((out / "stats.json").read_text())["parameters"]["tost_margin"] == 0.01
+    # two seeds: no band, the mean alone (an interval needs MIN_CI_SEEDS seeds)
+    assert len(bands) == 3 and bands["val_loss_lo"].isna().all() and (bands["n"] == 2).all()
+    params = json.loads((out / "stats.json").read_text())["parameters"]
+    assert params["tost_margin"] == 0.01 and params["min_ci_seeds"] == stats.MIN_CI_SEEDS
+    # per-seed values stand where the interval does not, and TOST says its degrees of freedom
+    assert len(str(head["step_time_ratio_seeds"]).split(";")) == head["n_pairs"]
+    assert head["tost_df"] == head["n_pairs"] - 1 or head["tost_method"] == "degenerate"
 
 
 def test_stats_cli(tmp_path, capsys):
@@ -155,3 +160,32 @@ def test_stats_cli(tmp_path, capsys):
     assert stats.main(["--tables", str(tmp_path), "--out", str(tmp_path / "s"), "--margin", "0.02",
                        "--n-resamples", "499"]) == 0
     assert json.loads(capsys.readouterr().out)["n_runs"] == 10
+
+
+def test_a_seed_interval_needs_five_seeds():
+    """With 2 seeds the percentile interval is [min, max] of the two and covers the mean about half
+    the time: below MIN_CI_SEEDS no interval is drawn; equal values keep their exact interval."""
+    assert stats.MIN_CI_SEEDS == 5
+    few = stats.seed_ci([1.0, 2.0, 4.0])
+    assert few.value == pytest.approx(7 / 3) and np.isnan(few.lo) and few.method == "per-seed"
+    assert stats.seed_ci([3.0, 3.0]).lo == 3.0  # degenerate: known exactly
+    many = stats.seed_ci([1.0, 2.0, 4.0, 3.0, 5.0], n_resamples=999)
+    assert many.lo < many.value < many.hi
+    assert np.isnan(stats.per_seed(stats.ratio_ci([2.0, 3.0], [1.0, 1.0], n_resamples=99)).hi)
+
+
+def test_welch_tost_reports_its_degrees_of_freedom():
+    t = stats.tost([1.0, 1.1, 0.9, 1.05], [1.0, 1.2, 0.8], margin=0.5, paired=False)
+    assert t.method == "welch" and 2 < t.df < 5
+    assert stats.tost([1.0, 1.1, 0.9], [1.0, 1.0, 1.0], margin=0.5).df == 2
+
+
+def test_pareto_marks_need_the_spread():
+    """Two rows of one plan (same memory, overlapping step intervals) get no mark; a point faster
+    beyond the spread at the same memory keeps it; a point with less memory keeps its own."""
+    x, lo, hi = [28.4, 20.5, 19.0, 40.0], [26.4, 20.5, 18.9, 39.0], [29.1, 20.6, 19.1, 41.0]
+    y = [4.7, 4.7, 6.0, 2.0]
+    m = stats.pareto_beyond_spread(x, lo, hi, y)
+    assert list(m) == [False, True, True, True]
+    same = stats.pareto_beyond_spread([20.5, 20.6], [20.0, 20.1], [21.0, 21.1], [4.7, 4.7])
+    assert not same.any()

@@ -24,7 +24,8 @@ def _table(n_layer=2, link=True, seed=0) -> SiteCosts:
 def test_no_planner_beats_the_ilp_and_the_rows_are_complete(tmp_path):
     rows = run_planners({"t": _table()}, lams=(0.5,), budgets=(0.4,), repeats=2, out=tmp_path,
                         log=lambda *a: None)
-    assert {(r["arms"], r["target"]) for r in rows} == {(a, t) for a in (2, 3) for t in ("lam0.5", "budget0.4")}
+    want = {(a, t) for a in (2, 3) for t in ("lam0.5", "budget0.4")}
+    assert {(r["arms"], r["target"]) for r in rows} == want
     assert len(rows) == 4 * len(PLANNERS)
     for r in rows:
         assert r["feasible"] and r["gap_pts"] >= -1e-6 and r["plan_s"] > 0
