@@ -38,6 +38,7 @@ from .offload_tables import (
     offload_targets,
     traced_rows,
 )
+from .planner_tables import planner_section
 
 BENCH_ROOT = Path("results/bench/h200")
 # benches run on other cards, each its own group (their numbers are not compared with the H200's)
@@ -1100,7 +1101,7 @@ def write_docs(root: Path, out: Path, index: Path | None = None, figures: bool =
     benches = discover(Path(root))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(benches))
+    out.write_text(render(benches) + (("\n" + planner_section(Path(root))) if planner_section(Path(root)) else ""))
     if index is not None:
         Path(index).parent.mkdir(parents=True, exist_ok=True)
         Path(index).write_text(render_index(benches))

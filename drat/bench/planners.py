@@ -124,10 +124,13 @@ def _plans(costs: SiteCosts, arms: int, lam: float | None, budget: float | None)
 
 
 def run_planners(tables: dict[str, SiteCosts], lams=(0.2, 1.0, 5.0), budgets=(0.25, 0.5, 0.75),
-                 repeats: int = 3, seed: int = 0, out: str | Path | None = None, log=print) -> list[dict]:
+                 repeats: int = 3, seed: int = 0, out: str | Path | None = None, sources=(),
+                 synthetic_layers=(), log=print) -> list[dict]:
     rng = random.Random(seed)
     meta = {"tables": {k: {"n_sites": len(c), "kind": c.kind, "step_ms": c.step_ms, "link": c.link}
-                       for k, c in tables.items()}, "repeats": repeats, **provenance(torch.device("cpu"))}
+                       for k, c in tables.items()}, "repeats": repeats, "lambdas": list(lams),
+            "budgets": list(budgets), "sources": [str(x) for x in sources],
+            "synthetic_layers": list(synthetic_layers), **provenance(torch.device("cpu"))}
     rows: list[dict] = []
     for name, costs in tables.items():
         for arms in (2, 3) if costs.link else (2,):
@@ -233,11 +236,12 @@ def _cmd_planners(args) -> int:
     tables = {Path(c).parent.parent.name if Path(c).stem in ("offload", "frontier") else Path(c).stem:
               load_table(Path(c)) for c in args.costs}
     base = next(iter(tables.values()))
-    for n in (int(x) for x in args.synthetic_layers.split(",") if x):
+    layers = [int(x) for x in args.synthetic_layers.split(",") if x]
+    for n in layers:
         tables[f"synthetic-{n}x"] = synthetic_table(base, n)
     run_planners(tables, lams=tuple(float(x) for x in args.lambdas.split(",") if x),
                  budgets=tuple(float(x) for x in args.budgets.split(",") if x), repeats=args.repeats,
-                 out=args.out)
+                 out=args.out, sources=args.costs, synthetic_layers=layers)
     return 0
 
 

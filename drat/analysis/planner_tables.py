@@ -1,0 +1,92 @@
+"""The planners section of `docs/performance.md`: `drat bench planners`' rows (its
+`planners.json`) as one table per cost table and arm count, and the summary lines above them.
+Everything is read from the file; performance.py appends the section when the file exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PLANNERS_JSON = Path("results/bench/cpu/planners/planners.json")
+PLANNERS = ("ilp", "drat", "local", "greedy")
+
+
+def _cell(r: dict | None) -> str:
+    if r is None or r.get("objective") is None:
+        return "infeasible"
+    gap = r["gap_pts"]
+    g = "0" if gap is not None and abs(gap) < 5e-4 else "—" if gap is None else f"{gap:+.3f}"
+    return f"{g} · {r['plan_s']:.2f} s"
+
+
+def planner_section(root: Path) -> str:
+    """Markdown for the planners' bench, or '' when it has not been run."""
+    path = Path(root) / PLANNERS_JSON
+    if not path.is_file():
+        return ""
+    d = json.loads(path.read_text())
+    rows, meta = d["rows"], d["meta"]
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        groups.setdefault((r["table"], r["n_sites"], r["arms"]), {}).setdefault(r["target"], {})[r["planner"]] = r
+    out = ["## Planners on the cost table (`drat bench planners`, CPU)", "",
+           "Every plan is chosen on a cost table, and the loss does not depend on it, so planning is an "
+           "optimisation over that table. Four planners side by side: `ilp` (scipy `milp`, the exact "
+           "optimum up to its 60 s limit), `drat` (the gates: an annealed Gumbel relaxation trained on the "
+           "table, rounded by greedy repair, finished by local search), `local` (local search alone, from "
+           "the greedy plan) and `greedy` (λ: best single flips from store-all; budget: best bytes per ms "
+           "first). Each cell: the objective above the ILP's in points of a step (objectives are "
+           "fractions of a step), then the planning time. Tables: the measured ones of the offload and "
+           "paper benches, and synthetic ones (`synthetic-<n>x`, n blocks) whose every block copies "
+           "block 0 of the first measured table, ±10%.", "",
+           f"- command: `{_command(meta)}`",
+           f"- provenance: {meta.get('device', '?')}, torch {meta.get('torch_version', '?')}, commit "
+           f"`{str(meta.get('git_commit', '?'))[:10]}`{' (dirty tree)' if meta.get('git_dirty') else ''}",
+           "- figure: [planners.png](../results/bench/cpu/planners/planners.png)", ""]
+    out += _summary(rows)
+    for (table, n, arms), targets in groups.items():
+        out += ["", f"### {table} ({n} sites, {arms} arms)", "",
+                "| target | " + " | ".join(PLANNERS) + " |", "|---" * (len(PLANNERS) + 1) + "|"]
+        for tag, by in targets.items():
+            out.append(f"| {tag} | " + " | ".join(_cell(by.get(k)) for k in PLANNERS) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _command(meta: dict) -> str:
+    """The command line that wrote the file (flags at their defaults left out)."""
+    parts = ["drat bench planners", "--costs", *meta.get("sources", [])]
+    if meta.get("synthetic_layers"):
+        parts += ["--synthetic-layers", ",".join(map(str, meta["synthetic_layers"]))]
+    if meta.get("lambdas", [0.2, 1.0, 5.0]) != [0.2, 1.0, 5.0]:
+        parts += ["--lambdas", ",".join(f"{x:g}" for x in meta["lambdas"])]
+    if meta.get("budgets", [0.25, 0.5, 0.75]) != [0.25, 0.5, 0.75]:
+        parts += ["--budgets", ",".join(f"{x:g}" for x in meta["budgets"])]
+    if meta.get("repeats", 3) != 3:
+        parts += ["--repeats", str(meta["repeats"])]
+    return " ".join(parts + ["--out", "results/bench/cpu/planners"])
+
+
+def _summary(rows: list[dict]) -> list[str]:
+    """Per planner: how often it matched the ILP, its worst gap, and its slowest plan."""
+    out = []
+    for k in PLANNERS[1:]:
+        rs = [r for r in rows if r["planner"] == k and r["gap_pts"] is not None]
+        if not rs:
+            continue
+        hit = sum(abs(r["gap_pts"]) < 5e-4 for r in rs)
+        worst = max(rs, key=lambda r: r["gap_pts"])
+        out.append(f"- `{k}`: the ILP's objective in {hit} of {len(rs)} cases; worst "
+                   f"{worst['gap_pts']:+.3f} points ({worst['table']}, {worst['arms']} arms, "
+                   f"{worst['target']}); slowest {max(r['plan_s'] for r in rs):.1f} s")
+    ilp = [r for r in rows if r["planner"] == "ilp" and r["objective"] is not None]
+    if ilp:
+        slow = max(ilp, key=lambda r: r["plan_s"])
+        out.append(f"- `ilp`: slowest {slow['plan_s']:.1f} s ({slow['table']}, {slow['arms']} arms, "
+                   f"{slow['target']}; the solver stops at 60 s with its best plan)")
+    beat = [r for r in rows if r["planner"] == "drat" and r["gap_pts"] is not None and r["gap_pts"] < -5e-4]
+    if beat:
+        out.append(f"- the gates beat a time-limited ILP in {len(beat)} cases")
+    return out
+
+
+__all__ = ["planner_section", "PLANNERS_JSON"]
