@@ -1101,7 +1101,8 @@ def write_docs(root: Path, out: Path, index: Path | None = None, figures: bool =
     benches = discover(Path(root))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(benches) + (("\n" + planner_section(Path(root))) if planner_section(Path(root)) else ""))
+    planners = planner_section(Path(root))  # the CPU planners' bench, where it has been run
+    out.write_text(render(benches) + ("\n" + planners if planners else ""))
     if index is not None:
         Path(index).parent.mkdir(parents=True, exist_ok=True)
         Path(index).write_text(render_index(benches))

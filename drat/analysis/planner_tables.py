@@ -28,7 +28,8 @@ def planner_section(root: Path) -> str:
     rows, meta = d["rows"], d["meta"]
     groups: dict[tuple, dict] = {}
     for r in rows:
-        groups.setdefault((r["table"], r["n_sites"], r["arms"]), {}).setdefault(r["target"], {})[r["planner"]] = r
+        key = (r["table"], r["n_sites"], r["arms"])
+        groups.setdefault(key, {}).setdefault(r["target"], {})[r["planner"]] = r
     out = ["## Planners on the cost table (`drat bench planners`, CPU)", "",
            "Every plan is chosen on a cost table, and the loss does not depend on it, so planning is an "
            "optimisation over that table. Four planners side by side: `ilp` (scipy `milp`, the exact "
