@@ -3,7 +3,8 @@
     kernel       -> {R}/notebooks/kernel.json   `python -m drat.analysis.notebook kernel` (ipykernel install --user)
     nb_frontier  -> figures frontier, lambda_sweep, bench
     nb_training  -> figures loss_curves, gate_heatmap, budget_tracking
-    nb_tables    -> {generated}/results_table, baselines_table, frontier_table, setup_table, macros .tex
+    nb_tables    -> {generated}/results_table, baselines_table, claims_table, frontier_table, setup_table,
+                    macros .tex
 
 Each figure is written as PDF + PNG + a sidecar JSON with the device, torch version and commit of
 its data (and of the rendering); the executed notebooks and their HTML copies stay under
