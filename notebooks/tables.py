@@ -208,8 +208,7 @@ write_tex(gen / "claims_table.tex", booktabs(
     ["size", r"claimed (\%)", rf"DRAT at $\lambda={cl_lam:g}$: memory, step (\%)", "reproduced",
      r"cheapest DRAT row reaching it: memory, step (\%)"], rows, align="lrrcl",
     caption_note="one-process bench; memory and step time against none"))
-M_claims = {"ClaimsLambda": f"{cl_lam:g}", "NumClaims": str(len(rows)),
-            "NumClaimsReproduced": str(sum(r[3] == "yes" for r in rows))}
+n_claims, n_claims_ok = len(rows), sum(r[3] == "yes" for r in rows)
 print(open(gen / "claims_table.tex").read())
 
 # %% [markdown]
@@ -378,8 +377,9 @@ def ci_phrase(r, col: str, shift: float = 0.0) -> str:
 
 
 M = Macros()
-for name, value in M_claims.items():
-    M.add(name, value, "the claims table")
+M.add("ClaimsLambda", f"{cl_lam:g}", "the claims table")
+M.add("NumClaims", str(n_claims))
+M.add("NumClaimsReproduced", str(n_claims_ok))
 M.add("ScaleName", tex_escape(cfg.get("scale", "?")), "pipeline config")
 M.add("HeadSize", size_word(headline_size))
 M.add("HeadLambda", f"{headline_lambda:g}")
