@@ -4,8 +4,8 @@ key numbers and targets, all read from its `offload.json` (performance.py render
 from __future__ import annotations
 
 OFFLOAD_DEFAULTS = {"peak_cuts": (0.45, 0.6, 0.75), "steps": 12, "warmup": 3, "rounds": 3, "trace_steps": 3}
-TRACED_HEADER = ["row", "step ms", "compute idle ms", "exposed transfer ms (traced)", "predicted ms",
-                 "D→H ms", "H→D ms", "copy time hidden"]
+TRACED_HEADER = ["row", "step ms", "traced step ms", "compute idle ms", "exposed transfer ms (traced)",
+                 "predicted ms", "D→H ms", "H→D ms", "copy time hidden"]
 OFFLOAD_HEADER = ["row", "arms", "budget GiB", "peak GiB", "peak vs none", "step ms", "spread ms",
                   "step vs none", "sites rec./off.", "GiB each way (host)", "link util.", "predicted ms"]
 BASELINES = ("save-on-cpu", "offload-all", "full-offload")
@@ -55,7 +55,8 @@ def traced_rows(b) -> list[list[str]]:
         if r.get("trace_exposed_transfer_ms") is None:
             continue
         hid = r.get("trace_copy_hidden_frac")
-        out.append([f"`{r['name']}`", _num(r.get("step_ms")), _num(r.get("trace_compute_idle_ms")),
+        out.append([f"`{r['name']}`", _num(r.get("step_ms")), _num(r.get("trace_traced_ms")),
+                    _num(r.get("trace_compute_idle_ms")),
                     _num(r["trace_exposed_transfer_ms"]), _num(r.get("predicted_exposed_ms")),
                     _num(r.get("trace_d2h_ms")), _num(r.get("trace_h2d_ms")),
                     "—" if hid is None or hid != hid else f"{100 * hid:.0f}%"])

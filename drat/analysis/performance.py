@@ -164,6 +164,20 @@ CATALOGUE.update({
     "large-s4096-b4/offload": Entry("the offload arm", _OFFLOAD, warmup=2),
 })
 
+CATALOGUE["h100-gpt-12x1024-v32k-s2048-b8/offload-traced"] = Entry(
+    "the offload arm, traced, on an H100",
+    _OFFLOAD + " Each row that moves bytes, and `none`, then ran three steps under `torch.profiler`: "
+               "the compute stream's idle time, the part of it under a copy, and the share of copy time "
+               "hidden under compute. This process ran on an H100, so its numbers stand beside this "
+               "folder's own rows only.", warmup=2, trace_steps=3)
+CATALOGUE["h100-large-s4096-b4/offload-deep"] = Entry(
+    "the offload arm at deeper cuts, on an H100",
+    _OFFLOAD + " Cuts 0.55 and 0.65, about `full` and `full-offload`'s peaks, each traced for two "
+               "steps. This process ran on an H100.", warmup=2, trace_steps=2)
+CATALOGUE["h100-large-s4096/capacity-offload"] = Entry(
+    "largest batch under 40 GiB, on an H100",
+    _CAPACITY + " Asked for `none`, `full`, `drat` and `drat3` in one process on an H100; the device "
+                "call's ten minutes ended during DRAT's search, so only `none` and `full` have rows.")
 CATALOGUE["h100-medium-s2048-b8/offload-cut64"] = Entry(
     "the offload arm at a deeper cut, on an H100",
     _OFFLOAD + " One cut, at about `full-offload`'s peak; this process ran on an H100, so its "
@@ -831,10 +845,12 @@ def section(b: Bench) -> str:
         parts += [*offload_targets(b), "", md_table(OFFLOAD_HEADER, offload_rows(b))]
         traced = traced_rows(b)
         if traced:
-            parts += ["", "Traced (`torch.profiler`, per step): the compute stream's idle time, the part "
-                          "of it while a copy was in flight (the exposed transfer, an upper bound: a gap "
-                          "the host caused counts if a copy ran in it), the cost model's predicted "
-                          "exposed time, and how much of the copies' time ran under compute.", "",
+            parts += ["", "Traced (`torch.profiler`, per step): the step under the profiler (its hooks "
+                          "slow the host, so it runs longer than the timed step), the compute stream's "
+                          "idle time, the part of it while a copy was in flight (the exposed transfer, "
+                          "an upper bound: a gap the host caused counts if a copy ran in it), the cost "
+                          "model's predicted exposed time, and how much of the copies' time ran under "
+                          "compute.", "",
                       md_table(TRACED_HEADER, traced)]
     else:
         parts.append(md_table(TRACE_HEADER, trace_rows(b)))
