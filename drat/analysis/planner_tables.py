@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PLANNERS_JSON = Path("results/bench/cpu/planners/planners.json")
+PLANNERS_ROOT = Path("results/bench/cpu")  # one folder per `drat bench planners` process
 PLANNERS = ("ilp", "drat", "local", "greedy")
 
 
@@ -20,16 +20,10 @@ def _cell(r: dict | None) -> str:
 
 
 def planner_section(root: Path) -> str:
-    """Markdown for the planners' bench, or '' when it has not been run."""
-    path = Path(root) / PLANNERS_JSON
-    if not path.is_file():
+    """Markdown for the planners' benches (every results/bench/cpu/*/planners.json), or ''."""
+    paths = sorted((Path(root) / PLANNERS_ROOT).glob("*/planners.json"))
+    if not paths:
         return ""
-    d = json.loads(path.read_text())
-    rows, meta = d["rows"], d["meta"]
-    groups: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r["table"], r["n_sites"], r["arms"])
-        groups.setdefault(key, {}).setdefault(r["target"], {})[r["planner"]] = r
     out = ["## Planners on the cost table (`drat bench planners`, CPU)", "",
            "Every plan is chosen on a cost table, and the loss does not depend on it, so planning is an "
            "optimisation over that table. Four planners side by side: `ilp` (scipy `milp`, the exact "
@@ -37,23 +31,37 @@ def planner_section(root: Path) -> str:
            "table, rounded by greedy repair, finished by local search), `local` (local search alone, from "
            "the greedy plan) and `greedy` (λ: best single flips from store-all; budget: best bytes per ms "
            "first). Each cell: the objective above the ILP's in points of a step (objectives are "
-           "fractions of a step), then the planning time. Tables: the measured ones of the offload and "
-           "paper benches, and synthetic ones (`synthetic-<n>x`, n blocks) whose every block copies "
-           "block 0 of the first measured table, ±10%.", "",
-           f"- command: `{_command(meta)}`",
-           f"- provenance: {meta.get('device', '?')}, torch {meta.get('torch_version', '?')}, commit "
-           f"`{str(meta.get('git_commit', '?'))[:10]}`{' (dirty tree)' if meta.get('git_dirty') else ''}",
-           "- figure: [planners.png](../results/bench/cpu/planners/planners.png)", ""]
-    out += _summary(rows)
-    for (table, n, arms), targets in groups.items():
-        out += ["", f"### {table} ({n} sites, {arms} arms)", "",
-                "| target | " + " | ".join(PLANNERS) + " |", "|---" * (len(PLANNERS) + 1) + "|"]
-        for tag, by in targets.items():
-            out.append(f"| {tag} | " + " | ".join(_cell(by.get(k)) for k in PLANNERS) + " |")
+           "fractions of a step), then the planning time on this machine's CPU. Tables: the measured ones "
+           "of the offload and paper benches, and synthetic ones (`synthetic-<n>x`, n blocks) whose every "
+           "block copies block 0 of the first measured table, ±10%.", ""]
+    for path in paths:
+        out += _one(path, root)
     return "\n".join(out) + "\n"
 
 
-def _command(meta: dict) -> str:
+def _one(path: Path, root: Path) -> list[str]:
+    d = json.loads(path.read_text())
+    rows, meta = d["rows"], d["meta"]
+    folder = path.parent.relative_to(root)
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["table"], r["n_sites"], r["arms"])
+        groups.setdefault(key, {}).setdefault(r["target"], {})[r["planner"]] = r
+    out = [f"### `{folder}/`", "",
+           f"- command: `{_command(meta, folder)}`",
+           f"- provenance: {meta.get('device', '?')}, torch {meta.get('torch_version', '?')}, commit "
+           f"`{str(meta.get('git_commit', '?'))[:10]}`{' (dirty tree)' if meta.get('git_dirty') else ''}",
+           f"- figure: [planners.png](../{folder}/planners.png)", ""]
+    out += _summary(rows)
+    for (table, n, arms), targets in groups.items():
+        out += ["", f"#### {table} ({n} sites, {arms} arms)", "",
+                "| target | " + " | ".join(PLANNERS) + " |", "|---" * (len(PLANNERS) + 1) + "|"]
+        for tag, by in targets.items():
+            out.append(f"| {tag} | " + " | ".join(_cell(by.get(k)) for k in PLANNERS) + " |")
+    return out + [""]
+
+
+def _command(meta: dict, folder: Path) -> str:
     """The command line that wrote the file (flags at their defaults left out)."""
     parts = ["drat bench planners", "--costs", *meta.get("sources", [])]
     if meta.get("synthetic_layers"):
@@ -64,7 +72,7 @@ def _command(meta: dict) -> str:
         parts += ["--budgets", ",".join(f"{x:g}" for x in meta["budgets"])]
     if meta.get("repeats", 3) != 3:
         parts += ["--repeats", str(meta["repeats"])]
-    return " ".join(parts + ["--out", "results/bench/cpu/planners"])
+    return " ".join(parts + ["--out", str(folder)])
 
 
 def _summary(rows: list[dict]) -> list[str]:
@@ -90,4 +98,4 @@ def _summary(rows: list[dict]) -> list[str]:
     return out
 
 
-__all__ = ["planner_section", "PLANNERS_JSON"]
+__all__ = ["planner_section", "PLANNERS_ROOT"]

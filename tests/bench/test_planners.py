@@ -62,3 +62,17 @@ def test_the_command_refuses_a_file_without_a_table(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no cost table" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_the_performance_document_renders_every_planners_folder(tmp_path):
+    from drat.analysis.planner_tables import planner_section
+
+    assert planner_section(tmp_path) == ""
+    out = tmp_path / "results/bench/cpu/p"
+    run_planners({"t": _table(link=False)}, lams=(1.0,), budgets=(0.5,), repeats=1, out=out,
+                 sources=["x.json"], log=lambda *a: None)
+    md = planner_section(tmp_path)
+    assert "#### t (" in md and "2 arms" in md and "3 arms" not in md
+    cmd = "drat bench planners --costs x.json --lambdas 1 --budgets 0.5 --repeats 1 --out results/bench/cpu/p"
+    assert f"`{cmd}`" in md
+    assert "| lam1 | 0 · " in md  # the ILP's own cell: no gap
