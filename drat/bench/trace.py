@@ -55,14 +55,12 @@ def _device_us(e, self_only: bool) -> float:
     return 0.0
 
 
-def profile_steps(model, idx, targets, steps: int = 3, warmup: int = 2) -> dict:
-    """Per-step breakdown of `steps` training steps (forward, backward, AdamW) under the profiler."""
-    dev = idx.device
-    cuda = dev.type == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
+def _warm_training_step(model, idx, targets, warmup: int):
+    """A full training step (forward, backward, AdamW) as a function, after `warmup` runs of it."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=idx.device.type == "cuda")
 
     def step():
-        with autocast_ctx(dev):
+        with autocast_ctx(idx.device):
             loss = model.step_loss(idx, targets)
         loss.backward()
         opt.step()
@@ -70,6 +68,13 @@ def profile_steps(model, idx, targets, steps: int = 3, warmup: int = 2) -> dict:
 
     for _ in range(warmup):
         step()
+    return step
+
+
+def profile_steps(model, idx, targets, steps: int = 3, warmup: int = 2) -> dict:
+    """Per-step breakdown of `steps` training steps (forward, backward, AdamW) under the profiler."""
+    cuda = idx.device.type == "cuda"
+    step = _warm_training_step(model, idx, targets, warmup)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     recompute.PROFILE_REBUILDS = True
     try:
@@ -179,17 +184,7 @@ def trace_transfers(model, idx, targets, steps: int = 3, warmup: int = 2) -> dic
     there are no device streams to trace)."""
     if idx.device.type != "cuda":
         return {}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-
-    def step():
-        with autocast_ctx(idx.device):
-            loss = model.step_loss(idx, targets)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
+    step = _warm_training_step(model, idx, targets, warmup)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
