@@ -24,6 +24,8 @@
 # * `baselines_table.tex` — every run group of the headline size against `none`.
 # * `frontier_table.tex` — the profiled plans of the headline size (memory, median step time).
 # * `setup_table.tex` — model sizes and training settings of this configuration.
+# * `claims_table.tex` — the first README's claims against the one-process bench.
+# * `planners_table.tex` — the ILP, the gates, local search and greedy on the cost tables.
 # * `macros.tex` — the numbers of the text.
 
 # %% tags=["parameters"]
@@ -33,6 +35,7 @@ generated_dir = "results/smoke/paper/generated"
 config_json = "{}"
 headline_size = "tiny"
 headline_lambda = 0.05
+planners_json = "results/smoke/planners/planners.json"
 
 # %%
 import json
@@ -211,6 +214,47 @@ n_claims, n_claims_ok = len(rows), sum(r[3] == "yes" for r in rows)
 print(open(gen / "claims_table.tex").read())
 
 # %% [markdown]
+# ## Planning: the gates against the ILP, local search and greedy (`drat bench planners`)
+#
+# Per cost table and arm count: over the λ and budget targets, each planner's worst objective
+# above the ILP's (points of a step) and its median planning time. Absent when not run.
+
+# %%
+pl_rows = json.loads(Path(planners_json).read_text())["rows"] if Path(planners_json).is_file() else []
+PL = ("ilp", "drat", "local", "greedy")
+rows = []
+groups = {}
+for r in pl_rows:
+    groups.setdefault((r["table"], r["n_sites"], r["arms"]), []).append(r)
+for (table, n_sites, arms), rs in groups.items():
+    cells = []
+    for k in PL:
+        mine = [r for r in rs if r["planner"] == k and r["gap_pts"] is not None]
+        if not mine:
+            cells.append("--")
+            continue
+        worst = max(r["gap_pts"] for r in mine)
+        t = sorted(r["plan_s"] for r in mine)[len(mine) // 2]
+        cells.append(f"{'0' if abs(worst) < 5e-4 else num(worst, 2)} / {num(t, 2)}")
+    rows.append([tex_escape(table), str(n_sites), str(arms), *cells])
+write_tex(gen / "planners_table.tex", booktabs(
+    ["cost table", "sites", "arms", *PL], rows, align="lrr" + "r" * len(PL),
+    caption_note="worst gap to the ILP (points of a step) / median planning time (s)"))
+pl_drat = [r for r in pl_rows if r["planner"] == "drat" and r["gap_pts"] is not None]
+pl_local = [r for r in pl_rows if r["planner"] == "local" and r["gap_pts"] is not None]
+pl_ilp = [r for r in pl_rows if r["planner"] == "ilp" and r["objective"] is not None]
+planner_macros = {
+    "PlannerCases": str(len(pl_drat)),
+    "PlannerDratMatches": str(sum(abs(r["gap_pts"]) < 5e-4 for r in pl_drat)),
+    "PlannerLocalMatches": str(sum(abs(r["gap_pts"]) < 5e-4 for r in pl_local)),
+    "PlannerDratWorst": num(max((r["gap_pts"] for r in pl_drat), default=float("nan")), 2),
+    "PlannerLocalWorst": num(max((r["gap_pts"] for r in pl_local), default=float("nan")), 2),
+    "PlannerIlpSlowest": num(max((r["plan_s"] for r in pl_ilp), default=float("nan")), 1),
+    "PlannerMaxSites": str(max((r["n_sites"] for r in pl_rows), default=0)),
+}
+print(open(gen / "planners_table.tex").read(), planner_macros)
+
+# %% [markdown]
 # ## Where DRAT beats `full` and the compiler's budgets, and where it does not
 #
 # Plain sentences per benched size, decided from the same one-process rows: against `full`, the
@@ -379,6 +423,13 @@ M = Macros()
 M.add("ClaimsLambda", f"{cl_lam:g}", "the claims table")
 M.add("NumClaims", str(n_claims))
 M.add("NumClaimsReproduced", str(n_claims_ok))
+M.add("PlannerCases", planner_macros["PlannerCases"], "planners: targets x tables the gates planned")
+M.add("PlannerDratMatches", planner_macros["PlannerDratMatches"])
+M.add("PlannerLocalMatches", planner_macros["PlannerLocalMatches"])
+M.add("PlannerDratWorst", planner_macros["PlannerDratWorst"], "points of a step above the ILP")
+M.add("PlannerLocalWorst", planner_macros["PlannerLocalWorst"])
+M.add("PlannerIlpSlowest", planner_macros["PlannerIlpSlowest"], "seconds")
+M.add("PlannerMaxSites", planner_macros["PlannerMaxSites"])
 M.add("ScaleName", tex_escape(cfg.get("scale", "?")), "pipeline config")
 M.add("HeadSize", size_word(headline_size))
 M.add("HeadLambda", f"{headline_lambda:g}")

@@ -5,6 +5,8 @@
     aggregate -> {R}/tables/*.csv      python -m drat.analysis.aggregate (missing runs are listed by folder)
     stats     -> {R}/stats/*           python -m drat.analysis.stats (bootstrap CIs, TOST, frontier, budgets)
     oracle_curve -> {R}/stats/oracle_curve.csv   the oracle's predicted frontier per cost table
+    planners  -> {R}/planners/planners.json   `drat bench planners` on every cost table and on
+                                              deeper synthetic ones (CPU: plan quality and time)
 
 With `archived: true` the aggregate rule does not depend on the compute rules: it reads what is
 committed under results_dir and names every expected run that is absent (an error unless
@@ -96,3 +98,38 @@ rule oracle_curve:
     shell:
         "python -m drat.analysis.curve --costs {input.costs} --profile {input.profile} "
         "--out {output} > {log} 2>&1"
+
+
+# `drat bench planners` on every size's cost table, and on synthetic tables of `planners.synthetic_layers`
+# blocks copied from the last (largest) size's: the ILP, the gates, local search and greedy, their
+# objectives and planning times. A CPU compute rule; archived, its committed output is read as is.
+PLANNERS_OUTPUT = f"{R}/planners/planners.json"
+PLANNERS_CFG = config.get("planners") or {}
+
+
+def _csv(values):
+    return ",".join(f"{v:g}" for v in values)
+
+
+if PLANNERS_CFG and COSTS_OUTPUTS and not ARCHIVED:
+
+    rule planners:
+        """The planners side by side on the cost tables (`drat bench planners`)."""
+        input:
+            costs=list(reversed(COSTS_OUTPUTS)),  # the largest size first: synthetic tables copy it
+        output:
+            PLANNERS_OUTPUT,
+        params:
+            out=f"{R}/planners",
+            flags=" ".join(
+                (["--synthetic-layers", _csv(PLANNERS_CFG["synthetic_layers"])]
+                 if PLANNERS_CFG.get("synthetic_layers") else [])
+                + ["--lambdas", _csv(PLANNERS_CFG.get("lambdas", [0.2, 1, 5])),
+                   "--budgets", _csv(PLANNERS_CFG.get("budgets", [0.25, 0.5, 0.75])),
+                   "--repeats", str(PLANNERS_CFG.get("repeats", 1))]),
+        log:
+            f"{R}/logs/planners.log",
+        benchmark:
+            f"{R}/benchmarks/planners.tsv"
+        shell:
+            "drat bench planners --costs {input.costs} {params.flags} --out {params.out} > {log} 2>&1"

@@ -49,8 +49,8 @@ RES = config.get("resources", {})
 STATS = config["stats"]
 
 FIGURES = ["frontier", "lambda_sweep", "gate_heatmap", "loss_curves", "budget_tracking", "bench"]
-TABLES = ["results_table", "baselines_table", "claims_table", "setup_table", "frontier_table", "bench_table",
-          "bench_verdicts", "exactness_text"]
+TABLES = ["results_table", "baselines_table", "claims_table", "planners_table", "setup_table", "frontier_table",
+          "bench_table", "bench_verdicts", "exactness_text"]
 NOTEBOOKS = {
     "frontier": ["frontier", "lambda_sweep", "bench"],
     "training": ["loss_curves", "gate_heatmap", "budget_tracking"],

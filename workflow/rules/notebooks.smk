@@ -3,8 +3,8 @@
     kernel       -> {R}/notebooks/kernel.json   `python -m drat.analysis.notebook kernel` (ipykernel install --user)
     nb_frontier  -> figures frontier, lambda_sweep, bench
     nb_training  -> figures loss_curves, gate_heatmap, budget_tracking
-    nb_tables    -> {generated}/results_table, baselines_table, claims_table, frontier_table, setup_table,
-                    macros .tex
+    nb_tables    -> {generated}/results_table, baselines_table, claims_table, planners_table,
+                    frontier_table, setup_table, macros .tex
 
 Each figure is written as PDF + PNG + a sidecar JSON with the device, torch version and commit of
 its data (and of the rendering); the executed notebooks and their HTML copies stay under
@@ -75,6 +75,9 @@ rule nb_tables:
     """Booktabs tables and the \\newcommand macros of every number in the paper text."""
     input:
         NB_INPUTS,
+        # the planners' bench where the config asks for it (archived: where it is committed)
+        planners=([PLANNERS_OUTPUT] if Path(PLANNERS_OUTPUT).is_file() else []) if ARCHIVED
+        else ([PLANNERS_OUTPUT] if PLANNERS_CFG and COSTS_OUTPUTS else []),
         nb="notebooks/tables.py",
     output:
         [f"{GEN}/{t}.tex" for t in TABLES],
@@ -83,6 +86,7 @@ rule nb_tables:
         html=f"{R}/notebooks/tables.html",
     params:
         p=nb_params(generated_dir=GEN, config_json=json.dumps(config, default=str),
+                    planners_json=PLANNERS_OUTPUT,
                     headline_size=STATS.get("headline_size", next(iter(config["sizes"]))),
                     headline_lambda=float(STATS.get("headline_lambda", 0.05))),
     log:
