@@ -560,7 +560,9 @@ def frontier_rows(b: Bench) -> list[list[str]]:
     none = b.none
     out = []
     for r in b.rows:
-        out.append([f"`{r['name']}`", r.get("mode", ""), num(r["peak_gib"]),
+        # a compiled λ row closed on the measured sweep names the row whose plan it took
+        name = f"`{r['name']}`" + (f" (plan of `{r['plan_from']}`)" if r.get("plan_from") else "")
+        out.append([name, r.get("mode", ""), num(r["peak_gib"]),
                     pct(ratio(r["peak_gib"], none and none["peak_gib"])) if r is not none else "—",
                     num(r["step_ms"], 1),
                     pct(ratio(r["step_ms"], none and none["step_ms"])) if r is not none else "—",

@@ -269,3 +269,25 @@ def test_interleaved_timing_alternates_the_strategies_step_by_step():
     assert len(ms) == 2 and all(m > 0 for m in ms)
     assert all(p.grad is None for p in model.parameters())
     model.set_strategy(NoneAC())
+
+
+def test_the_compiled_sweep_is_closed_on_what_was_measured():
+    """λ=1's fitted plan came out worse on both axes than λ=0.2's (the compiled cost table
+    mispredicted it): closed on the measurements, λ=1 takes λ=0.2's plan, keeps its own under
+    `first_plan`, and no row of the sweep is dominated by another."""
+    from drat.bench.frontier import close_compiled_sweep
+
+    none = {"name": "none", "peak_gib": 20.0, "step_ms": 100.0}
+    act = 10 * 2**30  # none's activations: base = 10 GiB
+    pts = {0.0: (19.0, 80.0), 0.2: (12.7, 85.0), 1.0: (14.05, 95.0), 5.0: (11.0, 120.0)}
+    rows = [none] + [{"name": f"drat-compiled-lam{lam}", "lam": lam, "mode": "compiled", "peak_gib": p,
+                      "step_ms": t} for lam, (p, t) in pts.items()]
+    close_compiled_sweep(rows, none, act, log=lambda *a: None)
+    by = {r["name"]: r for r in rows}
+    assert by["drat-compiled-lam1.0"]["plan_from"] == "drat-compiled-lam0.2"
+    assert by["drat-compiled-lam1.0"]["first_plan"]["peak_gib"] == 14.05
+    assert (by["drat-compiled-lam1.0"]["peak_gib"], by["drat-compiled-lam1.0"]["step_ms"]) == (12.7, 85.0)
+    assert "plan_from" not in by["drat-compiled-lam0.0"] and "plan_from" not in by["drat-compiled-lam5.0"]
+    pts = [(r["peak_gib"], r["step_ms"]) for r in rows[1:]]
+    for a in pts:
+        assert not any(b != a and b[0] <= a[0] and b[1] <= a[1] for b in pts)
