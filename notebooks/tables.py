@@ -526,6 +526,29 @@ else:
     M.add("HeadDratActMiB", "--")
     M.add("HeadOracleActMiB", "--")
 M.add("ProfileMemUnit", "peak GiB" if gpu else "MiB of saved activations")
+# Budget mode leads: the tightest budget profiled at the headline size, DRAT's plan and the ILP's
+# on the same costs, against `none` (each profiled in its own process)
+bud = sorted((p for p in (fh.index if fh is not None else []) if str(p).startswith("drat-budget")),
+             key=lambda p: float(str(p)[len("drat-budget"):]))
+if bud and "none" in fh.index:
+    p, o = bud[0], "oracle-" + bud[0][len("drat-"):]
+    ref_mem, ref_ms = fh.loc["none", "memory_bytes"], fh.loc["none", "step_ms"]
+    M.add("BudgetLeadGiB", f"{float(p[len('drat-budget'):]):g}", "the tightest profiled budget")
+    M.add("BudgetLeadMem", num(fh.loc[p, "memory_bytes"] / div, 3), "in ProfileMemUnit")
+    M.add("BudgetLeadMemRed", num(1 - fh.loc[p, "memory_bytes"] / ref_mem, 1, pct=True))
+    M.add("BudgetLeadTimeChange", num(fh.loc[p, "step_ms"] / ref_ms - 1, 1, pct=True))
+    M.add("BudgetLeadOracleTimeChange",
+          num(fh.loc[o, "step_ms"] / ref_ms - 1, 1, pct=True) if o in fh.index else "--")
+    if "full" in fh.index:
+        M.add("BudgetLeadFullMemRed", num(1 - fh.loc["full", "memory_bytes"] / ref_mem, 1, pct=True))
+        M.add("BudgetLeadFullTimeChange", num(fh.loc["full", "step_ms"] / ref_ms - 1, 1, pct=True))
+    else:
+        M.add("BudgetLeadFullMemRed", "--")
+        M.add("BudgetLeadFullTimeChange", "--")
+else:
+    for name in ("BudgetLeadGiB", "BudgetLeadMem", "BudgetLeadMemRed", "BudgetLeadTimeChange",
+                 "BudgetLeadOracleTimeChange", "BudgetLeadFullMemRed", "BudgetLeadFullTimeChange"):
+        M.add(name, "--", "no budget point profiled")
 # DRAT's fitted plan against the oracle's, site by site, at every λ and budget profiled for both
 # (they plan on one cost table per size), and how far one plan's median step time moves between
 # the separate processes that profiled it: the resolution of any time comparison between points
