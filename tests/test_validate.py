@@ -38,6 +38,7 @@ COMMANDS = {
     "bench trace": ["bench", "trace", "--out", "{tmp}/bench"],
     "bench exactness": ["bench", "exactness", "--out", "{tmp}/bench"],
     "bench offload": ["bench", "offload", "--out", "{tmp}/bench"],
+    "bench planners": ["bench", "planners", "--costs", "{tmp}/costs.json", "--out", "{tmp}/bench"],
     "data pin": ["data", "pin", "--corpus", "stdlib", "--out", "{tmp}/corpus.json"],
     "data tokenize": ["data", "tokenize", "--corpus", "stdlib", "--pinned", "{tmp}/corpus.json",
                       "--tokenizer", "{tmp}/tok.json", "--out", "{tmp}/tokens"],
