@@ -8,9 +8,9 @@ command puts four planners side by side on the same tables and targets:
     drat     the gates: an annealed Gumbel relaxation trained on the table, rounded by greedy
              repair and finished by local search (`gates.fit_gates`)
     local    local search alone, started from the greedy plan (`search.local_search[3]`)
-    greedy   λ mode: best single flips from store-all (`search.greedy_descent`); budget mode:
-             recompute (or offload) best bytes per ms first until the budget holds
-             (`search.greedy_repair[3]`)
+    greedy   λ mode: best single flips from store-all (`search.greedy_descent`; with three arms,
+             store-all itself, from which `local` starts); budget mode: recompute (or offload)
+             best bytes per ms first until the budget holds (`search.greedy_repair[3]`)
 
 Targets: λ values (objective λ·memory + time, both as fractions) and budgets as fractions of
 the activations' bytes (objective: the time a plan adds). Per planner and target it reports the
