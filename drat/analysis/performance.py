@@ -51,7 +51,7 @@ MINUS = "\u2212"
 FRONTIER_DEFAULTS = {"lambdas": (0.05, 0.2, 0.5, 1.0, 2.0, 5.0),
                      "compiled_lambdas": (0.0, 0.2, 0.5, 1.0, 2.0, 5.0),
                      "compile_budgets": (1.0, 0.5, 0.2), "peak_cuts": (0.45,), "steps": 12,
-                     "warmup": 3}
+                     "warmup": 3, "rounds": 3}
 BUDGET_FRACS = (0.25, 0.5, 0.75)  # run_frontier's budget_fracs (no flag)
 CAPACITY_DEFAULTS = {"strategies": ("none", "full", "compile-budget0.5", "drat"), "cap_gib": 40.0,
                      "steps": 10}
@@ -444,6 +444,9 @@ def command(b: Bench, out: str | None = None) -> str:
         if warmup_steps(b) != FRONTIER_DEFAULTS["warmup"]:
             parts += ["--warmup", str(warmup_steps(b))]
         parts += _frontier_args(b)
+        rounds = m.get("rounds", 0)  # benches from before the interleaved rounds timed rows alone
+        if rounds != FRONTIER_DEFAULTS["rounds"]:
+            parts += ["--rounds", str(rounds)]
         if any(r["name"].startswith("drat3-") for r in b.rows):
             parts += ["--arms", "store,recompute,offload"]
     elif b.stem == "capacity":
@@ -527,6 +530,10 @@ def details(b: Bench) -> list[str]:
     if steps:
         timing.append(f"median of {'/'.join(str(s) for s in sorted(steps))} CUDA-event-timed steps per row "
                       f"after {warmup_steps(b)} warm-up steps")
+        if b.stem == "frontier" and any(r.get("step_ms_rounds") for r in b.rows):
+            timing.append(f"then the eager rows timed in alternation, in a new random order in each of "
+                          f"{m.get('rounds')} rounds: their step is the median of the round medians "
+                          "(peaks from the rows' own steps)")
     elif b.stem == "trace":
         timing.append(f"median of the timed steps per row; {m.get('trace_steps', 3)} more steps under "
                       "`torch.profiler`")

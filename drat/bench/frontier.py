@@ -3,8 +3,10 @@
 Rows: the baselines (`none`, `full`, `selective`, `sac`), `torch.compile` with the partitioner's
 activation-memory budgets, DRAT at a λ sweep and at memory budgets, eager and compiled, DRAT with
 every gate set to store (the ≤2% overhead check) and the ILP oracle's plan, executed. Each row reports peak
-allocated/reserved GiB, step ms (median of CUDA-event-timed steps after warm-up), tokens/s and
-MFU against a bf16 matmul rate measured in the same run. On CPU, peak memory is replaced by
+allocated/reserved GiB, step ms, tokens/s and MFU against a bf16 matmul rate measured in the same
+run. Peaks come from each row's own CUDA-event-timed steps; with `--rounds R` (default 3) the eager
+rows are then timed together, R rounds in a new random order each (`interleave_rounds`), and
+their step is the median of the rounds, with the rounds' spread beside it. On CPU, peak memory is replaced by
 exact saved-activation bytes and time by wall-clock.
 
 Outputs in --out: `frontier.csv`, `frontier.json` (rows + provenance), `frontier.png`.
@@ -12,6 +14,8 @@ Outputs in --out: `frontier.csv`, `frontier.json` (rows + provenance), `frontier
 
 from __future__ import annotations
 
+import random
+import statistics
 from pathlib import Path
 
 import torch
@@ -31,7 +35,7 @@ from ..oracle import oracle_curve, place_curve
 from ..provenance import provenance
 from ..runtime import autocast_ctx
 from ..strategies import SAC, DRATGates, FullAC, NoneAC, SelectiveAC
-from ..validate import ARMS, FRACTION, NONNEG, Number, NumberList
+from ..validate import ARMS, FRACTION, NONNEG, NONNEG_INT, Number, NumberList
 from ..wrap import HF_FAMILIES, HFCheckpointing, wrap
 from .common import (
     add_model_args,
@@ -46,7 +50,8 @@ from .common import (
 )
 
 CSV_FIELDS = ["name", "strategy", "mode", "lam", "budget_gib", "peak_gib", "reserved_gib", "step_ms",
-              "tokens_per_s", "mfu", "saved_activation_bytes", "n_recomputed", "recomputed_sites"]
+              "step_spread_ms", "tokens_per_s", "mfu", "saved_activation_bytes", "n_recomputed",
+              "recomputed_sites"]
 
 
 def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device: str = "cpu",
@@ -56,7 +61,7 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                  compile_budgets=(1.0, 0.5, 0.2), compiled_lams=(0.0, 0.2, 0.5, 1.0, 2.0, 5.0),
                  compiled_budget_targets: bool = True, steps: int = 12, warmup: int = 3,
                  only: set[str] | None = None, out: str | Path | None = None, log=print,
-                 hf: str | None = None, arms: int = 2) -> list[dict]:
+                 hf: str | None = None, arms: int = 2, rounds: int = 3) -> list[dict]:
     dev, cfg, model, idx, targets = bench_model(size, seq_len, batch_size, device, n_layer, n_embd, n_head,
                                                 vocab_size, tie_weights, hf=hf)
     wrapped = hf is not None
@@ -66,8 +71,10 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
     rows: list[dict] = []
     meta = {"config": cfg.to_dict(), "batch_size": batch_size, "seq_len": seq_len,
             "matmul_tflops": peak_tflops, "model_flops_per_step": flops, "params": model.num_params(),
-            **provenance(dev)}
+            "rounds": rounds, **provenance(dev)}
     want = (lambda name: True) if not only else (lambda name: any(name.startswith(o) for o in only))
+
+    eager: list[tuple[dict, object]] = []  # the eager rows of `model`, timed together below
 
     def record(name, strategy, mode, lam=None, budget=None, compiled=None, stored=None):
         model.set_strategy(strategy)
@@ -85,6 +92,8 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                "saved_activation_bytes": saved, "n_recomputed": len(rec),
                "recomputed_sites": " ".join(sorted({r.split(".")[-1] for r in rec}))}
         rows.append(row)
+        if mode == "eager":
+            eager.append((row, strategy))
         if out is not None:  # rewrite after every row: a killed run keeps what it measured
             write_outputs(rows, Path(out), meta)
         clock = f"  {row['sm_clock_mhz']} MHz" if row.get("sm_clock_mhz") is not None else ""
@@ -130,14 +139,18 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
     if arms == 3:  # three-arm budget rows (`drat3-*`) plan on the host link measured here
         costs.link = measure_link(dev)
     meta["costs"] = costs.to_dict()
-    if want("oracle-curve"):
-        meta["oracle_curve"] = oracle_curve(costs)
-        if none_row is not None:
+    def place_oracle_curve():
+        # the curve in GiB and ms, from `none`'s peak and step (re-placed once the rows are interleaved)
+        if none_row is not None and "oracle_curve" in meta:
             base = none_row["peak_gib"] * 2**30 - costs.total_bytes if dev.type == "cuda" else 0.0
             meta["oracle_curve"] = [
                 {**pt, "predicted_peak_gib": p["memory_bytes"] / 2**30, "predicted_step_ms": p["step_ms"]}
                 for pt, p in zip(meta["oracle_curve"], place_curve(meta["oracle_curve"], base,
                                                                    none_row["step_ms"]))]
+
+    if want("oracle-curve"):
+        meta["oracle_curve"] = oracle_curve(costs)
+        place_oracle_curve()
     if want("drat-store-all"):
         record("drat-store-all", DRATGates(GateBank(n, init_logit=5.0)), "eager", stored=[True] * n)
     for lam in lams:
@@ -184,6 +197,11 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                     f"({100 * r_drat['paired_vs_oracle']:+.1f}%)")
                 if out is not None:
                     write_outputs(rows, Path(out), meta)
+    if rounds and len(eager) > 1:
+        interleave_rounds(model, idx, targets, eager, rounds, steps, warmup, tokens, flops, peak_tflops, log)
+        place_oracle_curve()
+        if out is not None:
+            write_outputs(rows, Path(out), meta)
     if wrapped and dev.type == "cuda":
         log("compiled DRAT rows skipped: CompiledPlanAC plans DRAT's own GPT only")
         # the compiler's own memory budgets on the model before drat.wrap, where it compiles
@@ -269,6 +287,31 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                 record(f"compile-budget{b}", NoneAC(), "compiled", budget=b, compiled=compiled)
             del compiled
     return rows
+
+
+def interleave_rounds(model, idx, targets, eager: list[tuple[dict, object]], rounds: int, steps: int,
+                      warmup: int, tokens: int, flops: float, peak_tflops: float, log=print) -> None:
+    """Time the eager rows together: `rounds` rounds, each in a new random order, every row's
+    steps alternating with the others' (`measure.interleaved_step_ms`), so drift between rows
+    falls on all of them alike. A row's step becomes the median of its round medians and its
+    spread their max − min; its own consecutive steps stay in `step_ms_own` and `step_ms_all`
+    (peaks come from those). Compiled rows keep their own steps: each is its own graph."""
+    rng = random.Random(0)
+    per_round: list[list[float]] = [[] for _ in eager]
+    for r in range(rounds):
+        order = list(range(len(eager)))
+        rng.shuffle(order)
+        ms = interleaved_step_ms(model, idx, targets, [eager[i][1] for i in order], steps, warmup)
+        for i, t in zip(order, ms):
+            per_round[i].append(t)
+        log(f"interleaved round {r + 1}/{rounds} done")
+    for (row, _), ts in zip(eager, per_round):
+        row["step_ms_own"], row["step_ms_rounds"] = row["step_ms"], ts
+        row["step_ms"] = statistics.median(ts)
+        row["step_spread_ms"] = max(ts) - min(ts)
+        row["tokens_per_s"] = tokens / (row["step_ms"] / 1e3)
+        if row.get("mfu") is not None:
+            row["mfu"] = flops / (row["step_ms"] / 1e3) / (peak_tflops * 1e12)
 
 
 def close_compiled_sweep(rows: list[dict], none_row: dict, act_bytes: float, log=print) -> None:
@@ -361,6 +404,9 @@ def add_frontier_parser(bsub) -> None:
     f.add_argument("--arms", default="store,recompute", type=ARMS,
                    help="store,recompute,offload adds three-arm DRAT budget rows (drat3-*)")
     f.add_argument("--only", default=None, help="comma-separated row-name prefixes to run")
+    f.add_argument("--rounds", type=NONNEG_INT, default=3,
+                   help="interleaved timing rounds of the eager rows, each in a new random order (0: each "
+                        "row's own consecutive steps only)")
     f.set_defaults(func=_cmd_frontier)
 
 
@@ -373,5 +419,5 @@ def _cmd_frontier(args) -> int:
                  peak_cuts=tuple(float(x) for x in args.peak_cuts.split(",") if x),
                  compiled_budget_targets=args.compiled_budget_targets, steps=args.steps, warmup=args.warmup,
                  only=set(args.only.split(",")) if args.only else None, out=args.out, hf=args.hf,
-                 arms=args.arms)
+                 arms=args.arms, rounds=args.rounds)
     return 0

@@ -291,3 +291,25 @@ def test_the_compiled_sweep_is_closed_on_what_was_measured():
     pts = [(r["peak_gib"], r["step_ms"]) for r in rows[1:]]
     for a in pts:
         assert not any(b != a and b[0] <= a[0] and b[1] <= a[1] for b in pts)
+
+
+def test_eager_rows_are_timed_together_in_rounds(tmp_path):
+    """With rounds, every eager row gets one median per round (each round in a new order), its
+    step is their median and its spread their range; its own consecutive steps stay beside."""
+    import json
+    import statistics
+
+    from drat.bench.frontier import run_frontier
+
+    rows = run_frontier("tiny", seq_len=16, batch_size=2, device="cpu", vocab_size=128, steps=2, warmup=0,
+                        only={"none", "full", "drat-lam"}, lams=(1.0,), rounds=2, out=tmp_path,
+                        log=lambda *a: None)
+    assert [r["name"] for r in rows] == ["none", "full", "drat-lam1.0"]
+    for r in rows:
+        assert len(r["step_ms_rounds"]) == 2 and r["step_ms"] == statistics.median(r["step_ms_rounds"])
+        assert r["step_spread_ms"] == max(r["step_ms_rounds"]) - min(r["step_ms_rounds"])
+        assert r["step_ms_own"] > 0 and len(r["step_ms_all"]) == 2
+    assert json.loads((tmp_path / "frontier.json").read_text())["meta"]["rounds"] == 2
+    again = run_frontier("tiny", seq_len=16, batch_size=2, device="cpu", vocab_size=128, steps=2, warmup=0,
+                         only={"none", "full"}, rounds=0, log=lambda *a: None)
+    assert all("step_ms_rounds" not in r for r in again)
