@@ -150,7 +150,7 @@ class GateTraining:
         if self.link_checks_left <= 0 or off is None or self.costs is None or self.costs.link is None:
             return None
         off.time_waits = True
-        wait_ms = off.pop_wait_ms()
+        wait_ms = off.pop_wait_ms() / max(self.cfg.grad_accum, 1)  # per forward and backward, as predicted
         if step == 0:  # the first step fills the host pool: its waits are not the plan's
             return None
         self._window.append(([bool(v) for v in (plan[:, 2] > 0.5).tolist()], wait_ms))

@@ -97,3 +97,31 @@ def test_the_cpu_offloader_measures_no_waits():
     ref = off.offload(torch.arange(8.0), group=0)
     off.end_forward()
     assert torch.equal(off.get(ref), torch.arange(8.0)) and off.pop_wait_ms() == 0.0
+
+
+def test_the_link_check_reads_one_window_per_forward_and_backward(tmp_path, tokenizer_path):
+    """observe_link skips the first step, checks after six more, and divides the waits of a step by
+    its micro-batches (the prediction is per forward and backward)."""
+    import torch
+
+    from drat.costs import predicted_wait_ms
+    from drat.train.gating import LINK_WINDOW
+
+    gt = _gating(tmp_path / "a", tokenizer_path, tight=0.3)
+    gt.cfg.grad_accum = 2
+    off = [bool(v) for v in gt.gates.hard_offload().tolist()]
+    pred = predicted_wait_ms(off, gt.costs)
+    arm = [2 if o else 0 if s else 1 for s, o in zip(gt.gates.hard().tolist(), off)]
+    plan = torch.nn.functional.one_hot(torch.tensor(arm), 3).float()  # [n_sites, 3]
+
+    class Waits:  # what the CUDA offloader's events would report: two micro-batches' waits
+        time_waits = False
+
+        def pop_wait_ms(self):
+            return 2 * (pred + 0.05)
+
+    gt.strategy.offloader, gt.link_checks_left = Waits(), 2
+    recs = [gt.observe_link(plan, step) for step in range(LINK_WINDOW + 1)]
+    assert recs[:-1] == [None] * LINK_WINDOW and gt.strategy.offloader.time_waits
+    assert recs[-1]["measured_wait_ms"] == pytest.approx(pred + 0.05) and not recs[-1]["replanned"]
+    assert gt.link_checks_left == 1
