@@ -42,10 +42,18 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from drat.analysis.report import data_provenance, empty_panel, read_csv, save_figure, size_panels, sizes_in
+from drat.analysis.report import (
+    collapse_processes,
+    data_provenance,
+    empty_panel,
+    read_csv,
+    save_figure,
+    size_panels,
+    sizes_in,
+)
 
 frontier = read_csv(Path(stats_dir) / "frontier.csv")
-bench = read_csv(Path(tables_dir) / "bench.csv")
+bench = collapse_processes(read_csv(Path(tables_dir) / "bench.csv"))  # median over processes
 ocurve = read_csv(Path(stats_dir) / "oracle_curve.csv")
 summary = read_csv(Path(stats_dir) / "summary.csv")
 prov = data_provenance(tables_dir)

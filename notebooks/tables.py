@@ -45,6 +45,7 @@ from drat.analysis.report import (
     BASELINE_ORDER,
     Macros,
     booktabs,
+    collapse_processes,
     data_provenance,
     finite,
     num,
@@ -157,7 +158,7 @@ write_tex(gen / "frontier_table.tex", booktabs(["plan", unit, "step time (ms)", 
 # ## One-process check: `drat bench frontier` (every strategy side by side, ratios against `none`)
 
 # %%
-bench = read_csv(Path(tables_dir) / "bench.csv")
+bench = collapse_processes(read_csv(Path(tables_dir) / "bench.csv"))  # median over processes
 b_head = bench[bench["size"] == headline_size] if len(bench) else bench
 rows = []
 if len(b_head) and (b_head["name"] == "none").any():

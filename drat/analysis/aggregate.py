@@ -263,7 +263,8 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
         if (p := present(meta, "bench")) is None:
             continue
         data = json.loads(p.read_text())
-        bench += [{"size": meta["size"], **{k: v for k, v in row.items() if k != "step_ms_all"},
+        bench += [{"size": meta["size"], "process": meta.get("process", 0),
+                   **{k: v for k, v in row.items() if k not in ("step_ms_all", "step_ms_rounds")},
                    **step_spread(row.get("step_ms_all")), **provenance_of(data)}
                   for row in data.get("rows", [])]
     exact, repeats = [], []

@@ -30,6 +30,29 @@ def read_csv(path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def collapse_processes(bench: pd.DataFrame) -> pd.DataFrame:
+    """One row per (size, name) of bench.csv, whichever number of processes ran the bench: the
+    step the median across processes (and peak, tokens/s with it), `n_processes`, the step's range
+    across processes as `step_proc_spread_pct` (% of the median), and `step_spread_pct` the larger
+    of that and the row's own p10-p90, so a verdict's caveat covers both. One process: unchanged."""
+    if not len(bench) or "process" not in bench or bench["process"].nunique() < 2:
+        return bench
+    out = []
+    for _, g in bench.groupby(["size", "name"], sort=False):
+        row = g.iloc[0].to_dict()
+        step = float(g["step_ms"].median())
+        row["step_proc_spread_pct"] = 100 * (g["step_ms"].max() - g["step_ms"].min()) / step
+        row["step_spread_pct"] = max(row["step_proc_spread_pct"], float(g.get("step_spread_pct",
+                                                                               pd.Series([0.0])).max()))
+        if finite(row.get("tokens_per_s")):
+            row["tokens_per_s"] = row["tokens_per_s"] * row["step_ms"] / step
+        row["step_ms"], row["n_processes"] = step, len(g)
+        if "peak_gib" in g:
+            row["peak_gib"] = float(g["peak_gib"].median())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def sizes_in(*dfs) -> list[str]:
     found = set()
     for df in dfs:

@@ -189,3 +189,26 @@ def test_pareto_marks_need_the_spread():
     assert list(m) == [False, True, True, True]
     same = stats.pareto_beyond_spread([20.5, 20.6], [20.0, 20.1], [21.0, 21.1], [4.7, 4.7])
     assert not same.any()
+
+
+def test_bench_rows_of_several_processes_collapse_to_their_median():
+    """Two processes of one bench: each row's step is the median across them, its spread at least
+    their range; one process leaves the table as it is."""
+    import pandas as pd
+
+    from drat.analysis.report import collapse_processes
+
+    b = pd.DataFrame([{"size": "s", "name": "none", "process": 0, "step_ms": 10.0, "tokens_per_s": 100.0,
+                       "peak_gib": 2.0, "step_spread_pct": 1.0},
+                      {"size": "s", "name": "none", "process": 1, "step_ms": 12.0, "tokens_per_s": 100 / 1.2,
+                       "peak_gib": 2.0, "step_spread_pct": 1.0},
+                      {"size": "s", "name": "full", "process": 0, "step_ms": 20.0, "tokens_per_s": 50.0,
+                       "peak_gib": 1.0, "step_spread_pct": 30.0},
+                      {"size": "s", "name": "full", "process": 1, "step_ms": 20.0, "tokens_per_s": 50.0,
+                       "peak_gib": 1.0, "step_spread_pct": 2.0}])
+    c = collapse_processes(b).set_index("name")
+    assert list(c.index) == ["none", "full"] and (c["n_processes"] == 2).all()
+    assert c.loc["none", "step_ms"] == 11.0 and c.loc["none", "tokens_per_s"] == pytest.approx(100 / 1.1)
+    assert c.loc["none", "step_spread_pct"] == pytest.approx(100 * 2 / 11)
+    assert c.loc["full", "step_spread_pct"] == 30.0  # a row's own spread wins where it is wider
+    assert collapse_processes(b[b["process"] == 0]).equals(b[b["process"] == 0])

@@ -100,7 +100,12 @@ TRAIN_RUNS = [dict(size=size, run=run, strategy=strat, lam=lam, budget_gib=b, se
 PROFILE_POINTS = [dict(size=size, point=pt, kind=k, strategy=st, lam=lam, budget_gib=b,
                        path=f"{R}/profile/{size}/{pt}.json")
                   for size in config["sizes"] for pt, k, st, lam, b in points_of(size)]
-BENCH = ([dict(size=size, path=f"{R}/bench/{size}/frontier.json") for size in config["sizes"]]
+# `bench.processes` > 1: the same bench in that many processes (bench/{size}/p{k}/), so that the
+# analysis reads a step time as the median across processes and its spread across them
+BENCH_PROCESSES = int(config.get("bench", {}).get("processes", 1))
+BENCH = ([dict(size=size, process=k, path=(f"{R}/bench/{size}/frontier.json" if BENCH_PROCESSES == 1
+                                           else f"{R}/bench/{size}/p{k}/frontier.json"))
+          for size in config["sizes"] for k in range(BENCH_PROCESSES)]
          if config.get("bench", {}).get("enabled", True) else [])
 
 # Exactness on the device (workflow/rules/exactness.smk): `drat bench exactness` on one size, per
@@ -146,6 +151,7 @@ NAME_PATTERN = re.sub(r"\(\?P<\w+>", "(?:", NAME_RE.pattern.lstrip("^").rstrip("
 
 wildcard_constraints:
     size="[a-z]+",
+    proc=r"\d+",
     run=NAME_PATTERN,  # train_fields refuses the oracle's names: it plans, it does not train
     point=NAME_PATTERN,
     seed=r"\d+",

@@ -3,6 +3,8 @@
     costs   -> {R}/costs/{size}.json               `drat profile --costs-only` (the site cost table)
     profile -> {R}/profile/{size}/{point}.json     `drat profile --point {point}` (drat/oracle: --costs)
     bench   -> {R}/bench/{size}/frontier.{json,csv}   `drat bench frontier` (side by side)
+    bench_process -> {R}/bench/{size}/p{proc}/frontier.{json,csv}   the same, once per process
+                                                   when `bench.processes` > 1
 
 {point}: none | full | selective | sac | drat-lam<λ> | drat-budget<GiB> | oracle-lam<λ> |
 oracle-budget<GiB>. On CUDA: peak allocated memory and CUDA-event step times; on the CPU:
@@ -97,6 +99,28 @@ rule bench:
         f"{R}/logs/bench/{{size}}.log",
     benchmark:
         f"{R}/benchmarks/bench/{{size}}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} drat bench frontier --size {wildcards.size} {params.flags} "
+        "--out {params.out} > {log} 2>&1"
+
+
+rule bench_process:
+    """One of `bench.processes` runs of the same bench, each in its own process."""
+    output:
+        json=f"{R}/bench/{{size}}/p{{proc}}/frontier.json",
+        csv=f"{R}/bench/{{size}}/p{{proc}}/frontier.csv",
+    params:
+        flags=_bench_flags,
+        out=lambda wc: f"{R}/bench/{wc.size}/p{wc.proc}",
+    threads: threads_of("threads_profile")
+    resources:
+        gpu=RES.get("gpu", 0),
+        mem_mb=RES.get("mem_mb_profile", 4000),
+        runtime=RES.get("runtime_profile", 10),
+    log:
+        f"{R}/logs/bench/{{size}}-p{{proc}}.log",
+    benchmark:
+        f"{R}/benchmarks/bench/{{size}}-p{{proc}}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} drat bench frontier --size {wildcards.size} {params.flags} "
         "--out {params.out} > {log} 2>&1"
