@@ -40,6 +40,7 @@ the oracle keeps them exactly (oracle.py).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -172,8 +173,6 @@ def link_scale_for_wait(plans: list[list[bool]], measured_ms: float, costs: Site
                         lo: float = 1 / 16, hi: float = 16.0) -> float:
     """The factor on both link bandwidths at which the predicted waits of `plans` sum to
     `measured_ms` (bisection in log space: a wider link waits less). Clamped to [lo, hi]."""
-    import math
-
     def excess(scale: float) -> float:
         c = replace(costs, link=scaled_link(costs.link, scale))
         return sum(predicted_wait_ms(p, c) for p in plans) - measured_ms

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import random
+import statistics
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,7 +17,7 @@ import torch
 
 from ..budget import PeakBudget
 from ..gates import fit_gates
-from ..measure import measure_steps, random_batch
+from ..measure import interleaved_step_ms, measure_steps, random_batch
 from ..model import GPT, add_shape_args, config_for, shape_overrides
 from ..oracle import solve_oracle
 from ..runtime import autocast_ctx, resolve_device
@@ -148,6 +150,26 @@ def lambda_plans(costs, lams) -> list[tuple[str, DRATGates, int]]:
         fit = fit_gates(costs, lam=lam)
         out.append((f"drat-lam{lam:g}", DRATGates(fit.gates), len(fit.stored) - sum(fit.stored)))
     return out
+
+
+def timed_rounds(model, idx, targets, rows: list[dict], strategies: list, rounds: int, steps: int,
+                 warmup: int, seed: int = 0, log=print) -> None:
+    """Time the rows together: `rounds` rounds, each in a new random order, the rows' steps in
+    alternation (`measure.interleaved_step_ms`), so drift falls on all of them alike. Each row's
+    `step_ms` becomes the median of its round medians (the rounds in `step_ms_rounds`, their
+    max − min in `step_spread_ms`)."""
+    rng = random.Random(seed)
+    per_round: list[list[float]] = [[] for _ in rows]
+    for r in range(rounds):
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        ms = interleaved_step_ms(model, idx, targets, [strategies[i] for i in order], steps, warmup)
+        for i, t in zip(order, ms):
+            per_round[i].append(t)
+        log(f"timing round {r + 1}/{rounds} done")
+    for row, ts in zip(rows, per_round):
+        row["step_ms"], row["step_ms_rounds"] = statistics.median(ts), ts
+        row["step_spread_ms"] = max(ts) - min(ts)
 
 
 def bench_model(size: str, seq_len: int, batch_size: int, device: str, n_layer: int | None = None,

@@ -14,8 +14,6 @@ Outputs in --out: `frontier.csv`, `frontier.json` (rows + provenance), `frontier
 
 from __future__ import annotations
 
-import random
-import statistics
 from pathlib import Path
 
 import torch
@@ -46,6 +44,7 @@ from .common import (
     model_kwargs,
     plan_under_measured_peak,
     save_stamped,
+    timed_rounds,
     write_rows,
 )
 
@@ -291,24 +290,14 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
 
 def interleave_rounds(model, idx, targets, eager: list[tuple[dict, object]], rounds: int, steps: int,
                       warmup: int, tokens: int, flops: float, peak_tflops: float, log=print) -> None:
-    """Time the eager rows together: `rounds` rounds, each in a new random order, every row's
-    steps alternating with the others' (`measure.interleaved_step_ms`), so drift between rows
-    falls on all of them alike. A row's step becomes the median of its round medians and its
-    spread their max − min; its own consecutive steps stay in `step_ms_own` and `step_ms_all`
-    (peaks come from those). Compiled rows keep their own steps: each is its own graph."""
-    rng = random.Random(0)
-    per_round: list[list[float]] = [[] for _ in eager]
-    for r in range(rounds):
-        order = list(range(len(eager)))
-        rng.shuffle(order)
-        ms = interleaved_step_ms(model, idx, targets, [eager[i][1] for i in order], steps, warmup)
-        for i, t in zip(order, ms):
-            per_round[i].append(t)
-        log(f"interleaved round {r + 1}/{rounds} done")
-    for (row, _), ts in zip(eager, per_round):
-        row["step_ms_own"], row["step_ms_rounds"] = row["step_ms"], ts
-        row["step_ms"] = statistics.median(ts)
-        row["step_spread_ms"] = max(ts) - min(ts)
+    """The eager rows timed together (`common.timed_rounds`), their tokens/s and MFU with them;
+    their own consecutive steps stay in `step_ms_own` and `step_ms_all` (peaks come from those).
+    Compiled rows keep their own steps: each is its own graph."""
+    rows = [row for row, _ in eager]
+    for row in rows:
+        row["step_ms_own"] = row["step_ms"]
+    timed_rounds(model, idx, targets, rows, [s for _, s in eager], rounds, steps, warmup, log=log)
+    for row in rows:
         row["tokens_per_s"] = tokens / (row["step_ms"] / 1e3)
         if row.get("mfu") is not None:
             row["mfu"] = flops / (row["step_ms"] / 1e3) / (peak_tflops * 1e12)

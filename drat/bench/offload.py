@@ -29,14 +29,12 @@ Outputs in --out: `offload.csv`, `offload.json` (rows, link, costs, provenance),
 
 from __future__ import annotations
 
-import random
-import statistics
 from pathlib import Path
 
 import torch
 
 from ..costs import offload_report, plan_cost, scaled_link
-from ..measure import build_costs, interleaved_step_ms, measure_link, measure_steps
+from ..measure import build_costs, measure_link, measure_steps
 from ..offload import default_host_cap_bytes
 from ..provenance import provenance
 from ..strategies import FullAC, FullOffload, NoneAC, OffloadAll, SaveOnCPU
@@ -49,6 +47,7 @@ from .common import (
     offloaded_of,
     plan_under_measured_peak,
     save_stamped,
+    timed_rounds,
     write_rows,
 )
 from .trace import trace_transfers
@@ -119,19 +118,9 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
                 predicted_exposed_ms=offload_report(off, costs)["exposed_transfer_ms"] if any(off) else 0.0)
 
     # the step times: every row in alternation, a new random order per round
-    rng = random.Random(seed)
-    per_round: list[list[float]] = [[] for _ in rows]
-    for r in range(rounds):
-        order = list(range(len(rows)))
-        rng.shuffle(order)
-        ms = interleaved_step_ms(model, idx, targets, [strategies[i] for i in order], steps, warmup)
-        for i, t in zip(order, ms):
-            per_round[i].append(t)
-        log(f"timing round {r + 1}/{rounds} done")
+    timed_rounds(model, idx, targets, rows, strategies, rounds, steps, warmup, seed, log)
     bw = min(costs.link["d2h_gbps"], costs.link["h2d_gbps"]) * 1e9
-    for row, ts in zip(rows, per_round):
-        row["step_ms"], row["step_ms_rounds"] = statistics.median(ts), ts
-        row["step_spread_ms"] = max(ts) - min(ts)
+    for row in rows:
         row["gc_paused"] = True  # interleaved_step_ms pauses the collector
     for row in rows:
         row["peak_vs_none"] = row["peak_gib"] / none["peak_gib"] - 1 if cuda else None

@@ -104,23 +104,14 @@ rule bench:
         "--out {params.out} > {log} 2>&1"
 
 
-rule bench_process:
-    """One of `bench.processes` runs of the same bench, each in its own process."""
+use rule bench as bench_process with:
     output:
         json=f"{R}/bench/{{size}}/p{{proc}}/frontier.json",
         csv=f"{R}/bench/{{size}}/p{{proc}}/frontier.csv",
     params:
         flags=_bench_flags,
         out=lambda wc: f"{R}/bench/{wc.size}/p{wc.proc}",
-    threads: threads_of("threads_profile")
-    resources:
-        gpu=RES.get("gpu", 0),
-        mem_mb=RES.get("mem_mb_profile", 4000),
-        runtime=RES.get("runtime_profile", 10),
     log:
         f"{R}/logs/bench/{{size}}-p{{proc}}.log",
     benchmark:
-        f"{R}/benchmarks/bench/{{size}}-p{{proc}}.tsv"
-    shell:
-        "OMP_NUM_THREADS={threads} drat bench frontier --size {wildcards.size} {params.flags} "
-        "--out {params.out} > {log} 2>&1"
+        f"{R}/benchmarks/bench/{{size}}-p{{proc}}.tsv",
