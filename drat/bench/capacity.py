@@ -11,8 +11,11 @@ its peak allocated memory is at most the cap. The search guesses from two small 
 affine in the batch), then brackets and bisects, so it costs a handful of probes per strategy;
 the largest fitting batch is then timed like `drat bench frontier` (median CUDA-event step).
 
-DRAT plans per batch size in budget mode at the cap, closed on the measured peak; its guess
-comes from the ILP floor of the activation bytes at that batch. `drat3` is DRAT with the offload
+DRAT plans per batch size in budget mode at the cap, closed on the measured peak; its search
+starts where the least-memory plan's measured peak line meets the cap. A user picks DRAT's batch,
+so `--drat-batches` times DRAT at given batch sizes instead (rows `drat-b<B>`): the batch that
+fits most is rarely the fastest per token, since every byte cut past what the batch needs costs
+time. `drat3` is DRAT with the offload
 arm (three-way plans on the measured host link, within the host-memory cap). On the CPU (tests) "peak" is the
 fp32 model state plus exact saved-activation bytes, and the compiled row is skipped.
 
@@ -44,8 +47,8 @@ from ..offload import default_host_cap_bytes
 from ..oracle import activation_floor_bytes, solve_oracle
 from ..provenance import provenance
 from ..runtime import autocast_ctx
-from ..strategies import DRATGates, FullAC, NoneAC, PlanAC
-from ..validate import POSITIVE, POSITIVE_INT
+from ..strategies import DRATGates, FullAC, FullOffload, NoneAC, PlanAC
+from ..validate import POSITIVE, POSITIVE_INT, NumberList
 from .common import (
     add_model_args,
     bench_model,
@@ -59,7 +62,7 @@ from .common import (
 CAPACITY_STRATEGIES = ("none", "full", "compile-budget0.5", "drat")
 KNOWN_STRATEGIES = CAPACITY_STRATEGIES + ("drat3",)
 CAPACITY_FIELDS = ["name", "mode", "cap_gib", "batch_size", "tokens_per_step", "peak_gib", "step_ms",
-                   "tokens_per_s", "mfu", "n_probes", "n_recomputed", "recomputed_sites"]
+                   "tokens_per_s", "mfu", "n_probes", "n_recomputed", "recomputed_sites", "search", "fits"]
 
 
 def largest_fitting(fits, guess: int, max_batch: int) -> int:
@@ -96,13 +99,17 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
                  strategies=CAPACITY_STRATEGIES, vocab_size: int | None = None, n_layer: int | None = None,
                  n_embd: int | None = None, n_head: int | None = None, max_batch: int = 256,
                  steps: int = 10, warmup: int = 3, out: str | Path | None = None, log=print,
-                 tie_weights: bool | None = None) -> list[dict]:
+                 tie_weights: bool | None = None, drat_batches: tuple[int, ...] = ()) -> list[dict]:
+    """One row per strategy at its largest fitting batch; DRAT's rows at each of `drat_batches`
+    instead when given (a batch none of its plans fits gets a row with `fits` False)."""
     unknown = set(strategies) - set(KNOWN_STRATEGIES)
     if unknown:
         raise ValueError(f"unknown capacity strategies {sorted(unknown)}; "
                          f"choose from {', '.join(KNOWN_STRATEGIES)}")
     if cap_gib <= 0:
         raise ValueError("--cap-gib must be positive")
+    if any(b < 1 or b > max_batch for b in drat_batches):
+        raise ValueError(f"--drat-batches must lie in [1, --max-batch {max_batch}]")
     dev, cfg, model, _, _ = bench_model(size, seq_len, 1, device, n_layer, n_embd, n_head, vocab_size,
                                         tie_weights)  # the probes draw batches of their own size
     cap_bytes = cap_gib * 2**30
@@ -114,7 +121,8 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
     peak_tflops = matmul_tflops(dev) if dev.type == "cuda" else float("nan")
     meta = {"config": cfg.to_dict(), "seq_len": seq_len, "cap_gib": cap_gib, "matmul_tflops": peak_tflops,
             "params": model.num_params(), "model_state_bytes": model_state_bytes(model),
-            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), **provenance(dev)}
+            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+            "drat_batches": list(drat_batches), **provenance(dev)}
     rows: list[dict] = []
 
     def peak_bytes(b: int, compiled=None) -> float | None:
@@ -135,8 +143,9 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def search(name: str, mode: str, set_plan, compiled=None, guess=None):
-        """set_plan(b) installs the strategy for batch b (False: no plan fits)."""
+    def search(name: str, mode: str, set_plan, compiled=None, guess=None, at: int | None = None):
+        """set_plan(b) installs the strategy for batch b (False: no plan fits). The largest fitting
+        batch, searched from `guess`; or just batch `at`, if it fits."""
         probes = []
         seen: dict[int, bool] = {}
 
@@ -153,7 +162,9 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
             seen[b] = p is not None and p <= cap_bytes
             return seen[b]
 
-        if guess is None:
+        if at is not None:
+            best = at if fits(at) else 0
+        elif guess is None:
             p1 = p2 = None
             if fits(1):
                 p1 = probes[-1]["peak_gib"] * 2**30
@@ -169,7 +180,11 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
         else:
             best = largest_fitting(fits, guess, max_batch)
         row = {"name": name, "mode": mode, "cap_gib": cap_gib, "batch_size": best,
-               "tokens_per_step": best * seq_len, "n_probes": len(probes), "probes": probes}
+               "tokens_per_step": best * seq_len, "n_probes": len(probes), "probes": probes,
+               "search": "largest" if at is None else "fixed", "fits": bool(best)}
+        if at is not None and not best:
+            row.update(batch_size=at, tokens_per_step=at * seq_len)
+            best = 0  # nothing to time: the row says the batch did not fit
         m = None
         while best and m is None:  # the timed run is longer than a probe: fragmentation can OOM it
             if not set_plan(best):  # re-planning failed: never time `none` under DRAT's name
@@ -186,7 +201,9 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
                 del idx, targets
                 gc.collect()
                 torch.cuda.empty_cache()
-        row.update(batch_size=best, tokens_per_step=best * seq_len, n_probes=len(probes))
+        if best or at is None:
+            row.update(batch_size=best, tokens_per_step=best * seq_len, fits=bool(best))
+        row["n_probes"] = len(probes)
         if best:
             flops = model_flops_per_step(model, best, seq_len)
             decisions = model.strategy.decisions(model) if hasattr(model.strategy, "decisions") else None
@@ -203,8 +220,9 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
         rows.append(row)
         if out is not None:
             write_capacity(rows, Path(out), meta)
-        log(f"{name:<18} largest batch {best} ({best * seq_len} tokens)  "
-            + (f"{row['tokens_per_s']:.0f} tok/s" if best else "nothing fits"))
+        log(f"{name:<18} {'largest batch' if at is None else 'batch'} {row['batch_size']} "
+            f"({row['tokens_per_step']} tokens)  "
+            + (f"{row['tokens_per_s']:.0f} tok/s" if best else "does not fit"))
         return row
 
     def fixed(strategy):
@@ -232,26 +250,31 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
                 search("compile-budget0.5", "compiled", fixed(NoneAC()), compiled=compiled)
             del compiled
             torch._dynamo.reset()
-        elif name == "drat3":
+        elif name in ("drat", "drat3"):
+            arms = 3 if name == "drat3" else 2
             ref = ref or _drat_reference(model, cfg, seq_len, dev, none_probes)
-            ref["costs"].link = measure_link(dev)
-            meta["link"] = ref["costs"].link
-            # offloading has no activation floor: start where the `none` line's transients meet the cap
-            guess = max(1, int((cap_bytes - ref["s0"]) // max(ref["transient_per_sample"], 1.0)))
-            search("drat3", "eager", _drat_planner(model, cfg, seq_len, cap_gib, dev, ref, log, arms=3),
-                   guess=guess)
-        elif name == "drat":
-            ref = _drat_reference(model, cfg, seq_len, dev, none_probes)
+            if arms == 3 and "link" not in meta:
+                ref["costs"].link = measure_link(dev)
+                meta["link"] = ref["costs"].link
+            set_plan = _drat_planner(model, cfg, seq_len, cap_gib, dev, ref, log, arms=arms)
+            if drat_batches:
+                for b in drat_batches:
+                    search(f"{name}-b{b}", "eager", set_plan, at=b)
+                continue
             # the guess: where the least-memory plan's *measured* peak line meets the cap. The
             # cost model's floor leaves out what a rebuild holds while it runs, which grows with
-            # the batch: on the H200 (large, S=4096) it guessed B=83 for a largest fit of 19
-            floor_plan = PlanAC(stored=_floor_plan(ref["costs"]))
+            # the batch: on the H200 (large, S=4096) it guessed B=83 for a largest fit of 19. With
+            # the offload arm the least-memory plan is the checkpointed blocks with offloaded
+            # inputs (the model's floor there is near zero: it guessed B=189)
+            floor_plan = (FullOffload(host_cap_bytes=default_host_cap_bytes()) if arms == 3
+                          else PlanAC(stored=_floor_plan(ref["costs"])))
             model.set_strategy(floor_plan)
-            ref["floor_plan_peaks"] = {b: peak_bytes(b) for b in (1, 2)}
+            floor_peaks = {b: peak_bytes(b) for b in (1, 2)}
             model.set_strategy(NoneAC())
+            ref[f"floor_plan_peaks{'' if arms == 2 else '_drat3'}"] = floor_peaks
             meta["drat_reference"] = {k: v for k, v in ref.items() if k != "costs"}
-            search("drat", "eager", _drat_planner(model, cfg, seq_len, cap_gib, dev, ref, log),
-                   guess=_drat_guess(ref, cap_bytes))
+            search(name, "eager", set_plan, guess=_drat_guess({**ref, "floor_plan_peaks": floor_peaks},
+                                                              cap_bytes))
     return rows
 
 
@@ -390,6 +413,9 @@ def add_capacity_parser(bsub) -> None:
     c.add_argument("--cap-gib", type=POSITIVE, default=40.0, help="memory cap (a 40 GiB card by default)")
     c.add_argument("--strategies", default=",".join(CAPACITY_STRATEGIES))
     c.add_argument("--max-batch", type=POSITIVE_INT, default=256)
+    c.add_argument("--drat-batches", type=NumberList(POSITIVE_INT), default="", metavar="B,B,...",
+                   help="time DRAT's rows at these batch sizes (rows drat-b<B>, drat3-b<B>) instead of "
+                        "searching their largest: DRAT's batch is the user's choice")
     c.add_argument("--alloc-conf", default=None, metavar="CONF",
                    help="PYTORCH_CUDA_ALLOC_CONF for this run, e.g. expandable_segments:True: under a "
                         "hard cap the allocator's fragmentation decides the batch (recorded in the meta)")
@@ -406,6 +432,8 @@ def _cmd_capacity(args) -> int:
     check_steps(args)
     run_capacity(args.size, args.seq_len, args.cap_gib, args.device,
                  strategies=tuple(s for s in args.strategies.split(",") if s), max_batch=args.max_batch,
-                 steps=args.steps, warmup=args.warmup, out=args.out, **model_kwargs(args))
+                 steps=args.steps, warmup=args.warmup, out=args.out,
+                 drat_batches=tuple(int(b) for b in args.drat_batches.split(",") if b.strip()),
+                 **model_kwargs(args))
     return 0
 

@@ -91,3 +91,48 @@ def test_alloc_conf_reaches_the_allocator_and_the_meta(tmp_path, monkeypatch):
                  "--out", str(out)]) == 0
     meta = json.loads((out / "capacity.json").read_text())["meta"]
     assert meta["cuda_alloc_conf"] == "expandable_segments:True"
+
+
+@pytest.mark.slow
+def test_drat_batches_time_drat_at_the_users_batches(tmp_path):
+    """`--drat-batches`: DRAT's rows are timed at the given batches (the user picks DRAT's batch);
+    a batch no plan fits under the cap gets a row that says so, with nothing timed."""
+    out = tmp_path / "cap"
+    rows = run_capacity("tiny", seq_len=32, cap_gib=0.018, device="cpu", vocab_size=256, max_batch=200,
+                        strategies=("none", "drat"), steps=1, warmup=0, out=out, log=lambda *a: None,
+                        drat_batches=(1, 200))
+    by = {r["name"]: r for r in rows}
+    assert list(by) == ["none", "drat-b1", "drat-b200"]
+    assert by["none"]["search"] == "largest" and by["none"]["fits"]
+    ok, too_big = by["drat-b1"], by["drat-b200"]
+    assert ok["search"] == too_big["search"] == "fixed"
+    assert ok["fits"] and ok["batch_size"] == 1 and ok["peak_gib"] <= 0.018 and ok["tokens_per_s"] > 0
+    # 200 sequences' activations cannot fit beside the model state: no plan, and nothing timed
+    assert not too_big["fits"] and too_big["batch_size"] == 200 and too_big.get("tokens_per_s") is None
+    assert [p["batch_size"] for p in too_big["probes"]] == [200] and not too_big["probes"][0]["planned"]
+    with open(out / "capacity.csv") as f:
+        got = {r["name"]: r for r in csv.DictReader(f)}
+    assert got["drat-b200"]["fits"] == "False" and got["drat-b200"]["tokens_per_s"] == ""
+    meta = json.loads((out / "capacity.json").read_text())["meta"]
+    assert meta["drat_batches"] == [1, 200]
+    with pytest.raises(ValueError, match="drat-batches"):
+        run_capacity("tiny", seq_len=32, cap_gib=0.018, device="cpu", vocab_size=256, max_batch=8,
+                     strategies=("drat",), drat_batches=(9,), log=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_drat3_guess_comes_from_the_offloaded_floor_plans_measured_peaks(tmp_path):
+    """With the offload arm the search starts from the checkpointed-blocks-with-offloaded-inputs
+    plan's peak line, not the cost model's floor (near zero once bytes can leave the device)."""
+    from drat.bench.capacity import _drat_guess
+
+    rows = run_capacity("tiny", seq_len=32, cap_gib=0.025, device="cpu", vocab_size=256, max_batch=64,
+                        strategies=("none", "drat3"), steps=1, warmup=0, out=tmp_path / "cap",
+                        log=lambda *a: None)
+    meta = json.loads((tmp_path / "cap" / "capacity.json").read_text())["meta"]
+    peaks = {int(k): v for k, v in meta["drat_reference"]["floor_plan_peaks_drat3"].items()}
+    assert set(peaks) == {1, 2} and all(p > 0 for p in peaks.values())
+    guess = _drat_guess({"floor_plan_peaks": peaks, **meta["drat_reference"]}, 0.025 * 2**30)
+    drat3 = next(r for r in rows if r["name"] == "drat3")
+    assert drat3["probes"][0]["batch_size"] == min(guess, 64)
+    assert "link" in meta
