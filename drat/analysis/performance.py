@@ -28,6 +28,29 @@ from pathlib import Path
 
 from ..model import SIZES
 from .aggregate import step_spread
+from .capacity_tables import (
+    CAPACITY_HEADER,
+    LONG_CONTEXT_TITLE,
+    capacity_args,
+    capacity_headline,
+    capacity_panel,
+    capacity_rows,
+    card_of,
+    long_context_section,
+)
+from .cells import (
+    MINUS,
+    fmt_list,
+    kilo,
+    md_table,
+    mfu_cell,
+    num,
+    pct,
+    ratio,
+    sites_cell,
+    slug,
+    spread_cell,
+)
 from .offload_tables import (
     OFFLOAD_HEADER,
     TRACED_HEADER,
@@ -45,7 +68,6 @@ BENCH_ROOT = Path("results/bench/h200")
 OTHER_BENCH_ROOTS = {"h100": Path("results/bench/h100")}
 PAPER_BENCH_ROOT = Path("results/paper/bench")
 STEMS = ("frontier", "capacity", "trace", "offload")  # the JSON each `drat bench` command writes
-MINUS = "\u2212"
 
 # `drat bench` defaults the command lines are rebuilt against (tests hold them to the parsers')
 FRONTIER_DEFAULTS = {"lambdas": (0.05, 0.2, 0.5, 1.0, 2.0, 5.0),
@@ -53,8 +75,6 @@ FRONTIER_DEFAULTS = {"lambdas": (0.05, 0.2, 0.5, 1.0, 2.0, 5.0),
                      "compile_budgets": (1.0, 0.5, 0.2), "peak_cuts": (0.45,), "steps": 12,
                      "warmup": 3, "rounds": 3}
 BUDGET_FRACS = (0.25, 0.5, 0.75)  # run_frontier's budget_fracs (no flag)
-CAPACITY_DEFAULTS = {"strategies": ("none", "full", "compile-budget0.5", "drat"), "cap_gib": 40.0,
-                     "steps": 10}
 TRACE_DEFAULTS = {"lambdas": (0.5,), "trace_steps": 3}
 
 
@@ -188,70 +208,6 @@ PAPER_ENTRY = Entry(
     "The `bench` rule of `workflow/config/paper.yaml`: every strategy at the paper's profile "
     "configuration (S=1024, vocabulary 8192) in one process; `nb_frontier` and the paper's bench "
     "figure and verdicts read it.")
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def pct(x: float | None, digits: int = 1) -> str:
-    """A signed percentage with a true minus sign; a value that rounds to zero has no sign."""
-    if x is None or x != x:
-        return "—"
-    v = round(100 * x, digits)
-    if v == 0:
-        return f"{0:.{digits}f}%"
-    return f"{'+' if v > 0 else MINUS}{abs(v):.{digits}f}%"
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    """a / b − 1, None where either side is missing."""
-    if a is None or b is None or a != a or b != b or b == 0:
-        return None
-    return a / b - 1
-
-
-def num(x, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and x != x):
-        return "—"
-    return f"{x:.{digits}f}"
-
-
-def kilo(x) -> str:
-    return "—" if x is None or x != x else f"{x / 1e3:.1f}k"
-
-
-def spread_cell(step_ms_all) -> str:
-    """p10–p90 of a row's timed steps in ms, and that width as % of the median."""
-    s = step_spread(step_ms_all)
-    if not s:
-        return "—"
-    return f"{s['step_ms_p10']:.1f}–{s['step_ms_p90']:.1f} ({s['step_spread_pct']:.0f}%)"
-
-
-def sites_cell(row: dict) -> str:
-    n = row.get("n_recomputed") or 0
-    return f"{n}: {row['recomputed_sites']}" if n and row.get("recomputed_sites") else (str(n) if n else "—")
-
-
-def mfu_cell(row: dict) -> str:
-    m = row.get("mfu")
-    return "—" if m is None or m != m else f"{100 * m:.0f}%"
-
-
-def fmt_list(xs) -> str:
-    return ",".join(f"{x:g}" for x in xs) if xs else "''"
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def slug(heading: str) -> str:
-    """GitHub's anchor for a Markdown heading."""
-    s = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return s.replace(" ", "-")
 
 
 # --------------------------------------------------------------------------- a bench folder
@@ -450,16 +406,7 @@ def command(b: Bench, out: str | None = None) -> str:
         if any(r["name"].startswith("drat3-") for r in b.rows):
             parts += ["--arms", "store,recompute,offload"]
     elif b.stem == "capacity":
-        parts += ["--device", device]
-        if m.get("cap_gib", 40.0) != CAPACITY_DEFAULTS["cap_gib"]:
-            parts += ["--cap-gib", f"{m['cap_gib']:g}"]
-        strategies = tuple(r["name"] for r in b.rows)
-        if strategies != CAPACITY_DEFAULTS["strategies"]:
-            parts += ["--strategies", ",".join(strategies)]
-        if m.get("cuda_alloc_conf"):
-            parts += ["--alloc-conf", m["cuda_alloc_conf"]]
-        if steps and steps != CAPACITY_DEFAULTS["steps"]:
-            parts += ["--steps", str(steps)]
+        parts += ["--device", device, *capacity_args(b, steps)]
     elif b.stem == "offload":
         parts += ["--batch-size", str(m["batch_size"]), "--device", device, *offload_args(b)]
     elif b.stem == "trace":
@@ -621,27 +568,6 @@ BUDGET_HEADER = ["row", "budget GiB", "peak GiB", "peak vs budget",
                  "vs oracle, alternating steps", "vs oracle, consecutive rows"]
 
 
-def capacity_rows(b: Bench) -> list[list[str]]:
-    none = b.none
-    out = []
-    for r in b.rows:
-        probes = " ".join(f"{p['batch_size']}{'' if p.get('peak_gib') is not None else '✗'}"
-                          for p in r.get("probes", []))
-        other = r is not none and none is not None
-        out.append([f"`{r['name']}`", str(r["batch_size"]),
-                    f"{r['batch_size'] / none['batch_size']:.1f}×" if other else "—",
-                    num(r["peak_gib"]), num(r["step_ms"], 1), spread_cell(r.get("step_ms_all")),
-                    kilo(r.get("tokens_per_s")),
-                    pct(ratio(r.get("tokens_per_s"), none["tokens_per_s"])) if other else "—",
-                    mfu_cell(r), probes or "—", sites_cell(r)])
-    return out
-
-
-CAPACITY_HEADER = ["row", "largest batch", "batch vs none", "peak GiB", "step ms",
-                   "step p10–p90 ms (% of median)", "tokens/s", "tokens/s vs none", "MFU",
-                   "batches probed (✗: out of memory)", "sites recomputed: kinds"]
-
-
 def trace_rows(b: Bench) -> list[list[str]]:
     none = b.none
     return [[f"`{r['name']}`", num(r["step_ms"], 1),
@@ -680,15 +606,7 @@ def headline(b: Bench) -> str:
                            f"{100 * none['gpu_busy_frac']:.0f}%; "
                            f"{r['kernels']:.0f} against {none['kernels']:.0f} kernels)")
     elif b.stem == "capacity":
-        for r in b.rows:
-            if r is none:
-                continue
-            if none is None:
-                out.append(f"`{r['name']}` fits B={r['batch_size']} at {kilo(r['tokens_per_s'])} tokens/s")
-            else:
-                out.append(f"`{r['name']}` fits {r['batch_size'] / none['batch_size']:.1f}× `none`'s batch "
-                           f"(B={r['batch_size']} against {none['batch_size']}) at "
-                           f"{pct(ratio(r['tokens_per_s'], none['tokens_per_s']))} tokens/s")
+        return capacity_headline(b)
     else:
         if none is not None:
             out += [f"`{n}` {pct(ratio(r['peak_gib'], none['peak_gib']))} peak, "
@@ -997,21 +915,14 @@ def write_figures(benches: list[Bench], figures_dir: Path) -> None:
                                    f"commit {b.meta['git_commit'][:7]}")
         _save(fig, figures_dir / Path(FIGURES["paper"]).name)
         plt.close(fig)
-    cap = [b for b in benches if b.stem == "capacity"]
-    if cap:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        markers = "osD^vP"
-        for i, b in enumerate(cap):
-            for r in b.rows:
-                color = {"none": "C0", "full": "C2", "drat": "C3"}.get(r["name"], "C4")
-                ax.scatter(r["batch_size"], r["tokens_per_s"] / 1e3, color=color, marker=markers[i % 6],
-                           label=f"{r['name']} ({b.key.split('/')[1]})")
-                ax.annotate(r["name"], (r["batch_size"], r["tokens_per_s"] / 1e3), fontsize=6, xytext=(3, 2),
-                            textcoords="offset points")
-        ax.set_xlabel("largest batch under the cap (sequences of 4096 tokens)", fontsize=8)
-        ax.set_ylabel("tokens/s (thousands) at that batch", fontsize=8)
-        ax.set_title("large, S=4096, 40 GiB cap: one marker shape per folder", fontsize=8)
-        ax.legend(fontsize=6)
+    cards = {}
+    for b in benches:
+        if b.stem == "capacity":
+            cards.setdefault(card_of(b), []).append(b)
+    if cards:
+        fig, axes = plt.subplots(1, len(cards), figsize=(6.0 * len(cards), 4.5), squeeze=False)
+        for ax, (c, bs) in zip(axes[0], cards.items()):
+            capacity_panel(ax, bs, f"large, S=4096, one {c.upper()}: every capacity folder")
         _save(fig, figures_dir / Path(FIGURES["capacity"]).name)
         plt.close(fig)
 
@@ -1066,6 +977,9 @@ def render(benches: list[Bench]) -> str:
     out = [INTRO, "## Contents", ""]
     for g, bs in groups.items():
         out.append(f"- {g}: " + ", ".join(f"[{_link_text(b)}](#{slug(b.heading)})" for b in bs))
+    if any(b.stem == "capacity" for b in benches):
+        out.append(f"- [{LONG_CONTEXT_TITLE}](#{slug(LONG_CONTEXT_TITLE)}): across the capacity "
+                   "folders")
     out += ["", "## Figures", ""]
     if any(not b.key.startswith("paper-") and b.stem == "frontier" and not wrapped(b.meta["config"])
            for b in benches):
@@ -1084,6 +998,9 @@ def render(benches: list[Bench]) -> str:
         else:
             out += [f"## {g}", "", f"Model: {models[g]}.", ""]
         out += [section(b) for b in bs]
+    long_context = long_context_section(benches)
+    if long_context:
+        out += [long_context]
     return "\n".join(out).rstrip() + "\n"
 
 

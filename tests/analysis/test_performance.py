@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from drat.analysis import performance as perf
+from drat.analysis.capacity_tables import CAPACITY_DEFAULTS
 from drat.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +118,7 @@ def test_every_committed_command_parses():
 
 
 @pytest.mark.parametrize("bench_name,defaults", [("frontier", perf.FRONTIER_DEFAULTS),
-                                                ("capacity", perf.CAPACITY_DEFAULTS),
+                                                ("capacity", CAPACITY_DEFAULTS),
                                                 ("trace", perf.TRACE_DEFAULTS)])
 def test_defaults_are_the_parsers(bench_name, defaults):
     """The command lines leave out what equals the parser's default: the two must agree."""
