@@ -1,8 +1,11 @@
-"""Provenance recorded in every result file: torch version, device, git commit, host."""
+"""Provenance recorded in every result file: torch version, device, git commit, host, and a hash
+of the package's source."""
 
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import os
 import platform
 import re
@@ -42,6 +45,24 @@ def git_commit() -> tuple[str, bool]:
         return "unknown", False
 
 
+@functools.lru_cache(maxsize=1)
+def source_sha256() -> str:
+    """sha256 over the `drat` package's Python sources (path and bytes, in sorted order).
+
+    Two results with the same hash ran the same mechanism, even from different commits (a commit
+    that only adds results, docs or the paper changes no file here), so the paper's "one
+    mechanism" is checked on this rather than on the commit. Computed from the files imported,
+    so a copy without git history (a remote GPU machine) reports it too."""
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(pkg.rglob("*.py")):
+        if "__pycache__" in f.parts:
+            continue
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0")
+        h.update(f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
@@ -56,6 +77,7 @@ def provenance(device: torch.device | str = "cpu") -> dict:
         "device": device_name(device),
         "git_commit": commit,
         "git_dirty": dirty,
+        "source_sha256": source_sha256(),
         "python": platform.python_version(),
         "host": platform.node(),
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

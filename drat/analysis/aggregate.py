@@ -39,19 +39,19 @@ RUN_FIELDS = ["size", "run", "strategy", "lam", "budget_gib", "seed", "dir", "fi
               "initial_val_loss", "final_val_loss", "final_val_ppl", "saved_activation_bytes",
               "mean_saved_activation_bytes", "peak_memory_bytes", "last_peak_memory_bytes", "step_ms",
               "tokens_per_s", "wall_time_s", "params", "final_lam", "n_stored", "n_sites", "tokens_seen",
-              "device", "torch_version", "git_commit", "git_dirty"]
+              "device", "torch_version", "git_commit", "git_dirty", "source_sha256"]
 CURVE_FIELDS = ["size", "run", "seed", "kind", "step", "loss", "val_loss", "lam", "saved_activation_bytes",
                 "step_ms"]
 GATE_FIELDS = ["size", "run", "lam", "budget_gib", "seed", "label", "layer", "site", "p_store", "stored"]
 PROFILE_FIELDS = ["size", "point", "kind", "strategy", "lam", "budget_gib", "saved_activation_bytes",
                   "model_state_bytes", "peak_memory_bytes", "reserved_memory_bytes", "step_ms",
                   "tokens_per_s", "n_recomputed", "n_sites", "params", "batch_size", "seq_len", "device",
-                  "torch_version", "git_commit", "path"]
+                  "torch_version", "git_commit", "source_sha256", "path"]
 
 
 EXACTNESS_FIELDS = ["size", "mode", "name", "n_recomputed", "loss", "loss_equal", "grads_equal",
                     "n_params_differing", "max_abs_grad_diff", "rebuilds", "deterministic", "device",
-                    "torch_version", "git_commit"]
+                    "torch_version", "git_commit", "source_sha256"]
 REPEAT_FIELDS = ["size", "run", "seed", "dir", "of", "final_val_loss", "of_final_val_loss", "abs_gap",
                  "initial_val_loss_equal", "first_differing_step", "logged_steps", "device", "git_commit"]
 
@@ -160,6 +160,7 @@ def summarize_run(run_dir: Path, meta: dict) -> tuple[dict, list[dict], list[dic
         "torch_version": prov.get("torch_version"),
         "git_commit": prov.get("git_commit"),
         "git_dirty": prov.get("git_dirty"),
+        "source_sha256": prov.get("source_sha256"),
     }
     key = {k: meta.get(k) for k in ("size", "run", "seed")}
     curves = [{**key, "kind": r["kind"], "step": r["step"], "loss": r.get("loss"),
@@ -183,7 +184,8 @@ def summarize_profile(path: Path, meta: dict) -> tuple[dict, list[dict], list[di
     row = {**{k: meta.get(k) for k in ("size", "point", "kind", "strategy", "lam", "budget_gib")},
            **{k: p.get(k) for k in ("saved_activation_bytes", "model_state_bytes", "peak_memory_bytes",
                                     "reserved_memory_bytes", "step_ms", "tokens_per_s", "params",
-                                    "batch_size", "seq_len", "device", "torch_version", "git_commit")},
+                                    "batch_size", "seq_len", "device", "torch_version", "git_commit",
+                                    "source_sha256")},
            "n_recomputed": sum(1 for s in sites if s.get("decision") == "recompute"),
            "n_sites": len(sites), "path": str(path)}
     key = {"size": meta.get("size"), "point": meta.get("point")}
@@ -250,7 +252,7 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
 
     def provenance_of(data: dict) -> dict:
         m = data.get("meta", {})
-        return {k: m.get(k) for k in ("device", "torch_version", "git_commit")}
+        return {k: m.get(k) for k in ("device", "torch_version", "git_commit", "source_sha256")}
 
     for meta in manifest.get("profiles", []):
         if (p := present(meta, "profiles")) is None:
@@ -307,7 +309,7 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
     _write_csv(out / "repeats.csv", repeats, REPEAT_FIELDS)
     every = runs + profiles + bench + exact + repeats  # every row a figure or table may draw on
     prov: dict[str, Any] = {k: sorted({str(r.get(k)) for r in every if r.get(k) is not None})
-                            for k in ("device", "torch_version", "git_commit")}
+                            for k in ("device", "torch_version", "git_commit", "source_sha256")}
     prov.update({"scale": manifest.get("scale"), "results_dir": manifest.get("results_dir"),
                  "n_runs": len(runs), "n_profiles": len(profiles), "n_bench_rows": len(bench)})
     (out / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
