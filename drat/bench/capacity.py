@@ -54,7 +54,7 @@ from .common import (
     bench_model,
     check_steps,
     model_kwargs,
-    plan_under_measured_peak,
+    plan_with_link_check,
     save_stamped,
     write_rows,
 )
@@ -353,8 +353,11 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
                     # allocator's fragmentation (measured on the H200, large, S=4096: plans for
                     # B=25–43 peaked 38.2–39.5 GiB here, with the cap lifted, and each then ran out
                     # of the 40 GiB in its probe)
-                    plan = plan_under_measured_peak(model, idx, targets, costs, 0.99 * cap_gib, base,
-                                                    kind, grow_below=None, host_cap_bytes=host_cap)
+                    # three arms: re-planned once if the measured step misses the predicted one
+                    # (the link hides less at a large batch than the model says), against
+                    # `none`'s step at this batch from the scaled cost table
+                    plan = plan_with_link_check(model, idx, targets, costs, 0.99 * cap_gib, base, kind,
+                                                host_cap, costs.step_ms, log, grow_below=None)
                     gates, trace = plan.gates, plan.trace
                 finally:
                     torch.cuda.empty_cache()

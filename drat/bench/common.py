@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from ..budget import PeakBudget
+from ..costs import plan_cost, scaled_link
 from ..gates import fit_gates
 from ..measure import interleaved_step_ms, measure_steps, random_batch
 from ..model import GPT, add_shape_args, config_for, shape_overrides
@@ -41,6 +42,9 @@ def compiled_costs(costs, pointwise_factor: float = 0.1):
     m = [0.0 if lab in CompiledPlanAC.ALWAYS_STORED else b for lab, b in zip(costs.labels, costs.mem_bytes)]
     return dataclasses.replace(costs, time_ms=t, mem_bytes=m, kind=costs.kind + "+compiled",
                                rebuild_overhead_ms=0.0)
+
+
+MISPREDICT_FRAC = 0.02  # of `none`'s step: a three-arm plan missing its predicted step by more is re-planned
 
 
 def offloaded_of(gates) -> list[bool] | None:
@@ -140,6 +144,41 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
             compiled = None
             compiled = install_plan(model, idx, kind, stored, gates, host_cap_bytes)
     return BudgetPlan(stored, gates, lam, trace, compiled)
+
+
+def plan_with_link_check(model, idx, targets, costs, budget_gib, base, kind, host_cap, none_ms, log,
+                         grow_below: float | None = 0.97):
+    """The budget loop (`plan_under_measured_peak`), and for three arms one re-plan on the
+    measured step: a plan whose measured step misses its predicted one by more than
+    MISPREDICT_FRAC of `none_ms` (`none`'s step at this batch, measured or scaled) is re-planned
+    on a link rescaled by the extra time the step showed, and the faster of the two is kept."""
+    import dataclasses
+
+    plan = plan_under_measured_peak(model, idx, targets, costs, budget_gib, base, kind,
+                                    grow_below=grow_below, host_cap_bytes=host_cap)
+    if kind != "drat3":
+        return plan
+    off = offloaded_of(plan.gates)
+    pred = none_ms * (1 + plan_cost([s and not o for s, o in zip(plan.stored, off)], costs, 0.0, off)[2])
+    meas = measure_steps(model, idx, targets, steps=3, warmup=1)["step_ms"]
+    plan.trace.append({"predicted_step_ms": pred, "measured_step_ms": meas})
+    if abs(meas - pred) <= MISPREDICT_FRAC * none_ms or not any(off):
+        return plan
+    # the link did less (or more) than modelled: rescale it by the extra time the step showed
+    scale = min(max((pred - none_ms + 1e-3) / max(meas - none_ms, 1e-3), 0.1), 2.0)
+    link = scaled_link(costs.link, scale)
+    first = (plan, meas, model.strategy)
+    again = plan_under_measured_peak(model, idx, targets, dataclasses.replace(costs, link=link), budget_gib,
+                                     base, kind, grow_below=grow_below, host_cap_bytes=host_cap)
+    meas2 = measure_steps(model, idx, targets, steps=3, warmup=1)["step_ms"]
+    again.trace.append({"replanned_link_scale": scale, "measured_step_ms": meas2})
+    log(f"re-planned on the measured step: link x{scale:.2f}, {meas:.2f} -> {meas2:.2f} ms")
+    if meas2 < meas:  # the re-planned plan is kept; its trace starts with the first plan's rounds
+        again.trace[:0] = [{**t, "first_plan": True} for t in plan.trace]
+        return again
+    model.set_strategy(first[2])
+    first[0].trace.extend(again.trace)
+    return first[0]
 
 
 def lambda_plans(costs, lams) -> list[tuple[str, DRATGates, int]]:

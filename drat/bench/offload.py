@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..costs import offload_report, plan_cost, scaled_link
+from ..costs import offload_report, plan_cost
 from ..measure import build_costs, measure_link, measure_steps
 from ..offload import default_host_cap_bytes
 from ..provenance import provenance
@@ -45,7 +45,7 @@ from .common import (
     check_steps,
     model_kwargs,
     offloaded_of,
-    plan_under_measured_peak,
+    plan_with_link_check,
     save_stamped,
     timed_rounds,
     write_rows,
@@ -56,7 +56,6 @@ CSV_FIELDS = ["name", "strategy", "arms", "budget_gib", "peak_gib", "step_ms", "
               "peak_vs_none", "step_vs_none", "n_recomputed", "n_offloaded", "d2h_bytes", "h2d_bytes",
               "host_pinned_bytes", "link_utilisation", "predicted_step_ms", "predicted_exposed_ms",
               "trace_exposed_transfer_ms", "trace_copy_hidden_frac", "trace_compute_idle_ms"]
-MISPREDICT_FRAC = 0.02  # of `none`'s step: a three-arm plan missing its predicted step by more is re-planned
 
 
 def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device: str = "cpu",
@@ -104,7 +103,7 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
         for kind, k in kinds:
             name = f"{kind}-cut{cut:g}"
             try:
-                plan = _plan(model, idx, targets, costs, budget_gib, base, kind, host_cap,
+                plan = plan_with_link_check(model, idx, targets, costs, budget_gib, base, kind, host_cap,
                              none["own_step_ms"], log)
             except ValueError as e:
                 log(f"{name:<20} no plan: {str(e).splitlines()[0]}")
@@ -146,37 +145,6 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
     for v in meta["verdicts"]:
         log(v)
     return {"meta": meta, "rows": rows}
-
-
-def _plan(model, idx, targets, costs, budget_gib, base, kind, host_cap, none_ms, log):
-    """The budget loop, and for three arms one re-plan on the measured step (module docstring)."""
-    import dataclasses
-
-    plan = plan_under_measured_peak(model, idx, targets, costs, budget_gib, base, kind,
-                                    host_cap_bytes=host_cap)
-    if kind != "drat3":
-        return plan
-    off = offloaded_of(plan.gates)
-    pred = none_ms * (1 + plan_cost([s and not o for s, o in zip(plan.stored, off)], costs, 0.0, off)[2])
-    meas = measure_steps(model, idx, targets, steps=3, warmup=1)["step_ms"]
-    plan.trace.append({"predicted_step_ms": pred, "measured_step_ms": meas})
-    if abs(meas - pred) <= MISPREDICT_FRAC * none_ms or not any(off):
-        return plan
-    # the link did less (or more) than modelled: rescale it by the extra time the step showed
-    scale = min(max((pred - none_ms + 1e-3) / max(meas - none_ms, 1e-3), 0.1), 2.0)
-    link = scaled_link(costs.link, scale)
-    first = (plan, meas, model.strategy)
-    again = plan_under_measured_peak(model, idx, targets, dataclasses.replace(costs, link=link), budget_gib,
-                                     base, kind, host_cap_bytes=host_cap)
-    meas2 = measure_steps(model, idx, targets, steps=3, warmup=1)["step_ms"]
-    again.trace.append({"replanned_link_scale": scale, "measured_step_ms": meas2})
-    log(f"re-planned on the measured step: link x{scale:.2f}, {meas:.2f} -> {meas2:.2f} ms")
-    if meas2 < meas:  # the re-planned plan is kept; its trace starts with the first plan's rounds
-        again.trace[:0] = [{**t, "first_plan": True} for t in plan.trace]
-        return again
-    model.set_strategy(first[2])
-    first[0].trace.extend(again.trace)
-    return first[0]
 
 
 def _compiled_rows(model, idx, targets, rows, plans, costs, none, steps, warmup, log) -> None:

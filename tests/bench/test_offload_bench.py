@@ -30,7 +30,6 @@ def test_bench_offload_writes_its_rows_and_files(tmp_path):
 
 
 def test_a_mispredicted_three_arm_step_is_replanned_and_the_faster_plan_kept(monkeypatch):
-    import drat.bench.offload as off
     from drat.measure import build_costs, nominal_link
 
     from ..conftest import make_batch, make_model
@@ -44,9 +43,11 @@ def test_a_mispredicted_three_arm_step_is_replanned_and_the_faster_plan_kept(mon
     def scripted(model_, idx_, tgt_, steps=3, warmup=1, compiled=None):
         return {"peak_gib": float("nan"), "step_ms": next(measured)}
 
-    monkeypatch.setattr(off, "measure_steps", scripted)
-    monkeypatch.setattr(off, "plan_under_measured_peak", lambda *a, **k: _fake_plan(a[3], k))
-    plan = off._plan(model, idx, tgt, costs, 1.0, 0.0, "drat3", None, 10.0, lambda m: None)
+    from drat.bench import common
+
+    monkeypatch.setattr(common, "measure_steps", scripted)
+    monkeypatch.setattr(common, "plan_under_measured_peak", lambda *a, **k: _fake_plan(a[3], k))
+    plan = common.plan_with_link_check(model, idx, tgt, costs, 1.0, 0.0, "drat3", None, 10.0, lambda m: None)
     assert any("replanned_link_scale" in t for t in plan.trace)
     assert plan.trace[-1]["measured_step_ms"] == 90.0  # the re-planned one, faster, is kept
     first = [t for t in plan.trace if t.get("first_plan")]
