@@ -418,6 +418,10 @@ def gpu_state(device) -> dict:
     return out
 
 
+def _alloc_retries(device) -> int:
+    return torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0
+
+
 def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, compiled=None) -> dict:
     """Full training steps (forward, backward, AdamW): median step time after warm-up, CUDA-event
     timed on GPU (wall-clock on CPU), and the peak allocated/reserved GiB on GPU (NaN on CPU).
@@ -431,12 +435,16 @@ def measure_steps(model: GPT, idx, targets, steps: int = 12, warmup: int = 3, co
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    retries = _alloc_retries(device)
     with gc_paused():  # no collector pass lands in some timed steps and not others (runtime.py)
         times = [_timed_step(fwd, idx, targets, opt) for _ in range(warmup + steps)][warmup:]
         ms = _elapsed_ms(times, device)
     if device.type == "cuda":
         out = {"peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
                "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+               # times the caching allocator ran out, freed its cache (a device sync) and retried:
+               # near a memory cap this, not the plan, can set the step time
+               "alloc_retries": _alloc_retries(device) - retries,
                **gpu_state(device)}  # right after the timed steps: the clock they ran at
     else:
         out = {"peak_gib": float("nan"), "reserved_gib": float("nan")}

@@ -62,7 +62,8 @@ from .common import (
 CAPACITY_STRATEGIES = ("none", "full", "compile-budget0.5", "drat")
 KNOWN_STRATEGIES = CAPACITY_STRATEGIES + ("drat3",)
 CAPACITY_FIELDS = ["name", "mode", "cap_gib", "batch_size", "tokens_per_step", "peak_gib", "step_ms",
-                   "tokens_per_s", "mfu", "n_probes", "n_recomputed", "recomputed_sites", "search", "fits"]
+                   "tokens_per_s", "mfu", "n_probes", "n_recomputed", "recomputed_sites", "search", "fits",
+                   "reserved_gib", "alloc_retries"]
 
 
 def largest_fitting(fits, guess: int, max_batch: int) -> int:
@@ -210,11 +211,16 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
             rec = ([k.label() for k, s in zip(model.graph.keys, decisions) if not s] if decisions else [])
             probed = next((p["peak_gib"] for p in probes if p["batch_size"] == best), None)
             row.update(peak_gib=m["peak_gib"] if dev.type == "cuda" else probed,
+                       reserved_gib=m.get("reserved_gib"), alloc_retries=m.get("alloc_retries"),
                        step_ms=m["step_ms"], step_ms_all=m["step_ms_all"],
                        tokens_per_s=best * seq_len / (m["step_ms"] / 1e3),
                        mfu=(flops / (m["step_ms"] / 1e3) / (peak_tflops * 1e12)
                             if dev.type == "cuda" else None),
                        n_recomputed=len(rec),
+                       # the last step's transfers (three arms): bytes each way, and how many
+                       # reloads were not prefetched in time
+                       **{k: v for k, v in model.strategy.host_stats().items()
+                          if k in ("d2h_bytes", "h2d_bytes", "host_pinned_bytes", "reloads_on_demand")},
                        recomputed_sites=" ".join(sorted({r.split(".")[-1] for r in rec})))
             del idx, targets
         rows.append(row)
