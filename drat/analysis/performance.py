@@ -198,6 +198,13 @@ CATALOGUE["h100-large-s4096/capacity-offload"] = Entry(
     "largest batch under 40 GiB, on an H100",
     _CAPACITY + " Asked for `none`, `full`, `drat` and `drat3` in one process on an H100; the device "
                 "call's ten minutes ended during DRAT's search, so only `none` and `full` have rows.")
+_ASKED = (" DRAT's rows are timed at batch sizes given with `--drat-batches` (rows `drat-b<B>`, "
+          "`drat3-b<B>`), each planned in budget mode at the cap and closed on the measured peak: the "
+          "user picks DRAT's batch, and the batch that fits most is rarely the fastest per token.")
+CATALOGUE["h100-large-s4096/capacity-drat3-batches"] = Entry(
+    "the offload arm at chosen batches under 40 GiB, on an H100",
+    _CAPACITY + _ASKED + " `none` and three-arm DRAT at B=8, 10 and 14, planned on the link measured "
+                         "in this process, without a re-plan on the measured step.")
 CATALOGUE["h100-medium-s2048-b8/offload-cut64"] = Entry(
     "the offload arm at a deeper cut, on an H100",
     _OFFLOAD + " One cut, at about `full-offload`'s peak; this process ran on an H100, so its "
