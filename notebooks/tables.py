@@ -45,6 +45,7 @@ from drat.analysis.report import (
     BASELINE_ORDER,
     Macros,
     booktabs,
+    ci_phrase,
     collapse_processes,
     data_provenance,
     finite,
@@ -408,18 +409,6 @@ print(open(gen / "exactness_text.tex").read())
 # ## Macros
 
 # %%
-def ci_phrase(r, col: str, shift: float = 0.0) -> str:
-    """The interval of a percentage in words for the text: the CI where the stats drew one (from
-    MIN_CI_SEEDS seeds on), else the per-seed values, else nothing."""
-    lo, hi, seeds = r.get(f"{col}_lo"), r.get(f"{col}_hi"), r.get(f"{col}_seeds")
-    if finite(lo) and finite(hi):
-        return f"({conf_pct}\\% CI [{num(lo + shift, 1, pct=True)}, {num(hi + shift, 1, pct=True)}]\\%)"
-    if isinstance(seeds, str) and ";" in seeds:
-        vals = ", ".join(num(float(x) + shift, 1, pct=True) for x in seeds.split(";"))
-        return f"(per seed: {vals}\\%; no interval under {MIN_CI_SEEDS} seeds)"
-    return ""
-
-
 M = Macros()
 M.add("ClaimsLambda", f"{cl_lam:g}", "the claims table")
 M.add("NumClaims", str(n_claims))
@@ -463,8 +452,8 @@ if len(hs):
     M.add("HeadTostVerdict", "equivalent" if r["tost_equivalent"] else "not shown to be equivalent")
     M.add("HeadTostMethod", tex_escape(r["tost_method"]))
     M.add("HeadTostDf", num(r.get("tost_df"), 1), "degrees of freedom of the TOST t statistic")
-    M.add("HeadMemRedCI", ci_phrase(r, "mem_reduction"), "the interval, or the per-seed values")
-    M.add("HeadTimeChangeCI", ci_phrase(r, "step_time_ratio", shift=-1.0))
+    M.add("HeadMemRedCI", ci_phrase(conf_pct, r, "mem_reduction"), "the interval, or the per-seed values")
+    M.add("HeadTimeChangeCI", ci_phrase(conf_pct, r, "step_time_ratio", shift=-1.0))
     M.add("HeadSeeds", str(int(r["n_pairs"])))
     # a headline price at which the gates store every site deserves the reason next to its 0%
     stores_all = finite(r["mem_reduction"]) and abs(float(r["mem_reduction"])) < 5e-4
@@ -512,7 +501,7 @@ if len(sa):
     M.add("StoreAllTimeChange", num(r["step_time_ratio"] - 1, 1, pct=True), "% step time, drat-lam0 vs none")
     M.add("StoreAllTimeChangeLo", num(r["step_time_ratio_lo"] - 1, 1, pct=True))
     M.add("StoreAllTimeChangeHi", num(r["step_time_ratio_hi"] - 1, 1, pct=True))
-    M.add("StoreAllTimeChangeCI", ci_phrase(r, "step_time_ratio", shift=-1.0))
+    M.add("StoreAllTimeChangeCI", ci_phrase(conf_pct, r, "step_time_ratio", shift=-1.0))
 else:
     for name in ("StoreAllTimeChange", "StoreAllTimeChangeLo", "StoreAllTimeChangeHi"):
         M.add(name, "--", "no store-all run")

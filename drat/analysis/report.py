@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..provenance import provenance  # noqa: E402
+from .stats import MIN_CI_SEEDS  # noqa: E402
 
 SIZE_ORDER = ["tiny", "small", "medium", "large"]
 BASELINE_ORDER = ["none", "full", "selective", "sac"]
@@ -132,6 +133,22 @@ def num(x, digits: int = 2, pct: bool = False) -> str:
         return "--"
     x = float(x) * (100 if pct else 1)
     return f"{x:.{digits}f}"
+
+
+def ci_phrase(conf_pct: str, r: dict, col: str, shift: float = 0.0) -> str:
+    """The interval of a percentage in words for the text: the CI where the stats drew one (from
+    MIN_CI_SEEDS seeds on), else the per-seed values, else nothing. Values equal in every seed
+    are said to be so: the bootstrap's [x, x] there is no confidence interval."""
+    lo, hi, seeds = r.get(f"{col}_lo"), r.get(f"{col}_hi"), r.get(f"{col}_seeds")
+    vals = [float(x) for x in seeds.split(";")] if isinstance(seeds, str) and seeds else []
+    if len(vals) > 1 and len(set(vals)) == 1:
+        return f"(the same in each of the {len(vals)} seeds)"
+    if finite(lo) and finite(hi):
+        return f"({conf_pct}\\% CI [{num(lo + shift, 1, pct=True)}, {num(hi + shift, 1, pct=True)}]\\%)"
+    if len(vals) > 1:
+        shown = ", ".join(num(x + shift, 1, pct=True) for x in vals)
+        return f"(per seed: {shown}\\%; no interval under {MIN_CI_SEEDS} seeds)"
+    return ""
 
 
 def with_ci(v, lo, hi, digits: int = 2, pct: bool = False, seeds=None, shift: float = 0.0) -> str:
