@@ -205,6 +205,18 @@ CATALOGUE["h100-large-s4096/capacity-drat3-batches"] = Entry(
     "the offload arm at chosen batches under 40 GiB, on an H100",
     _CAPACITY + _ASKED + " `none` and three-arm DRAT at B=8, 10 and 14, planned on the link measured "
                          "in this process, without a re-plan on the measured step.")
+for _card, _where in (("h100-", "an H100"), ("", "the H200")):
+    CATALOGUE[f"{_card}large-s4096/capacity-drat3-replan"] = Entry(
+        f"the offload arm at a chosen batch under 40 GiB, re-planned on the measured step, on {_where}",
+        _CAPACITY + _ASKED + " `none` and three-arm DRAT: a plan whose measured step misses its predicted "
+                             "one by more than 2% of `none`'s is re-planned once on a link rescaled by "
+                             "what the step showed, and the faster plan kept (`plan_trace` holds both). "
+                             "The row records the allocator's retries over the timed steps, the reserved "
+                             "peak and the last step's transfers.")
+    CATALOGUE[f"{_card}large-s4096/capacity-none-cap78"] = Entry(
+        f"`none`'s largest batch under 78 GiB, on {_where}",
+        _CAPACITY + " `none` alone under a 78 GiB cap: what a larger batch buys in tokens/s with no "
+                    "recomputation or transfer at all, the ceiling for any strategy that only frees memory.")
 CATALOGUE["h100-medium-s2048-b8/offload-cut64"] = Entry(
     "the offload arm at a deeper cut, on an H100",
     _OFFLOAD + " One cut, at about `full-offload`'s peak; this process ran on an H100, so its "
