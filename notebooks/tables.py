@@ -24,7 +24,7 @@
 # * `baselines_table.tex` — every run group of the headline size against `none`.
 # * `frontier_table.tex` — the profiled plans of the headline size (memory, median step time).
 # * `setup_table.tex` — model sizes and training settings of this configuration.
-# * `claims_table.tex` — the first README's claims against the one-process bench.
+# * `claims_table.tex` — the claims of DRAT's first release against the one-process bench.
 # * `planners_table.tex` — the ILP, the gates, local search and greedy on the cost tables.
 # * `macros.tex` — the numbers of the text.
 
@@ -178,10 +178,10 @@ write_tex(gen / "bench_table.tex", booktabs(["row", "mode", mem_unit, "mem / non
                                             rows, align="llrrrr", caption_note=f"size {headline_size}"))
 
 # %% [markdown]
-# ## The first README's claims, checked against the one-process bench
+# ## The claims of DRAT's first release, checked against the one-process bench
 #
 # Per size: the claimed reduction at the claimed λ, what the bench's DRAT row at that λ reached,
-# and the cheapest DRAT row (eager or compiled, λ or budget) that reaches the claim, with its step
+# and the fastest DRAT plan (eager or compiled, λ or budget) that reaches the claim, with its step
 # time against `none`. Memory is the bench's peak on the GPU (saved activations on the CPU).
 
 # %%
@@ -210,7 +210,7 @@ for size, want in (claims.get("reduction") or {}).items():
         cheapest = "none"
     rows.append([size_word(size), num(-want, 0, pct=True), got, "yes" if ok else "no", cheapest])
 write_tex(gen / "claims_table.tex", booktabs(
-    ["size", "claim", rf"at $\lambda={cl_lam:g}$", "holds", "fastest DRAT row reaching it"], rows,
+    ["size", "claim", rf"at $\lambda={cl_lam:g}$", "holds", "fastest DRAT plan reaching it"], rows,
     align="lrrcl", caption_note="one-process bench; memory / step time against none, in percent"))
 n_claims, n_claims_ok = len(rows), sum(r[3] == "yes" for r in rows)
 print(open(gen / "claims_table.tex").read())
