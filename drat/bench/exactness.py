@@ -11,6 +11,10 @@ tells them apart on one batch, one process:
     drat-blocks       every block site recomputed but the block output (`mlp_down`): the longest
                       rebuild chains that stay linear (recomputing the residual stream too would
                       rebuild it exponentially often with depth)
+    drat-random       a seeded random plan over the same sites: each stored or recomputed with
+                      equal odds, so chains of every length mix with stored breaks
+    drat3-random      a seeded random three-arm plan: each of those sites stored, recomputed or
+                      offloaded to host memory (pinned, on a side stream, on CUDA) with equal odds
 
 Each row is one forward + backward from the same weights and batch, compared with the first
 `none`: `loss_equal` (bitwise), `grads_equal` (every parameter's gradient bitwise), and the
@@ -25,6 +29,7 @@ Outputs in --out: exactness.csv, exactness.json (rows + provenance).
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
@@ -80,6 +85,16 @@ def run_exactness(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, de
         plans += lambda_plans(costs, lams)
         blocks = [k.layer is None or k.name == "mlp_down" for k in model.graph.keys]
         plans.append(("drat-blocks", PlanAC(stored=blocks), n - sum(blocks)))
+        # the random plans choose only among the sites drat-blocks recomputes (the block outputs
+        # stay stored, as there), seeded so every device and mode runs the same plans
+        rng = random.Random(0)
+        free = [not b for b in blocks]
+        stored = [b or rng.random() < 0.5 for b in blocks]
+        plans.append(("drat-random", PlanAC(stored=stored), n - sum(stored)))
+        arm = [rng.randrange(3) if f else 0 for f in free]  # 0 store, 1 recompute, 2 offload
+        stored3 = [a != 1 for a in arm]
+        plans.append(("drat3-random", PlanAC(stored=stored3, offloaded=[a == 2 for a in arm]),
+                      n - sum(stored3)))
         rows, ref = [], None
         for name, strategy, n_rec in plans:
             model.set_strategy(strategy)

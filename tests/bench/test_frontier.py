@@ -76,9 +76,38 @@ def test_exactness_bench_rows_schema_and_bitwise_verdicts_on_cpu(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "exactness.csv")))
     assert list(rows[0]) == EXACTNESS_FIELDS
     assert [r["name"] for r in rows] == ["none", "none-repeat", "full", "selective", "drat-lam0.5",
-                                         "drat-blocks"]
+                                         "drat-blocks", "drat-random", "drat3-random"]
     assert all(r["loss_equal"] == "True" and r["grads_equal"] == "True" for r in rows)
-    assert int(rows[-1]["rebuilds"]) > 0 and float(rows[-1]["max_abs_grad_diff"]) == 0.0
+    for r in rows[-3:]:  # the plans that recompute really rebuilt, and still match bit for bit
+        assert int(r["n_recomputed"]) > 0 and int(r["rebuilds"]) > 0 and float(r["max_abs_grad_diff"]) == 0.0
+
+
+def test_exactness_random_plans_are_seeded_and_the_three_arm_one_offloads(monkeypatch):
+    """The random rows are the same plans on every run (seeded), mix stored and recomputed sites
+    among the block-internal ones, and the three-arm row moves bytes to the host."""
+    import drat.bench.exactness as ex
+
+    seen = []
+    real = ex.loss_and_grads
+
+    def spy(model, idx, targets):
+        out = real(model, idx, targets)
+        seen.append((model.strategy, model.strategy.host_stats()))
+        return out
+
+    monkeypatch.setattr(ex, "loss_and_grads", spy)
+    plans = []
+    for _ in range(2):
+        seen.clear()
+        rows = ex.run_exactness("tiny", seq_len=16, log=lambda *a: None)
+        assert all(r["grads_equal"] for r in rows)
+        plans.append([(getattr(s, "_stored", None), getattr(s, "_offloaded", None)) for s, _ in seen])
+    assert plans[0] == plans[1]
+    stored, offloaded = plans[0][-1]
+    rand_stored, _ = plans[0][-2]
+    assert not all(rand_stored) and sum(rand_stored) > sum(plans[0][-3][0])  # mixed, not drat-blocks
+    assert offloaded is not None and any(offloaded) and not all(stored)
+    assert seen[-1][1]["d2h_bytes"] > 0
 
 
 def test_exactness_compare_reports_a_near_miss():
