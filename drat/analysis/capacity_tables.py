@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .aggregate import step_spread
-from .cells import kilo, md_table, mfu_cell, num, pct, ratio, sites_cell, spread_cell
+from .cells import kilo, md_table, mfu_cell, num, pct, ratio, sites_cell, spread_cell, spread_frac
 
 CAPACITY_DEFAULTS = {"strategies": ("none", "full", "compile-budget0.5", "drat"), "cap_gib": 40.0,
                      "steps": 10}
@@ -100,12 +99,6 @@ def capacity_headline(b) -> str:
 # --------------------------------------------------------------------------- across folders
 
 
-def _width(r: dict) -> float:
-    """The row's p10–p90 step width as a fraction of its median (0 without timed steps)."""
-    s = step_spread(r.get("step_ms_all"))
-    return s["step_spread_pct"] / 100 if s else 0.0
-
-
 def _cap_benches(benches) -> dict[str, list]:
     """Per card, its capacity folders under the 40 GiB cap."""
     out: dict[str, list] = {}
@@ -140,7 +133,7 @@ def best_rows(benches) -> dict[str, list[dict]]:
                 item = {"row": r, "folder": b.folder, "strategy": fam,
                         "vs_none": None if none is None or r is none else ratio(r["tokens_per_s"],
                                                                                  none["tokens_per_s"]),
-                        "width": _width(r) + drift}
+                        "width": spread_frac(r) + drift}
                 if fam not in best or r["tokens_per_s"] > best[fam]["row"]["tokens_per_s"]:
                     best[fam] = item
         out[c] = sorted(best.values(), key=lambda i: -i["row"]["tokens_per_s"])
@@ -198,10 +191,10 @@ def long_context_section(benches) -> str:
                 md_table(LONG_CONTEXT_HEADER,
                          [[f"`{i['strategy']}`", str(i["row"]["batch_size"]), kilo(i["row"]["tokens_per_s"]),
                            pct(i["vs_none"]) if i["vs_none"] is not None else "—",
-                           f"{100 * _width(i['row']):.1f}%", f"`{i['folder']}/`"] for i in items]), "",
+                           f"{100 * spread_frac(i['row']):.1f}%", f"`{i['folder']}/`"] for i in items]), "",
                 f"`none`'s tokens/s moved {100 * none_drift(_cap_benches(benches)[c]):.1f}% between "
                 "this card's processes.", ""]
-        none = max((i for i in items if i["strategy"] == "none"), key=lambda i: 0, default=None)
+        none = next((i for i in items if i["strategy"] == "none"), None)
         if c in ceil and none is not None:
             top = ceil[c]
             out += [f"The ceiling: `none` at its largest batch under {top['cap_gib']:g} GiB (B="

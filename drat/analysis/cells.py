@@ -45,6 +45,12 @@ def spread_cell(step_ms_all) -> str:
     return f"{s['step_ms_p10']:.1f}–{s['step_ms_p90']:.1f} ({s['step_spread_pct']:.0f}%)"
 
 
+def spread_frac(r: dict) -> float:
+    """A row's p10–p90 step width as a fraction of its median (0 without timed steps)."""
+    s = step_spread(r.get("step_ms_all"))
+    return s["step_spread_pct"] / 100 if s else 0.0
+
+
 def sites_cell(row: dict) -> str:
     n = row.get("n_recomputed") or 0
     return f"{n}: {row['recomputed_sites']}" if n and row.get("recomputed_sites") else (str(n) if n else "—")

@@ -50,6 +50,7 @@ from .cells import (
     sites_cell,
     slug,
     spread_cell,
+    spread_frac,
 )
 from .offload_tables import (
     OFFLOAD_HEADER,
@@ -650,12 +651,6 @@ WITHIN_PCT = 2.0  # the wrapped store-all plan's step against the unwrapped mode
 # the tensors made between a family's sites (outputs of no site, so never recomputed)
 BETWEEN_SITES = {"llama": "the residual stream, the rotary-embedded q and k, the SwiGLU product",
                  "qwen2": "the residual stream, the rotary-embedded q and k, the SwiGLU product"}
-
-
-def spread_frac(r: dict) -> float:
-    """A row's p10–p90 step width as a fraction of its median (0 without timed steps)."""
-    s = step_spread(r.get("step_ms_all"))
-    return s["step_spread_pct"] / 100 if s else 0.0
 
 
 def beyond_spread(a: dict, b: dict) -> bool:

@@ -7,6 +7,7 @@ plan, reads the peak, and re-plans on the measured overshoot until the peak meet
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 import statistics
@@ -32,8 +33,6 @@ POINTWISE_SITES = ("embed", "attn_norm", "mlp_norm", "mlp_act", "final_norm")
 def compiled_costs(costs, pointwise_factor: float = 0.1):
     """Costs for compiled execution: Inductor fuses a recomputed norm or activation into the
     kernels around it, so its recompute time is a fraction of the eager kernel's."""
-    import dataclasses
-
     # no hooks under compile: the eager per-rebuild overhead does not apply
     t = [(ms - costs.rebuild_overhead_ms * n) * (pointwise_factor if lab.split(".")[-1] in POINTWISE_SITES
                                                   else 1.0)
@@ -152,8 +151,6 @@ def plan_with_link_check(model, idx, targets, costs, budget_gib, base, kind, hos
     measured step: a plan whose measured step misses its predicted one by more than
     MISPREDICT_FRAC of `none_ms` (`none`'s step at this batch, measured or scaled) is re-planned
     on a link rescaled by the extra time the step showed, and the faster of the two is kept."""
-    import dataclasses
-
     plan = plan_under_measured_peak(model, idx, targets, costs, budget_gib, base, kind,
                                     grow_below=grow_below, host_cap_bytes=host_cap)
     if kind != "drat3":
