@@ -48,7 +48,7 @@ from ..oracle import activation_floor_bytes, solve_oracle
 from ..provenance import provenance
 from ..runtime import autocast_ctx
 from ..strategies import DRATGates, FullAC, FullOffload, NoneAC, PlanAC
-from ..validate import POSITIVE, POSITIVE_INT, NumberList
+from ..validate import NONNEG_INT, POSITIVE, POSITIVE_INT, NumberList
 from .common import (
     add_model_args,
     bench_model,
@@ -58,12 +58,14 @@ from .common import (
     save_stamped,
     write_rows,
 )
+from .trace import trace_transfers
 
 CAPACITY_STRATEGIES = ("none", "full", "compile-budget0.5", "drat")
 KNOWN_STRATEGIES = CAPACITY_STRATEGIES + ("drat3",)
 CAPACITY_FIELDS = ["name", "mode", "cap_gib", "batch_size", "tokens_per_step", "peak_gib", "step_ms",
                    "tokens_per_s", "mfu", "n_probes", "n_recomputed", "recomputed_sites", "search", "fits",
-                   "reserved_gib", "alloc_retries"]
+                   "reserved_gib", "alloc_retries", "link_utilisation", "trace_exposed_transfer_ms",
+                   "trace_copy_hidden_frac", "trace_compute_idle_ms"]
 
 
 def largest_fitting(fits, guess: int, max_batch: int) -> int:
@@ -100,9 +102,12 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
                  strategies=CAPACITY_STRATEGIES, vocab_size: int | None = None, n_layer: int | None = None,
                  n_embd: int | None = None, n_head: int | None = None, max_batch: int = 256,
                  steps: int = 10, warmup: int = 3, out: str | Path | None = None, log=print,
-                 tie_weights: bool | None = None, drat_batches: tuple[int, ...] = ()) -> list[dict]:
+                 tie_weights: bool | None = None, drat_batches: tuple[int, ...] = (),
+                 trace_steps: int = 0) -> list[dict]:
     """One row per strategy at its largest fitting batch; DRAT's rows at each of `drat_batches`
-    instead when given (a batch none of its plans fits gets a row with `fits` False)."""
+    instead when given (a batch none of its plans fits gets a row with `fits` False). With
+    `trace_steps` (CUDA), each timed row that moves bytes over the host link, and `none`, is then
+    traced under the cap for its exposed transfer time (`trace.trace_transfers`)."""
     unknown = set(strategies) - set(KNOWN_STRATEGIES)
     if unknown:
         raise ValueError(f"unknown capacity strategies {sorted(unknown)}; "
@@ -123,7 +128,7 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
     meta = {"config": cfg.to_dict(), "seq_len": seq_len, "cap_gib": cap_gib, "matmul_tflops": peak_tflops,
             "params": model.num_params(), "model_state_bytes": model_state_bytes(model),
             "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
-            "drat_batches": list(drat_batches), **provenance(dev)}
+            "drat_batches": list(drat_batches), "trace_steps": trace_steps, **provenance(dev)}
     rows: list[dict] = []
 
     def peak_bytes(b: int, compiled=None) -> float | None:
@@ -222,6 +227,16 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
                        **{k: v for k, v in model.strategy.host_stats().items()
                           if k in ("d2h_bytes", "h2d_bytes", "host_pinned_bytes", "reloads_on_demand")},
                        recomputed_sites=" ".join(sorted({r.split(".")[-1] for r in rec})))
+            moved, link = row.get("d2h_bytes"), meta.get("link")
+            if moved and link:  # bytes each way ÷ step time ÷ the slower direction's bandwidth
+                bw_bytes_per_s = min(link["d2h_gbps"], link["h2d_gbps"]) * 1e9
+                row["link_utilisation"] = moved / (m["step_ms"] / 1e3) / bw_bytes_per_s
+            if dev.type == "cuda" and trace_steps and (name == "none" or moved):
+                try:  # a few more steps under the profiler, still under the cap
+                    tr = trace_transfers(model, idx, targets, steps=trace_steps)
+                    row.update({f"trace_{k}": v for k, v in tr.items()})
+                except torch.OutOfMemoryError:
+                    log(f"  {name:<18} B={best}: the profiled steps ran out of the cap; no trace")
             del idx, targets
         rows.append(row)
         if out is not None:
@@ -425,6 +440,9 @@ def add_capacity_parser(bsub) -> None:
     c.add_argument("--drat-batches", type=NumberList(POSITIVE_INT), default="", metavar="B,B,...",
                    help="time DRAT's rows at these batch sizes (rows drat-b<B>, drat3-b<B>) instead of "
                         "searching their largest: DRAT's batch is the user's choice")
+    c.add_argument("--trace-steps", type=NONNEG_INT, default=0,
+                   help="CUDA: steps per timed row that moves bytes (and none) under torch.profiler, for "
+                        "the exposed transfer time (0: no trace)")
     c.add_argument("--alloc-conf", default=None, metavar="CONF",
                    help="PYTORCH_CUDA_ALLOC_CONF for this run, e.g. expandable_segments:True: under a "
                         "hard cap the allocator's fragmentation decides the batch (recorded in the meta)")
@@ -443,6 +461,7 @@ def _cmd_capacity(args) -> int:
                  strategies=tuple(s for s in args.strategies.split(",") if s), max_batch=args.max_batch,
                  steps=args.steps, warmup=args.warmup, out=args.out,
                  drat_batches=tuple(int(b) for b in args.drat_batches.split(",") if b.strip()),
+                 trace_steps=args.trace_steps,
                  **model_kwargs(args))
     return 0
 

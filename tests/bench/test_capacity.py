@@ -136,3 +136,10 @@ def test_drat3_guess_comes_from_the_offloaded_floor_plans_measured_peaks(tmp_pat
     drat3 = next(r for r in rows if r["name"] == "drat3")
     assert drat3["probes"][0]["batch_size"] == min(guess, 64)
     assert "link" in meta
+    # a row that moves bytes reports its link utilisation: bytes each way ÷ step ÷ slower direction
+    link = meta["link"]
+    if drat3.get("d2h_bytes"):
+        bw = min(link["d2h_gbps"], link["h2d_gbps"]) * 1e9
+        assert drat3["link_utilisation"] == pytest.approx(drat3["d2h_bytes"] / (drat3["step_ms"] / 1e3) / bw)
+    else:
+        assert drat3.get("link_utilisation") is None
