@@ -45,18 +45,24 @@ def git_commit() -> tuple[str, bool]:
         return "unknown", False
 
 
+MEASURE_FREE = ("analysis",)  # subpackages left out of source_sha256: they only read results
+
+
 @functools.lru_cache(maxsize=1)
 def source_sha256() -> str:
-    """sha256 over the `drat` package's Python sources (path and bytes, in sorted order).
+    """sha256 over the `drat` package's Python sources (path and bytes, in sorted order), less
+    `drat/analysis/` (MEASURE_FREE): the code that turns raw results into tables and figures
+    measures nothing, so it may change while a grid is being collected.
 
     Two results with the same hash ran the same mechanism, even from different commits (a commit
-    that only adds results, docs or the paper changes no file here), so the paper's "one
-    mechanism" is checked on this rather than on the commit. Computed from the files imported,
-    so a copy without git history (a remote GPU machine) reports it too."""
+    that only adds results, docs, the paper or analysis changes no file hashed here), so the
+    paper's "one mechanism" is checked on this rather than on the commit. Computed from the files
+    imported, so a copy without git history (a remote GPU machine) reports it too."""
     pkg = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for f in sorted(pkg.rglob("*.py")):
-        if "__pycache__" in f.parts:
+        rel = f.relative_to(pkg)
+        if "__pycache__" in f.parts or rel.parts[0] in MEASURE_FREE:
             continue
         h.update(f.relative_to(pkg).as_posix().encode() + b"\0")
         h.update(f.read_bytes() + b"\0")
