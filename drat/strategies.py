@@ -96,21 +96,25 @@ def _sac_policy(ctx, op, *args, **kwargs):
     return CheckpointPolicy.MUST_SAVE if op in _SAC_SAVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
+def _sac_context():
+    """SAC's context_fn. A plain function, not a bound method: under torch.compile the
+    checkpoint's context_fn is called again by the compiler, which drops a method's `self`."""
+    fwd_mode, recompute_mode = create_selective_checkpoint_contexts(_sac_policy)
+    acct = active_accountant()
+    if acct is not None:  # the SAC cache bypasses saved-tensor hooks: count it directly
+        acct.add_sac_storage(fwd_mode.storage)
+    return fwd_mode, recompute_mode
+
+
 class SAC(ActivationStrategy):
-    """Op-level selective checkpointing per block: keep matmul and attention outputs."""
+    """Op-level selective checkpointing per block: keep matmul and attention outputs. It also
+    runs under torch.compile (the bench's `sac-compiled` row)."""
 
     name = "sac"
 
-    def _context(self):
-        fwd_mode, recompute_mode = create_selective_checkpoint_contexts(_sac_policy)
-        acct = active_accountant()
-        if acct is not None:  # the SAC cache bypasses saved-tensor hooks: count it directly
-            acct.add_sac_storage(fwd_mode.storage)
-        return fwd_mode, recompute_mode
-
     def forward(self, model, idx, targets):
         def block_fn(block, x, run):
-            return checkpoint(block, x, use_reentrant=False, context_fn=self._context)
+            return checkpoint(block, x, use_reentrant=False, context_fn=_sac_context)
 
         return model.forward_sites(idx, targets, block_fn=block_fn)
 

@@ -83,3 +83,28 @@ def test_a_block_that_stores_everything_is_no_checkpoint_region(monkeypatch):
     monkeypatch.setattr(strategies, "checkpoint", counting)
     model(idx, tgt).backward()  # eager: the same forward the compiler traces
     assert regions == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["full", "sac"])
+def test_handwritten_baselines_compile_to_none_s_loss_and_gradients(name):
+    """`full-compiled` and `sac-compiled` (bench frontier): the checkpointed baselines compile
+    (SAC's context_fn is called again by the compiler, so it must not be a bound method) and give
+    compiled `none`'s loss and gradients, to compiler tolerance."""
+    from drat.strategies import SAC, FullAC
+
+    model = make_model(n_layer=2)
+    idx, targets = make_batch()
+    grads = {}
+    for key, strat in (("none", NoneAC()), (name, FullAC() if name == "full" else SAC())):
+        torch._dynamo.reset()
+        model.set_strategy(strat)
+        loss = torch.compile(model.step_loss)(idx, targets)
+        loss.backward()
+        grads[key] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+        model.zero_grad(set_to_none=True)
+    torch._dynamo.reset()
+    (l0, g0), (l1, g1) = grads["none"], grads[name]
+    torch.testing.assert_close(l1, l0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -823,6 +823,8 @@ def _wrapped_frontiers(benches: list[Bench]) -> list[Bench]:
 def _family(name: str) -> tuple[str, str]:
     if name.startswith("compile-budget"):
         return "torch.compile budget", "C4"
+    if name in ("full-compiled", "sac-compiled"):
+        return "baseline compiled", "C5"
     if name.startswith("drat-compiled"):
         return "DRAT compiled", "C1"
     if name.startswith("oracle-compiled"):

@@ -1,13 +1,14 @@
 """`drat bench frontier`: every strategy measured side by side in one process.
 
 Rows: the baselines (`none`, `full`, `selective`, `sac`), `torch.compile` with the partitioner's
-activation-memory budgets, DRAT at a λ sweep and at memory budgets, eager and compiled, DRAT with
-every gate set to store (the ≤2% overhead check) and the ILP oracle's plan, executed. Each row reports peak
+activation-memory budgets and with `full` and `sac` compiled (`full-compiled`, `sac-compiled`),
+DRAT at a λ sweep and at memory budgets, eager and compiled, DRAT with every gate set to store
+(the ≤2% overhead check) and the ILP oracle's plan, executed. Each row reports peak
 allocated/reserved GiB, step ms, tokens/s and MFU against a bf16 matmul rate measured in the same
 run. Peaks come from each row's own CUDA-event-timed steps; with `--rounds R` (default 3) the eager
 rows are then timed together, R rounds in a new random order each (`interleave_rounds`), and
-their step is the median of the rounds, with the rounds' spread beside it. On CPU, peak memory is replaced by
-exact saved-activation bytes and time by wall-clock.
+their step is the median of the rounds, with the rounds' spread beside it. On CPU, peak memory is
+replaced by exact saved-activation bytes and time by wall-clock.
 
 Outputs in --out: `frontier.csv`, `frontier.json` (rows + provenance), `frontier.png`.
 """
@@ -285,6 +286,17 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
                 compiled = torch.compile(model)
                 record(f"compile-budget{b}", NoneAC(), "compiled", budget=b, compiled=compiled)
             del compiled
+        # the hand-written baselines under the compiler: checkpointed blocks and op-level SAC,
+        # which the partitioner honours as it does DRAT's compiled plans
+        for name, strat in (("full-compiled", FullAC()), ("sac-compiled", SAC())):
+            if not want(name):
+                continue
+            torch._dynamo.reset()
+            model.set_strategy(strat)
+            compiled = torch.compile(model)
+            record(name, strat, "compiled", compiled=compiled)
+            del compiled
+        torch._dynamo.reset()
     return rows
 
 
