@@ -79,6 +79,8 @@ def _bench_flags(wc):
             f"--lambdas {','.join(fmt_number(l) for l in lams)} "
             f"--compiled-lambdas {','.join(fmt_number(l) for l in b.get('compiled_lambdas', [0.5, 1, 2, 5]))} "
             f"--compile-budgets {','.join(fmt_number(x) for x in b.get('compile_budgets', [1.0, 0.5, 0.2]))}"
+            + f" --rounds {b.get('rounds', 3)} --arms {','.join(b.get('arms', ['store', 'recompute']))}"
+            + f" --peak-cuts {','.join(fmt_number(c) for c in b.get('peak_cuts', [0.45]))}"
             + ("" if b.get("compiled_drat_budgets", False) else " --no-compiled-drat-budgets"))
 
 
