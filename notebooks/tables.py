@@ -603,6 +603,33 @@ if len(bench) and "step_spread_pct" in bench:
               "generated sentence: step-time spread within bench rows")
 if "BenchSpreadText" not in M.items:
     M.add("BenchSpreadText", "", "no bench rows with per-step times")
+# Budget-mode training, judged on every step: the steady state, and the largest and the 99th
+# percentile of the step peaks against each budget (stats/budget.csv)
+budget = read_csv(Path(stats_dir) / "budget.csv")
+if len(budget) and "max_step_gib" in budget:
+    n_b, n_groups = len(budget), len(budget.groupby(["size", "budget_gib"]))
+    over = budget["max_step_gib"] / budget["budget_gib"] - 1
+    worst = budget.loc[over.idxmax()]
+    gpu_b = (budget["metric"] == "peak_memory_allocated").all()
+    per_step = gpu_b and budget["n_steps"].map(finite).all()  # else one peak per logged interval
+    plural = ("s" if n_b != 1 else "", "s" if n_groups != 1 else "")
+    text = (f"Over {n_b} budget run{plural[0]} ({n_groups} budget{plural[1]} "
+            f"across sizes), the steady-state peak is within its budget in {int(budget['within'].sum())}")
+    if per_step:
+        text += (f", the 99th percentile of the step peaks in {int(budget['within_p99'].sum())} and the "
+                 f"largest step peak in {int(budget['within_max'].sum())}; the largest step peak is ")
+    elif gpu_b:
+        text += (", and the largest peak of any logged interval of steps in "
+                 f"{int(budget['within_max'].sum())}; the largest is ")
+    if gpu_b:
+        text += (f"{num(worst['max_step_gib'], 3)} GiB against a budget of {num(worst['budget_gib'], 3)} "
+                 f"GiB ({num(over.max(), 1, pct=True)}\\%, {tex_escape(worst['size'])}, "
+                 f"seed {int(worst['seed'])})")
+    else:
+        text += " (on the CPU the measure is the final plan's accounted bytes)"
+    M.add("BudgetStepsText", text + ".", "generated sentence: budget runs against their budgets")
+else:
+    M.add("BudgetStepsText", "", "no budget runs")
 n_equiv = int(paired["tost_equivalent"].sum()) if len(paired) else 0
 M.add("NumEquivalent", str(n_equiv), "run groups whose loss is TOST-equivalent to none")
 M.add("NumCompared", str(len(paired)))

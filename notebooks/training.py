@@ -20,7 +20,8 @@
 # * **gate_heatmap**: probability that each site is *stored* at the end of training (layer × site,
 #   mean over seeds), one panel per λ, for the headline size (`tables/gates.csv`).
 # * **budget_tracking**: the requested peak budget against what the run used
-#   (`stats/budget.csv`): the CUDA peak, or on the CPU model states + kept activations.
+#   (`stats/budget.csv`): the CUDA peak of the steady state, with the maximum and the 99th
+#   percentile of every step's own peak, or on the CPU model states + kept activations.
 
 # %% tags=["parameters"]
 tables_dir = "results/smoke/tables"
@@ -117,9 +118,14 @@ if budget.empty:
 else:
     for i, size in enumerate(sizes_in(budget)):
         b = budget[budget["size"] == size]
-        ax.scatter(b["budget_gib"], b["measured_gib"], color=f"C{i}", label=size, zorder=3)
-    lo = float(min(budget["budget_gib"].min(), budget["measured_gib"].min())) * 0.9
-    hi = float(max(budget["budget_gib"].max(), budget["measured_gib"].max())) * 1.1
+        ax.scatter(b["budget_gib"], b["measured_gib"], color=f"C{i}", label=f"{size}: steady state", zorder=3)
+        if "max_step_gib" in b:  # every step's own peak: a line up to the maximum, a cross at p99
+            ax.vlines(b["budget_gib"], b["measured_gib"], b["max_step_gib"], color=f"C{i}", lw=0.8)
+            ax.scatter(b["budget_gib"], b["p99_step_gib"], color=f"C{i}", marker="x", s=18, zorder=3,
+                       label=f"{size}: p99 step (line: max)")
+    cols = [c for c in ("budget_gib", "measured_gib", "max_step_gib") if c in budget]
+    lo = float(budget[cols].min().min()) * 0.9
+    hi = float(budget[cols].max().max()) * 1.1
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="measured = requested")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)

@@ -37,7 +37,8 @@ from typing import Any
 
 RUN_FIELDS = ["size", "run", "strategy", "lam", "budget_gib", "seed", "dir", "finished", "step",
               "initial_val_loss", "final_val_loss", "final_val_ppl", "saved_activation_bytes",
-              "mean_saved_activation_bytes", "peak_memory_bytes", "last_peak_memory_bytes", "step_ms",
+              "mean_saved_activation_bytes", "peak_memory_bytes", "last_peak_memory_bytes",
+              "step_peak_max_bytes", "step_peak_p99_bytes", "n_step_peaks", "step_ms",
               "tokens_per_s", "wall_time_s", "params", "final_lam", "n_stored", "n_sites", "tokens_seen",
               "device", "torch_version", "git_commit", "git_dirty", "source_sha256"]
 CURVE_FIELDS = ["size", "run", "seed", "kind", "step", "loss", "val_loss", "lam", "saved_activation_bytes",
@@ -103,6 +104,13 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else math.nan
 
 
+def _quantile(xs: list[float], q: float) -> float:
+    """The q-quantile of xs, linearly interpolated (numpy's default)."""
+    import numpy as np
+
+    return float(np.quantile(np.asarray(xs, dtype=float), q))
+
+
 def cut_off(path: Path) -> bool:
     """A job killed mid-way leaves `<output>.incomplete` (the scripts of drat/analysis/jobs.py):
     its output may hold only part of the rows."""
@@ -133,6 +141,10 @@ def summarize_run(run_dir: Path, meta: dict) -> tuple[dict, list[dict], list[dic
     plan = summary.get("final_plan") or {}
     saved = plan.get("saved_activation_bytes", train[-1]["saved_activation_bytes"] if train else math.nan)
     peaks = [r["peak_memory_bytes"] for r in train if r.get("peak_memory_bytes") is not None]
+    # every step's own peak where the trainer logs them (CUDA), else one per log interval
+    step_peaks = [b for r in train for b in (r.get("step_peak_bytes") or [])]
+    per_step = bool(step_peaks)
+    step_peaks = step_peaks or peaks
     prov = summary.get("provenance", {})
     row = {
         **{k: meta.get(k) for k in ("size", "run", "strategy", "lam", "budget_gib", "seed")},
@@ -148,6 +160,9 @@ def summarize_run(run_dir: Path, meta: dict) -> tuple[dict, list[dict], list[dic
         "peak_memory_bytes": max(peaks) if peaks else None,
         # the last logged peak: the steady state if the trainer resets the peak per log interval
         "last_peak_memory_bytes": peaks[-1] if peaks else None,
+        "step_peak_max_bytes": max(step_peaks) if step_peaks else None,
+        "step_peak_p99_bytes": _quantile(step_peaks, 0.99) if step_peaks else None,
+        "n_step_peaks": len(step_peaks) if per_step else None,  # None: one peak per log interval
         "step_ms": _median([r.get("step_ms") for r in steady]),
         "tokens_per_s": _median([r.get("tokens_per_s") for r in steady]),
         "wall_time_s": summary.get("wall_time_s"),

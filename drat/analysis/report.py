@@ -77,13 +77,15 @@ def footer_text(data_prov: dict) -> str:
 
 
 def save_figure(fig, name: str, figures_dir, data_prov: dict, sources: list[str], note: str = "") -> None:
-    """PDF (for LaTeX) + PNG (for a quick look) + a sidecar JSON with the provenance of the data."""
+    """PDF (for LaTeX) + PNG (for a quick look) + a sidecar JSON with the provenance of the data.
+    The PNG carries a provenance footer (devices, torch, commits); the PDF, which the paper
+    includes, does not: a reader's figure shows data, and the paper names the artifact once."""
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"{name}.pdf", bbox_inches="tight", pad_inches=0.05)
     # the footer goes below everything already drawn (tick labels included)
     bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight()
     fig.text(0.005, bottom - 0.01, footer_text(data_prov), fontsize=5.5, color="0.35", ha="left", va="top")
-    fig.savefig(out / f"{name}.pdf", bbox_inches="tight", pad_inches=0.05)
     fig.savefig(out / f"{name}.png", dpi=130, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     side = {"figure": name, "files": [f"{name}.pdf", f"{name}.png"], "sources": [str(s) for s in sources],

@@ -260,6 +260,7 @@ class ResourceAwareTrainer:
         step_peak_bytes = torch.cuda.max_memory_allocated(self.device) if cuda else None
         if step_peak_bytes is not None:
             self._interval_peak_bytes = max(self._interval_peak_bytes, step_peak_bytes)
+            self._interval_step_peaks.append(step_peak_bytes)
         if self.gating is not None:
             self.gating.step(plan, step_peak_bytes)
             replan = self.gating.observe_link(plan, self.step)
@@ -356,7 +357,10 @@ class ResourceAwareTrainer:
             # the largest over ranks (FSDP2 ranks hold equal shards; the one that differs sets the limit)
             peak = torch.tensor(float(self._interval_peak_bytes), device=self.device, dtype=torch.float64)
             rec["peak_memory_bytes"] = int(self.dist.max(peak).item())
+            # every step's own peak (this rank's): a budget is judged on their maximum and p99
+            rec["step_peak_bytes"] = [int(b) for b in self._interval_step_peaks]
             self._interval_peak_bytes = 0
+            self._interval_step_peaks = []
             if self.gating is not None and self.gating.budget is not None:
                 rec["other_bytes"] = int(self.gating.budget.other_bytes)
             rec["mfu"] = self.mfu(rec["tokens_per_s"])
@@ -439,6 +443,7 @@ class ResourceAwareTrainer:
         self.step = 0  # optimizer steps completed
         self._diverged_at = torch.zeros((), dtype=torch.long, device=self.device)  # 0: no NaN/inf loss yet
         self._interval_peak_bytes = 0  # CUDA: largest step peak since the last log line
+        self._interval_step_peaks: list[int] = []  # CUDA: each step's peak since the last log line
         self.train_time_s = 0.0  # time spent in train(), summed over the launches of the run
         self.initial_val: dict | None = None
         self.last_val: dict | None = None

@@ -212,3 +212,32 @@ def test_bench_rows_of_several_processes_collapse_to_their_median():
     assert c.loc["none", "step_spread_pct"] == pytest.approx(100 * 2 / 11)
     assert c.loc["full", "step_spread_pct"] == 30.0  # a row's own spread wins where it is wider
     assert collapse_processes(b[b["process"] == 0]).equals(b[b["process"] == 0])
+
+
+def test_budget_runs_are_judged_on_every_steps_peak(tmp_path):
+    """A budget run's maximum and p99 step peak come from every step's own CUDA peak (the
+    trainer logs them per interval), so an early overshoot shows even when the steady state
+    is within the budget."""
+    import pandas as pd
+
+    from drat.analysis.aggregate import summarize_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    gib = 2**30
+    steps = [[int(3.3 * gib)] + [int(2.9 * gib)] * 9] + [[int(2.9 * gib)] * 10] * 19  # 200 steps
+    recs = [{"kind": "train", "step": 10 * (i + 1), "loss": 1.0, "saved_activation_bytes": 1.0,
+             "step_ms": 1.0, "tokens_per_s": 1.0, "peak_memory_bytes": max(p), "step_peak_bytes": p}
+            for i, p in enumerate(steps)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (run / "summary.json").write_text(json.dumps({"finished": True, "step": 200, "params": 10}))
+    row, _, _ = summarize_run(run, {"size": "small", "run": "drat-budget3", "strategy": "drat",
+                                    "lam": None, "budget_gib": 3.0, "seed": 0})
+    assert row["n_step_peaks"] == 200 and row["step_peak_max_bytes"] == int(3.3 * gib)
+    assert row["step_peak_p99_bytes"] == pytest.approx(2.9 * gib, rel=0.01)  # one step in 200
+    b = stats.budget_table(pd.DataFrame([row]))
+    r = b.iloc[0]
+    assert r["measured_gib"] == pytest.approx(2.9, rel=1e-6) and r["within"]
+    assert r["max_step_gib"] == pytest.approx(3.3, rel=1e-6) and not r["within_max"]
+    assert r["within_p99"] and r["n_steps"] == 200
+    assert list(b.columns) == stats.BUDGET_FIELDS
