@@ -630,6 +630,34 @@ if len(budget) and "max_step_gib" in budget:
     M.add("BudgetStepsText", text + ".", "generated sentence: budget runs against their budgets")
 else:
     M.add("BudgetStepsText", "", "no budget runs")
+# The longer runs (`long_run`): how far the DRAT plan's validation loss strays from `none`'s
+long_runs = read_csv(Path(tables_dir) / "long_runs.csv")
+long_curves = read_csv(Path(tables_dir) / "long_curves.csv")
+def tokens_phrase(n):
+    return f"{num(n / 1e6, 1)}M" if n >= 1e6 else f"{num(n / 1e3, 1)}k"
+
+
+lr_ok = len(long_runs) and "none" in set(long_runs["run"]) and len(long_runs) > 1
+M.add("HasLongRun", "1" if lr_ok else "0", "1: the long runs are among the results")
+if lr_ok:
+    lr = long_runs.set_index("run")
+    ev = long_curves[long_curves["kind"] == "eval"]
+    ev = ev.pivot_table(index="step", columns="run", values="val_loss")
+    others = [r for r in lr.index if r != "none"]
+    parts = []
+    for run in others:
+        d = (ev[run] - ev["none"]).dropna().abs() if run in ev else None
+        gap = ("" if d is None or not len(d) else f" (equal at all {len(d)} evaluations)" if d.max() == 0
+               else f" (largest difference over {len(d)} evaluations: {num(d.max(), 4)} nats)")
+        parts.append(f"\\texttt{{{tex_escape(run)}}} {num(lr.loc[run, 'final_val_loss'], 4)}{gap}")
+    M.add("LongRunText",
+          f"Trained for {tokens_phrase(lr.loc['none', 'tokens_seen'])} tokens "
+          f"({int(lr.loc['none', 'step'])} steps, {tex_escape(lr['size'].iloc[0])}, seed "
+          f"{int(lr['seed'].iloc[0])}), \\texttt{{none}} ends at a validation loss of "
+          f"{num(lr.loc['none', 'final_val_loss'], 4)} and " + "; ".join(parts) + ".",
+          "generated sentence: the long runs")
+else:
+    M.add("LongRunText", "", "no long runs among the results")
 n_equiv = int(paired["tost_equivalent"].sum()) if len(paired) else 0
 M.add("NumEquivalent", str(n_equiv), "run groups whose loss is TOST-equivalent to none")
 M.add("NumCompared", str(len(paired)))

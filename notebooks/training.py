@@ -22,6 +22,8 @@
 # * **budget_tracking**: the requested peak budget against what the run used
 #   (`stats/budget.csv`): the CUDA peak of the steady state, with the maximum and the 99th
 #   percentile of every step's own peak, or on the CPU model states + kept activations.
+# * **long_run**: the longer runs (`long_run` in the config), validation loss against tokens
+#   seen, and each run's difference from `none` at every evaluation (`tables/long_curves.csv`).
 
 # %% tags=["parameters"]
 tables_dir = "results/smoke/tables"
@@ -49,6 +51,8 @@ bands = read_csv(Path(stats_dir) / "curves_ci.csv")
 curves = read_csv(Path(tables_dir) / "curves.csv")  # per seed: drawn where no band is
 gates = read_csv(Path(tables_dir) / "gates.csv")
 budget = read_csv(Path(stats_dir) / "budget.csv")
+long_curves = read_csv(Path(tables_dir) / "long_curves.csv")
+long_runs = read_csv(Path(tables_dir) / "long_runs.csv")
 prov = data_provenance(tables_dir)
 sizes = sizes_in(bands)
 print("sizes:", sizes, "| curve points:", len(bands), "| gate rows:", len(gates),
@@ -135,3 +139,36 @@ else:
     ax.legend(fontsize=7)
 fig.tight_layout(rect=(0, 0.04, 1, 1))
 save_figure(fig, "budget_tracking", figures_dir, prov, [f"{stats_dir}/budget.csv"])
+
+# %%
+fig, (ax, axd) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+ev = long_curves[long_curves["kind"] == "eval"] if len(long_curves) else long_curves
+if ev.empty:
+    empty_panel(ax, "no long run in this configuration")
+    empty_panel(axd, "no long run in this configuration")
+else:
+    lr = long_runs.set_index("run")
+    tokens_per_step = (lr["tokens_seen"] / lr["step"]).to_dict()
+    ref = ev[ev["run"] == "none"].set_index("step")["val_loss"]
+    for i, run in enumerate(run_order(set(ev["run"]))):
+        r = ev[ev["run"] == run].sort_values("step")
+        tok_m = r["step"] * tokens_per_step.get(run, float("nan")) / 1e6
+        ls = "-" if run == "none" else "--"
+        ax.plot(tok_m, r["val_loss"], ls, color=f"C{i % 10}", label=run, lw=1.4 if run == "none" else 1.0)
+        if run != "none" and len(ref):
+            d = r.set_index("step")["val_loss"] - ref
+            axd.plot(d.index * tokens_per_step.get(run, float("nan")) / 1e6, d.values, "o-", ms=2.5,
+                     color=f"C{i % 10}", label=f"{run} − none")
+    ax.set_xlabel("tokens seen (millions)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(f"{ev['size'].iloc[0]}, seed {int(ev['seed'].iloc[0])}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    axd.axhline(0.0, color="k", lw=0.8)
+    axd.set_xlabel("tokens seen (millions)")
+    axd.set_ylabel("difference of validation loss (nats)")
+    axd.grid(alpha=0.3)
+    axd.legend(fontsize=7)
+fig.tight_layout(rect=(0, 0.04, 1, 1))
+save_figure(fig, "long_run", figures_dir, prov, [f"{tables_dir}/long_curves.csv"],
+            note="one seed per run; the difference at each evaluation step")

@@ -16,6 +16,8 @@ profile JSON and bench frontier. Outputs in --out:
                        gradients against `none`, bitwise, on the run device
     repeats.csv        a training run run again against the original: final losses, first
                        logged step whose training loss differs
+    long_runs.csv      the longer runs (`long_run` in the config): columns of runs.csv
+    long_curves.csv    their metrics.jsonl records: columns of curves.csv
     provenance.json    the devices, torch versions and commits the results came from
     missing.json       expected results that are absent or unfinished
 
@@ -255,6 +257,17 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
         runs.append(r)
         curves += c
         gates += g
+    long_runs, long_curves = [], []
+    missing["long_runs"] = []
+    for meta in manifest.get("long_runs", []):  # the longer runs: their own tables, same columns
+        d = Path(meta["dir"])
+        ok, why = run_complete(d)
+        if not ok:
+            missing["long_runs"].append(f"{d} ({why})")
+            continue
+        r, c, _ = summarize_run(d, meta)
+        long_runs.append(r)
+        long_curves += c
     missing.update(exactness=[], repeats=[])
 
     def present(meta: dict, kind: str) -> Path | None:
@@ -301,7 +314,7 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
         else:
             repeats.append(summarize_repeat(meta))
     n_missing = sum(len(v) for v in missing.values())
-    n_found = len(runs) + len(profiles) + len(bench) + len(exact) + len(repeats)
+    n_found = len(runs) + len(profiles) + len(bench) + len(exact) + len(repeats) + len(long_runs)
     if n_missing:
         lines = [f"  {kind}: {item}" for kind, items in missing.items() for item in items]
         where = manifest.get("results_dir", "?")
@@ -322,11 +335,14 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
     _write_csv(out / "bench.csv", bench, bench_fields if bench else ["size"])
     _write_csv(out / "exactness.csv", exact, EXACTNESS_FIELDS)
     _write_csv(out / "repeats.csv", repeats, REPEAT_FIELDS)
-    every = runs + profiles + bench + exact + repeats  # every row a figure or table may draw on
+    _write_csv(out / "long_runs.csv", long_runs, RUN_FIELDS)
+    _write_csv(out / "long_curves.csv", long_curves, CURVE_FIELDS)
+    every = runs + profiles + bench + exact + repeats + long_runs  # every row a figure or table may draw on
     prov: dict[str, Any] = {k: sorted({str(r.get(k)) for r in every if r.get(k) is not None})
                             for k in ("device", "torch_version", "git_commit", "source_sha256")}
     prov.update({"scale": manifest.get("scale"), "results_dir": manifest.get("results_dir"),
-                 "n_runs": len(runs), "n_profiles": len(profiles), "n_bench_rows": len(bench)})
+                 "n_runs": len(runs), "n_profiles": len(profiles), "n_bench_rows": len(bench),
+                 "n_long_runs": len(long_runs)})
     (out / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
     result = {"missing": missing, "n_missing": n_missing, "n_runs": len(runs), "n_profiles": len(profiles),
               "n_bench_rows": len(bench), "expected_runs": len(manifest.get("runs", []))}

@@ -21,7 +21,8 @@ rule manifest:
     params:
         manifest=json.dumps({"scale": config["scale"], "results_dir": R, "device": config["device"],
                              "archived": ARCHIVED, "runs": TRAIN_RUNS, "profiles": PROFILE_POINTS,
-                             "bench": BENCH, "exactness": EXACTNESS, "repeats": REPEATS}, sort_keys=True),
+                             "bench": BENCH, "exactness": EXACTNESS, "repeats": REPEATS,
+                             "long_runs": LONG_RUNS}, sort_keys=True),
     log:
         f"{R}/logs/manifest.log",
     shell:
@@ -29,7 +30,7 @@ rule manifest:
 
 
 AGG_TABLES = ["runs", "curves", "gates", "profile", "profile_steps", "profile_sites", "bench", "exactness",
-              "repeats"]
+              "repeats", "long_runs", "long_curves"]
 
 
 rule aggregate:
@@ -37,7 +38,7 @@ rule aggregate:
     input:
         manifest=f"{R}/manifest.json",
         results=[] if ARCHIVED else (TRAIN_OUTPUTS + PROFILE_OUTPUTS + BENCH_OUTPUTS + EXACTNESS_OUTPUTS
-                                     + REPEAT_OUTPUTS),
+                                     + REPEAT_OUTPUTS + LONG_OUTPUTS),
     output:
         [f"{R}/tables/{t}.csv" for t in AGG_TABLES],
         provenance=f"{R}/tables/provenance.json",

@@ -48,12 +48,12 @@ BUILD = config["paper"]["build_dir"].rstrip("/")
 RES = config.get("resources", {})
 STATS = config["stats"]
 
-FIGURES = ["frontier", "lambda_sweep", "gate_heatmap", "loss_curves", "budget_tracking", "bench"]
+FIGURES = ["frontier", "lambda_sweep", "gate_heatmap", "loss_curves", "budget_tracking", "bench", "long_run"]
 TABLES = ["results_table", "baselines_table", "claims_table", "planners_table", "setup_table", "frontier_table",
           "bench_table", "bench_verdicts", "exactness_text"]
 NOTEBOOKS = {
     "frontier": ["frontier", "lambda_sweep", "bench"],
-    "training": ["loss_curves", "gate_heatmap", "budget_tracking"],
+    "training": ["loss_curves", "gate_heatmap", "budget_tracking", "long_run"],
     "tables": [],
 }
 FIGURE_FILES = [f"{FIG}/{f}.{ext}" for f in FIGURES for ext in ("pdf", "png", "json")]
@@ -122,7 +122,22 @@ if REPEATS and not any(r["dir"] == REPEATS[0]["of"] for r in TRAIN_RUNS):
     raise ValueError(f"exactness: the repeated run {REPEATS[0]['of']} is not in the training grid; "
                      f"give size {EXACT_SIZE!r} the baseline `none` and seed {REPEATS[0]['seed']}")
 
+# One longer run per name of `long_run.runs` (workflow/rules/train.smk: train_long), in long/:
+# the same config as the grid's run of that name, with more steps
+LONG = config.get("long_run", {})
+LONG_SIZE = LONG.get("size") or next(iter(config["sizes"]))
+LONG_RUNS = []
+if LONG.get("enabled", False):
+    if LONG_SIZE not in config["sizes"]:
+        raise ValueError(f"long_run.size {LONG_SIZE!r} is not a key of sizes")
+    for _run in LONG.get("runs", ["none"]):
+        _r = parse_run_name(_run)  # a bad name fails here, with the grammar
+        LONG_RUNS.append(dict(size=LONG_SIZE, run=_run, strategy=_r.kind, lam=_r.lam, budget_gib=_r.budget_gib,
+                              seed=int(LONG.get("seed", 0)), steps=int(LONG["steps"]),
+                              dir=f"{R}/long/{LONG_SIZE}/{_run}/seed{int(LONG.get('seed', 0))}"))
+
 TRAIN_OUTPUTS = [f"{r['dir']}/summary.json" for r in TRAIN_RUNS]
+LONG_OUTPUTS = [f"{r['dir']}/summary.json" for r in LONG_RUNS]
 PROFILE_OUTPUTS = [p["path"] for p in PROFILE_POINTS]
 BENCH_OUTPUTS = [b["path"] for b in BENCH]
 EXACTNESS_OUTPUTS = [e["path"] for e in EXACTNESS]
@@ -136,8 +151,9 @@ def archived_digest():
     import hashlib
 
     h = hashlib.sha256()
-    folders = set(TRAIN_OUTPUTS + REPEAT_OUTPUTS)
-    for out in sorted(TRAIN_OUTPUTS + PROFILE_OUTPUTS + BENCH_OUTPUTS + EXACTNESS_OUTPUTS + REPEAT_OUTPUTS):
+    folders = set(TRAIN_OUTPUTS + REPEAT_OUTPUTS + LONG_OUTPUTS)
+    for out in sorted(TRAIN_OUTPUTS + PROFILE_OUTPUTS + BENCH_OUTPUTS + EXACTNESS_OUTPUTS + REPEAT_OUTPUTS
+                      + LONG_OUTPUTS):
         folder = Path(out).parent if out in folders else None
         files = sorted(folder.glob("*.json*")) if folder and folder.is_dir() else [Path(out)]
         for f in files:
@@ -181,10 +197,13 @@ def model_flags(size):
     return " ".join(f"{f} {v}" for f, v in flags)
 
 
-def train_fields(wc):
-    """The resolved TrainingConfig fields of one run (tokenizer and out are added by the script)."""
+def train_fields(wc, long=False):
+    """The resolved TrainingConfig fields of one run (tokenizer and out are added by the script).
+    `long`: the long run of that name (`long_run`: its steps, eval and log intervals)."""
     s = size_cfg(wc.size)
     fields = {**config.get("train", {}), **s.get("train", {})}
+    if long:
+        fields.update({k: LONG[k] for k in ("steps", "eval_every", "log_every") if k in LONG})
     m = s.get("model", {})
     fields.update({"size": wc.size, "n_layer": m.get("layers"), "n_embd": m.get("hidden"),
                    "n_head": m.get("heads"), "corpus": config["corpus"]["spec"],

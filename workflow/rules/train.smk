@@ -1,6 +1,7 @@
 """Training: one rule, one job per {size} × {run} × {seed}.
 
-    train -> {R}/train/{size}/{run}/seed{seed}/{config.json, metrics.jsonl, summary.json, train.log}
+    train      -> {R}/train/{size}/{run}/seed{seed}/{config.json, metrics.jsonl, summary.json, train.log}
+    train_long -> {R}/long/{size}/{run}/seed{seed}/...   the same run with `long_run`'s steps
 
 {run} is a baseline strategy (none, full, selective, sac), DRAT at a price of memory
 (drat-lam<λ>) or DRAT under a peak budget (drat-budget<GiB>). Every run uses the shared
@@ -20,11 +21,11 @@ def train_gpus(wc):
     return int(size_cfg(wc.size).get("gpus", 1))
 
 
-def train_command(wc, input, threads, out=None):
+def train_command(wc, input, threads, out=None, long=False):
     """`drat train` for one process; for several, `drat train --prepare-only`, then torchrun.
-    `out`: another folder for the same run (the exactness rules' repeat)."""
+    `out`: another folder for the same run (the exactness rules' repeat, the long run)."""
     out = out or run_dir(wc.size, wc.run, wc.seed)
-    train = (f"drat train --config-json {shlex.quote(train_fields(wc))} --tokenizer {input.tokenizer} "
+    train = (f"drat train --config-json {shlex.quote(train_fields(wc, long))} --tokenizer {input.tokenizer} "
              f"--tokens {input.tokens} --out {out} --overwrite --threads {threads}")
     n = train_gpus(wc)
     if n == 1:
@@ -59,3 +60,17 @@ rule train:
         f"{R}/benchmarks/train/{{size}}/{{run}}/seed{{seed}}.tsv"
     shell:
         "({params.cmd}) > {log} 2>&1"
+
+
+use rule train as train_long with:
+    output:
+        summary=f"{R}/long/{{size}}/{{run}}/seed{{seed}}/summary.json",
+        metrics=f"{R}/long/{{size}}/{{run}}/seed{{seed}}/metrics.jsonl",
+        config=f"{R}/long/{{size}}/{{run}}/seed{{seed}}/config.json",
+    params:
+        cmd=lambda wc, input, threads: train_command(wc, input, threads, f"{R}/long/{wc.size}/{wc.run}/seed{wc.seed}",
+                                                     long=True),
+    log:
+        f"{R}/logs/long/{{size}}/{{run}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/long/{{size}}/{{run}}/seed{{seed}}.tsv"
