@@ -18,6 +18,7 @@ profile JSON and bench frontier. Outputs in --out:
                        logged step whose training loss differs
     long_runs.csv      the longer runs (`long_run` in the config): columns of runs.csv
     long_curves.csv    their metrics.jsonl records: columns of curves.csv
+    extra.json         the `extra_benches` present: name, kind, title and the path of their JSON
     provenance.json    the devices, torch versions and commits the results came from
     missing.json       expected results that are absent or unfinished
 
@@ -313,8 +314,14 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
                 break
         else:
             repeats.append(summarize_repeat(meta))
+    extra = []  # more `drat bench` runs: the notebooks read their JSON through this list
+    missing["extra"] = []
+    for meta in manifest.get("extra", []):
+        if (p := present(meta, "extra")) is not None:
+            extra.append({**{k: meta.get(k) for k in ("name", "kind", "title", "path")},
+                          **provenance_of(json.loads(p.read_text()))})
     n_missing = sum(len(v) for v in missing.values())
-    n_found = len(runs) + len(profiles) + len(bench) + len(exact) + len(repeats) + len(long_runs)
+    n_found = len(runs) + len(profiles) + len(bench) + len(exact) + len(repeats) + len(long_runs) + len(extra)
     if n_missing:
         lines = [f"  {kind}: {item}" for kind, items in missing.items() for item in items]
         where = manifest.get("results_dir", "?")
@@ -337,7 +344,8 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
     _write_csv(out / "repeats.csv", repeats, REPEAT_FIELDS)
     _write_csv(out / "long_runs.csv", long_runs, RUN_FIELDS)
     _write_csv(out / "long_curves.csv", long_curves, CURVE_FIELDS)
-    every = runs + profiles + bench + exact + repeats + long_runs  # every row a figure or table may draw on
+    (out / "extra.json").write_text(json.dumps(extra, indent=2) + "\n")
+    every = runs + profiles + bench + exact + repeats + long_runs + extra  # what a figure may draw on
     prov: dict[str, Any] = {k: sorted({str(r.get(k)) for r in every if r.get(k) is not None})
                             for k in ("device", "torch_version", "git_commit", "source_sha256")}
     prov.update({"scale": manifest.get("scale"), "results_dir": manifest.get("results_dir"),

@@ -79,7 +79,9 @@ def test_configs_validate(path):
     lambda c: c["sizes"]["tiny"].update(baselines=["checkpoint"]),  # unknown baseline
     lambda c: c["sizes"]["tiny"].update(gpus=0),                    # a run needs a process
     lambda c: c["sizes"]["tiny"].update(distributed="zero3"),       # DDP or FSDP2 only
-], ids=["size", "lambda", "margin", "typo", "baseline", "gpus", "distributed"])
+    lambda c: c.update(extra_benches=[{"name": "t", "args": "trace --size tiny"}]),  # not a paper bench
+    lambda c: c.update(long_run={"enabled": True}),                 # a long run states its steps
+], ids=["size", "lambda", "margin", "typo", "baseline", "gpus", "distributed", "extra", "long"])
 def test_schema_rejects_bad_configs(change):
     from snakemake.exceptions import WorkflowError
 

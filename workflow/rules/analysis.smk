@@ -22,7 +22,7 @@ rule manifest:
         manifest=json.dumps({"scale": config["scale"], "results_dir": R, "device": config["device"],
                              "archived": ARCHIVED, "runs": TRAIN_RUNS, "profiles": PROFILE_POINTS,
                              "bench": BENCH, "exactness": EXACTNESS, "repeats": REPEATS,
-                             "long_runs": LONG_RUNS}, sort_keys=True),
+                             "long_runs": LONG_RUNS, "extra": EXTRA}, sort_keys=True),
     log:
         f"{R}/logs/manifest.log",
     shell:
@@ -38,11 +38,12 @@ rule aggregate:
     input:
         manifest=f"{R}/manifest.json",
         results=[] if ARCHIVED else (TRAIN_OUTPUTS + PROFILE_OUTPUTS + BENCH_OUTPUTS + EXACTNESS_OUTPUTS
-                                     + REPEAT_OUTPUTS + LONG_OUTPUTS),
+                                     + REPEAT_OUTPUTS + LONG_OUTPUTS + EXTRA_OUTPUTS),
     output:
         [f"{R}/tables/{t}.csv" for t in AGG_TABLES],
         provenance=f"{R}/tables/provenance.json",
         missing=f"{R}/tables/missing.json",
+        extra=f"{R}/tables/extra.json",
     params:
         out=f"{R}/tables",
         allow=("--allow-missing" if ARCHIVED and config.get("allow_missing", False) else ""),

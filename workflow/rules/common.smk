@@ -50,7 +50,7 @@ STATS = config["stats"]
 
 FIGURES = ["frontier", "lambda_sweep", "gate_heatmap", "loss_curves", "budget_tracking", "bench", "long_run"]
 TABLES = ["results_table", "baselines_table", "claims_table", "planners_table", "setup_table", "frontier_table",
-          "bench_table", "bench_verdicts", "exactness_text"]
+          "bench_table", "bench_verdicts", "exactness_text", "extra_tables"]
 NOTEBOOKS = {
     "frontier": ["frontier", "lambda_sweep", "bench"],
     "training": ["loss_curves", "gate_heatmap", "budget_tracking", "long_run"],
@@ -136,7 +136,18 @@ if LONG.get("enabled", False):
                               seed=int(LONG.get("seed", 0)), steps=int(LONG["steps"]),
                               dir=f"{R}/long/{LONG_SIZE}/{_run}/seed{int(LONG.get('seed', 0))}"))
 
+# `extra_benches`: more `drat bench` runs, each in extra/<name>/<subcommand>.json (rule bench_extra)
+EXTRA = [dict(name=e["name"], kind=e["args"].split()[0], args=e["args"], title=e.get("title", e["name"]),
+              path=f"{R}/extra/{e['name']}/{e['args'].split()[0]}.json")
+         for e in config.get("extra_benches", [])]
+if len({e["name"] for e in EXTRA}) != len(EXTRA):
+    raise ValueError("extra_benches: every name must be unique")
+for _e in EXTRA:
+    if re.search(r"(^|\s)--(out|device)(\s|=|$)", _e["args"]):
+        raise ValueError(f"extra_benches.{_e['name']}: leave out --out and --device (the pipeline sets them)")
+
 TRAIN_OUTPUTS = [f"{r['dir']}/summary.json" for r in TRAIN_RUNS]
+EXTRA_OUTPUTS = [e["path"] for e in EXTRA]
 LONG_OUTPUTS = [f"{r['dir']}/summary.json" for r in LONG_RUNS]
 PROFILE_OUTPUTS = [p["path"] for p in PROFILE_POINTS]
 BENCH_OUTPUTS = [b["path"] for b in BENCH]
@@ -153,7 +164,7 @@ def archived_digest():
     h = hashlib.sha256()
     folders = set(TRAIN_OUTPUTS + REPEAT_OUTPUTS + LONG_OUTPUTS)
     for out in sorted(TRAIN_OUTPUTS + PROFILE_OUTPUTS + BENCH_OUTPUTS + EXACTNESS_OUTPUTS + REPEAT_OUTPUTS
-                      + LONG_OUTPUTS):
+                      + LONG_OUTPUTS + EXTRA_OUTPUTS):
         folder = Path(out).parent if out in folders else None
         files = sorted(folder.glob("*.json*")) if folder and folder.is_dir() else [Path(out)]
         for f in files:

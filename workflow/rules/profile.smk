@@ -117,3 +117,26 @@ use rule bench as bench_process with:
         f"{R}/logs/bench/{{size}}-p{{proc}}.log",
     benchmark:
         f"{R}/benchmarks/bench/{{size}}-p{{proc}}.tsv",
+
+
+rule bench_extra:
+    """One of `extra_benches`: `drat bench <args> --device <device> --out extra/<name>`."""
+    output:
+        f"{R}/extra/{{name}}/{{stem}}.json",
+    params:
+        args=lambda wc: next(e["args"] for e in EXTRA if e["name"] == wc.name),
+        out=lambda wc: f"{R}/extra/{wc.name}",
+    wildcard_constraints:
+        stem="frontier|offload|capacity",
+    threads: threads_of("threads_profile")
+    resources:
+        gpu=RES.get("gpu", 0),
+        mem_mb=RES.get("mem_mb_profile", 4000),
+        runtime=RES.get("runtime_profile", 10),
+    log:
+        f"{R}/logs/extra/{{name}}-{{stem}}.log",
+    benchmark:
+        f"{R}/benchmarks/extra/{{name}}-{{stem}}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} drat bench {params.args} --device {config[device]} --out {params.out} "
+        "> {log} 2>&1"
