@@ -245,30 +245,27 @@ def aggregate(manifest: dict, out: Path, allow_missing: bool = False, log=None) 
     """Read everything the manifest lists; write the CSVs; return {'missing': ..., counts}."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out.mkdir(parents=True, exist_ok=True)
-    runs, curves, gates = [], [], []
     profiles, steps, sites, bench = [], [], [], []
     missing: dict[str, list[str]] = {"runs": [], "profiles": [], "bench": []}
-    for meta in manifest.get("runs", []):
-        d = Path(meta["dir"])
-        ok, why = run_complete(d)
-        if not ok:
-            missing["runs"].append(f"{d} ({why})")
-            continue
-        r, c, g = summarize_run(d, meta)
-        runs.append(r)
-        curves += c
-        gates += g
-    long_runs, long_curves = [], []
-    missing["long_runs"] = []
-    for meta in manifest.get("long_runs", []):  # the longer runs: their own tables, same columns
-        d = Path(meta["dir"])
-        ok, why = run_complete(d)
-        if not ok:
-            missing["long_runs"].append(f"{d} ({why})")
-            continue
-        r, c, _ = summarize_run(d, meta)
-        long_runs.append(r)
-        long_curves += c
+
+    def read_runs(kind: str) -> tuple[list[dict], list[dict], list[dict]]:
+        """The finished run folders of manifest[kind]; the others are listed as missing."""
+        rows, curves, gates = [], [], []
+        missing[kind] = []
+        for meta in manifest.get(kind, []):
+            d = Path(meta["dir"])
+            ok, why = run_complete(d)
+            if not ok:
+                missing[kind].append(f"{d} ({why})")
+                continue
+            r, c, g = summarize_run(d, meta)
+            rows.append(r)
+            curves += c
+            gates += g
+        return rows, curves, gates
+
+    runs, curves, gates = read_runs("runs")
+    long_runs, long_curves, _ = read_runs("long_runs")  # the longer runs: their own tables
     missing.update(exactness=[], repeats=[])
 
     def present(meta: dict, kind: str) -> Path | None:
