@@ -161,6 +161,8 @@ BENCH_GROUPS = [  # (label, row selector, marker, colour, filled)
     ("DRAT, compiled",
      lambda d: d["name"].str.startswith("drat-") & (d["mode"] == "compiled"), "*", "C3", True),
     ("torch.compile memory budget", lambda d: d["name"].str.startswith("compile-budget"), "P", "C2", True),
+    ("full / sac, compiled", lambda d: d["name"].isin(["full-compiled", "sac-compiled"]), "D", "C0", False),
+    ("DRAT, three arms", lambda d: d["name"].str.startswith("drat3-"), "^", "C4", True),
 ]
 fig, size_axes = size_panels(bench, sizes_in(bench), "no one-process bench")
 for ax, size, d in size_axes:
@@ -175,7 +177,8 @@ for ax, size, d in size_axes:
                         0, None) if have_spread else None)
         ax.errorbar(g["step_ms"], y_all[g.index], xerr=xerr, fmt=marker, color=color,
                     mfc=color if filled else "none", label=label, capsize=2, ms=6 if marker != "*" else 9)
-    named = d[d["name"].isin(BASELINES) | d["name"].str.startswith("compile-")]
+    labelled = BASELINES + ["full-compiled", "sac-compiled"]
+    named = d[d["name"].isin(labelled) | d["name"].str.startswith("compile-")]
     for _, r in named.iterrows():
         ax.annotate(r["name"], (r["step_ms"], y_all[r.name]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points")

@@ -124,9 +124,11 @@ else:
         b = budget[budget["size"] == size]
         ax.scatter(b["budget_gib"], b["measured_gib"], color=f"C{i}", label=f"{size}: steady state", zorder=3)
         if "max_step_gib" in b:  # every step's own peak: a line up to the maximum, a cross at p99
+            per_step = b["n_steps"].notna().all()  # else one peak per logged interval of steps
+            what = "step" if per_step else "logged interval"
             ax.vlines(b["budget_gib"], b["measured_gib"], b["max_step_gib"], color=f"C{i}", lw=0.8)
             ax.scatter(b["budget_gib"], b["p99_step_gib"], color=f"C{i}", marker="x", s=18, zorder=3,
-                       label=f"{size}: p99 step (line: max)")
+                       label=f"{size}: p99 {what} (line: max)")
     cols = [c for c in ("budget_gib", "measured_gib", "max_step_gib") if c in budget]
     lo = float(budget[cols].min().min()) * 0.9
     hi = float(budget[cols].max().max()) * 1.1

@@ -15,7 +15,7 @@ import re
 from .cells import kilo, md_table, mfu_cell, num, pct, ratio, sites_cell, spread_cell, spread_frac
 
 CAPACITY_DEFAULTS = {"strategies": ("none", "full", "compile-budget0.5", "drat"), "cap_gib": 40.0,
-                     "steps": 10}
+                     "steps": 10, "max_batch": 256}
 CAPACITY_HEADER = ["row", "batch", "batch vs none", "peak GiB", "step ms",
                    "step p10–p90 ms (% of median)", "tokens/s", "tokens/s vs none", "MFU",
                    "batches probed (✗: out of memory)", "sites recomputed: kinds"]
@@ -49,6 +49,10 @@ def capacity_args(b, steps: int) -> list[str]:
         parts += ["--alloc-conf", m["cuda_alloc_conf"]]
     if steps and steps != CAPACITY_DEFAULTS["steps"]:
         parts += ["--steps", str(steps)]
+    if m.get("max_batch", CAPACITY_DEFAULTS["max_batch"]) != CAPACITY_DEFAULTS["max_batch"]:
+        parts += ["--max-batch", str(m["max_batch"])]
+    if m.get("trace_steps"):
+        parts += ["--trace-steps", str(m["trace_steps"])]
     return parts
 
 
@@ -77,6 +81,23 @@ def capacity_rows(b) -> list[list[str]]:
     return out
 
 
+def transfer_note(r: dict) -> str:
+    """What a row that moved bytes did with the host link, and what its trace showed."""
+    if not r.get("d2h_bytes"):
+        return ""
+    parts = [f"moved {r['d2h_bytes'] / 2**30:.2f} GiB each way per step"]
+    if r.get("link_utilisation") is not None:
+        parts.append(f"the link busy {100 * r['link_utilisation']:.0f}% of the step")
+    if r.get("trace_exposed_transfer_ms") is not None:
+        parts.append(f"traced: {r['trace_exposed_transfer_ms']:.1f} ms of exposed transfer, "
+                     f"{100 * r['trace_copy_hidden_frac']:.0f}% of the copy time hidden, the compute stream "
+                     f"idle {r['trace_compute_idle_ms']:.1f} ms")
+    if r.get("alloc_retries") is not None:
+        parts.append(f"{r['alloc_retries']} allocator retries over the timed steps, "
+                     f"{r['reserved_gib']:.2f} GiB reserved")
+    return f" (`{r['name']}` {'; '.join(parts)})"
+
+
 def capacity_headline(b) -> str:
     none, out = b.none, []
     for r in b.rows:
@@ -88,7 +109,7 @@ def capacity_headline(b) -> str:
             out.append(f"`{r['name']}` fits B={r['batch_size']} at {kilo(r['tokens_per_s'])} tokens/s")
         elif r.get("search", "largest") == "fixed":
             out.append(f"`{r['name']}` runs B={r['batch_size']} at "
-                       f"{pct(ratio(r['tokens_per_s'], none['tokens_per_s']))} tokens/s")
+                       f"{pct(ratio(r['tokens_per_s'], none['tokens_per_s']))} tokens/s" + transfer_note(r))
         else:
             out.append(f"`{r['name']}` fits {r['batch_size'] / none['batch_size']:.1f}× `none`'s batch "
                        f"(B={r['batch_size']} against {none['batch_size']}) at "

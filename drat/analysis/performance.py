@@ -23,7 +23,7 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..model import SIZES
@@ -218,6 +218,14 @@ for _card, _where in (("h100-", "an H100"), ("", "the H200")):
         f"`none`'s largest batch under 78 GiB, on {_where}",
         _CAPACITY + " `none` alone under a 78 GiB cap: what a larger batch buys in tokens/s with no "
                     "recomputation or transfer at all, the ceiling for any strategy that only frees memory.")
+    CATALOGUE[f"{_card}large-s4096/capacity-drat3-expandable"] = Entry(
+        f"the offload arm at a chosen batch under 40 GiB with expandable segments, on {_where}",
+        _CAPACITY + _ASKED + " As `capacity-drat3-replan/`, with the allocator's expandable segments "
+                             "(`--alloc-conf expandable_segments:True`): whether the allocator's retries "
+                             "under the cap are what slows the arm.")
+for _key in ("capacity-drat3-replan", "capacity-drat3-expandable", "capacity-none-cap78"):
+    # these H100 runs warmed up one step per row (their meta predates recording it)
+    CATALOGUE[f"h100-large-s4096/{_key}"] = replace(CATALOGUE[f"h100-large-s4096/{_key}"], warmup=1)
 CATALOGUE["h100-medium-s2048-b8/offload-cut64"] = Entry(
     "the offload arm at a deeper cut, on an H100",
     _OFFLOAD + " One cut, at about `full-offload`'s peak; this process ran on an H100, so its "
@@ -427,6 +435,8 @@ def command(b: Bench, out: str | None = None) -> str:
             parts += ["--arms", "store,recompute,offload"]
     elif b.stem == "capacity":
         parts += ["--device", device, *capacity_args(b, steps)]
+        if warmup_steps(b) != FRONTIER_DEFAULTS["warmup"]:
+            parts += ["--warmup", str(warmup_steps(b))]
     elif b.stem == "offload":
         parts += ["--batch-size", str(m["batch_size"]), "--device", device, *offload_args(b)]
     elif b.stem == "trace":

@@ -128,7 +128,8 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
     meta = {"config": cfg.to_dict(), "seq_len": seq_len, "cap_gib": cap_gib, "matmul_tflops": peak_tflops,
             "params": model.num_params(), "model_state_bytes": model_state_bytes(model),
             "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
-            "drat_batches": list(drat_batches), "trace_steps": trace_steps, **provenance(dev)}
+            "drat_batches": list(drat_batches), "trace_steps": trace_steps, "steps": steps, "warmup": warmup,
+            "max_batch": max_batch, **provenance(dev)}
     rows: list[dict] = []
 
     def peak_bytes(b: int, compiled=None) -> float | None:

@@ -289,7 +289,7 @@ def run_frontier(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, dev
         # the hand-written baselines under the compiler: checkpointed blocks and op-level SAC,
         # which the partitioner honours as it does DRAT's compiled plans
         for name, strat in (("full-compiled", FullAC()), ("sac-compiled", SAC())):
-            if not want(name):
+            if only and name not in only:  # by full name: `--only full` means the eager row
                 continue
             torch._dynamo.reset()
             model.set_strategy(strat)

@@ -358,7 +358,9 @@ class ResourceAwareTrainer:
             peak = torch.tensor(float(self._interval_peak_bytes), device=self.device, dtype=torch.float64)
             rec["peak_memory_bytes"] = int(self.dist.max(peak).item())
             # every step's own peak (this rank's): a budget is judged on their maximum and p99
-            rec["step_peak_bytes"] = [int(b) for b in self._interval_step_peaks]
+            steps = torch.tensor([float(b) for b in self._interval_step_peaks], device=self.device,
+                                 dtype=torch.float64)  # [steps since the last log line]
+            rec["step_peak_bytes"] = [int(b) for b in self.dist.max(steps).tolist()]  # per step, over ranks
             self._interval_peak_bytes = 0
             self._interval_step_peaks = []
             if self.gating is not None and self.gating.budget is not None:

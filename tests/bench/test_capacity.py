@@ -115,6 +115,8 @@ def test_drat_batches_time_drat_at_the_users_batches(tmp_path):
     assert got["drat-b200"]["fits"] == "False" and got["drat-b200"]["tokens_per_s"] == ""
     meta = json.loads((out / "capacity.json").read_text())["meta"]
     assert meta["drat_batches"] == [1, 200]
+    # what the docs need to rebuild the command line
+    assert (meta["steps"], meta["warmup"], meta["max_batch"], meta["trace_steps"]) == (1, 0, 200, 0)
     with pytest.raises(ValueError, match="drat-batches"):
         run_capacity("tiny", seq_len=32, cap_gib=0.018, device="cpu", vocab_size=256, max_batch=8,
                      strategies=("drat",), drat_batches=(9,), log=lambda *a: None)

@@ -145,6 +145,9 @@ if len({e["name"] for e in EXTRA}) != len(EXTRA):
 for _e in EXTRA:
     if re.search(r"(^|\s)--(out|device)(\s|=|$)", _e["args"]):
         raise ValueError(f"extra_benches.{_e['name']}: leave out --out and --device (the pipeline sets them)")
+    _steps = re.search(r"--steps[ =](\d+)", _e["args"])
+    if config["device"] == "cuda" and _steps and int(_steps.group(1)) < 10:  # the bench refuses it there
+        raise ValueError(f"extra_benches.{_e['name']}: --steps must be at least 10 on the GPU")
 
 TRAIN_OUTPUTS = [f"{r['dir']}/summary.json" for r in TRAIN_RUNS]
 EXTRA_OUTPUTS = [e["path"] for e in EXTRA]

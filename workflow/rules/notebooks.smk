@@ -2,9 +2,10 @@
 
     kernel       -> {R}/notebooks/kernel.json   `python -m drat.analysis.notebook kernel` (ipykernel install --user)
     nb_frontier  -> figures frontier, lambda_sweep, bench
-    nb_training  -> figures loss_curves, gate_heatmap, budget_tracking
+    nb_training  -> figures loss_curves, gate_heatmap, budget_tracking, long_run
     nb_tables    -> {generated}/results_table, baselines_table, claims_table, planners_table,
-                    frontier_table, setup_table, macros .tex
+                    frontier_table, setup_table, bench_table, bench_verdicts, exactness_text,
+                    extra_tables, macros .tex
 
 Each figure is written as PDF + PNG + a sidecar JSON with the device, torch version and commit of
 its data (and of the rendering); the executed notebooks and their HTML copies stay under
@@ -14,7 +15,8 @@ nbconvert). These rules only read aggregate/stats outputs: plotting never recomp
 
 NB_INPUTS = [f"{R}/stats/{f}" for f in STATS_FILES + ["oracle_curve.csv"]] + [f"{R}/tables/{t}.csv" for t in AGG_TABLES] + [
     f"{R}/tables/provenance.json", f"{R}/tables/missing.json", f"{R}/notebooks/kernel.json",
-    "drat/analysis/report.py", "drat/analysis/verdicts.py"]
+    "drat/analysis/report.py", "drat/analysis/verdicts.py", "drat/analysis/extra_tables.py",
+    f"{R}/tables/extra.json"]
 
 
 def nb_params(**extra):
