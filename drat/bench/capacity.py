@@ -256,7 +256,10 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
     none_probes, ref = None, None
     for name in strategies:
         if name == "none":
-            none_probes = search("none", "eager", fixed(NoneAC()))["probes"]
+            none_row = search("none", "eager", fixed(NoneAC()))
+            none_probes = none_row["probes"]
+            if none_row.get("step_ms") and none_row.get("batch_size"):  # none's step per sequence
+                meta["none_ms_per_sample"] = none_row["step_ms"] / none_row["batch_size"]
         elif name == "full":
             search("full", "eager", fixed(FullAC()))
         elif name == "compile-budget0.5":
@@ -275,6 +278,7 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
         elif name in ("drat", "drat3"):
             arms = 3 if name == "drat3" else 2
             ref = ref or _drat_reference(model, cfg, seq_len, dev, none_probes)
+            ref["none_ms_per_sample"] = meta.get("none_ms_per_sample")
             if arms == 3 and "link" not in meta:
                 ref["costs"].link = measure_link(dev)
                 meta["link"] = ref["costs"].link
@@ -320,15 +324,20 @@ def _drat_reference(model: GPT, cfg, seq_len: int, dev, none_probes, b_ref: int 
             "floor_per_sample": activation_floor_bytes(costs) / b_ref}
 
 
-def _scaled_costs(costs, factor: float):
+def _scaled_costs(costs, factor: float, step_ms: float | None = None):
     """The cost table at `factor` times the batch: bytes and kernel time scale, the measured
-    per-rebuild overhead (Python, hooks) does not."""
+    per-rebuild overhead (Python, hooks) does not. `step_ms`: the step measured at that batch
+    (`none`'s, per sequence, times the batch), which sets the kernel time's scale instead of
+    `factor`: a small batch's step is far less efficient per sequence than a large one's (on the
+    H100, large at S=4096: 8 × the B=1 step predicted 425.8 ms at B=8, where `none` runs 273.8 ms
+    per 8 sequences), and the host link's windows are shares of that time."""
     c = costs.rebuild_overhead_ms
-    t = [(ms - c * n) * factor + c * n for ms, n in zip(costs.time_ms, costs.instances)]
+    t_factor = factor if step_ms is None else step_ms / costs.step_ms
+    t = [(ms - c * n) * t_factor + c * n for ms, n in zip(costs.time_ms, costs.instances)]
     owned = None if costs.owned_bytes is None else [m * factor for m in costs.owned_bytes]
     return dataclasses.replace(costs, mem_bytes=[m * factor for m in costs.mem_bytes], time_ms=t,
                                owned_bytes=owned,
-                               step_ms=costs.step_ms * factor)
+                               step_ms=costs.step_ms * t_factor)
 
 
 def _floor_plan(costs) -> list[bool]:
@@ -360,7 +369,8 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
     kind = "drat3" if arms == 3 else "drat"
     def set_plan(b: int) -> bool:
         set_plan.last_info = None
-        costs = _scaled_costs(ref["costs"], b / ref["b_ref"])
+        per_sample = ref.get("none_ms_per_sample")
+        costs = _scaled_costs(ref["costs"], b / ref["b_ref"], None if per_sample is None else per_sample * b)
         base = max(float(model_state_bytes(model)), ref["s0"] + b * ref["transient_per_sample"])
         idx, targets = random_batch(cfg.vocab_size, b, seq_len, dev)
         try:

@@ -145,3 +145,24 @@ def test_drat3_guess_comes_from_the_offloaded_floor_plans_measured_peaks(tmp_pat
         assert drat3["link_utilisation"] == pytest.approx(drat3["d2h_bytes"] / (drat3["step_ms"] / 1e3) / bw)
     else:
         assert drat3.get("link_utilisation") is None
+
+
+def test_scaled_costs_take_the_measured_step_for_time_and_the_batch_for_bytes():
+    """Bytes scale with the batch; kernel time with the step measured at that batch when there is
+    one (a B=1 step is far less efficient per sequence), the per-rebuild overhead not at all."""
+    from drat.bench.capacity import _scaled_costs
+    from drat.measure import build_costs
+
+    from ..conftest import make_batch, make_model
+
+    model = make_model()
+    idx, targets = make_batch()
+    costs = build_costs(model, idx, targets, "activation_size")
+    linear = _scaled_costs(costs, 8.0)
+    measured = _scaled_costs(costs, 8.0, step_ms=costs.step_ms * 5.0)
+    assert measured.mem_bytes == linear.mem_bytes == [m * 8.0 for m in costs.mem_bytes]
+    assert linear.step_ms == pytest.approx(costs.step_ms * 8.0)
+    assert measured.step_ms == pytest.approx(costs.step_ms * 5.0)
+    c = costs.rebuild_overhead_ms
+    for t0, t, n in zip(costs.time_ms, measured.time_ms, costs.instances):
+        assert t == pytest.approx((t0 - c * n) * 5.0 + c * n)
