@@ -39,6 +39,8 @@ def offload_args(b) -> list[str]:
         parts += ["--warmup", str(warmup)]
     if any(r["name"].startswith("compiled-") for r in b.rows):
         parts.append("--compiled")
+    if m.get("arms", 3) == 3 and not m.get("match_baselines", False):  # older benches had no such rows
+        parts.append("--no-match-baselines")
     # benches from before the trace record no trace_steps and traced nothing; the catalogue
     # entry names the count of benches that traced without recording it
     traced = b.meta.get("trace_steps", getattr(b.entry, "trace_steps", None) or 0)

@@ -174,7 +174,9 @@ CATALOGUE: dict[str, Entry] = {
 _OFFLOAD = ("The offload arm against the offload baselines in one process: `none`, `full`, `save-on-cpu` "
             "(PyTorch's synchronous `save_on_cpu`), `offload-all` (every site, streams and prefetch) and "
             "`full-offload` (checkpointed blocks whose inputs are offloaded), then two-arm (`drat-cut*`) and "
-            "three-arm (`drat3-cut*`) DRAT budgeted at (1 − cut) × `none`'s peak on the measured host link. "
+            "three-arm (`drat3-cut*`) DRAT budgeted at (1 − cut) × `none`'s peak on the measured host link; "
+            "where present, `drat3-at-<baseline>`: three-arm DRAT planned for the least memory whose "
+            "predicted step fits each slower offload baseline's measured one. "
             "Every row timed in alternation, in a new random order per round.")
 CATALOGUE.update({
     "gpt-12x1024-v32k-s2048-b8/offload": Entry(

@@ -36,6 +36,7 @@ import torch
 from ..costs import offload_report, plan_cost
 from ..measure import build_costs, measure_link, measure_steps
 from ..offload import default_host_cap_bytes
+from ..oracle import solve_oracle3
 from ..provenance import provenance
 from ..strategies import FullAC, FullOffload, NoneAC, OffloadAll, SaveOnCPU
 from ..validate import ARMS, FRACTION, NONNEG_INT, POSITIVE, POSITIVE_INT, NumberList
@@ -58,18 +59,22 @@ CSV_FIELDS = ["name", "strategy", "arms", "budget_gib", "peak_gib", "step_ms", "
               "trace_exposed_transfer_ms", "trace_copy_hidden_frac", "trace_compute_idle_ms"]
 
 
+OFFLOAD_BASELINES = ("save-on-cpu", "offload-all", "full-offload")
+
+
 def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, device: str = "cpu",
                 n_layer=None, n_embd=None, n_head=None, vocab_size=None, tie_weights=None,
                 cuts=(0.45, 0.6, 0.75), arms: int = 3, host_mem_gib: float | None = None, steps: int = 12,
                 warmup: int = 3, rounds: int = 3, seed: int = 0, out: str | Path | None = None,
-                compiled: bool = False, trace_steps: int = 3, log=print) -> dict:
+                compiled: bool = False, trace_steps: int = 3, match_baselines: bool = True,
+                log=print) -> dict:
     dev, cfg, model, idx, targets = bench_model(size, seq_len, batch_size, device, n_layer, n_embd, n_head,
                                                 vocab_size, tie_weights)
     cuda = dev.type == "cuda"
     host_cap = host_mem_gib * 2**30 if host_mem_gib is not None else default_host_cap_bytes()
     meta = {"config": cfg.to_dict(), "batch_size": batch_size, "seq_len": seq_len, "arms": arms,
             "host_cap_bytes": host_cap, "rounds": rounds, "steps": steps, "warmup": warmup,
-            "trace_steps": trace_steps, **provenance(dev)}
+            "trace_steps": trace_steps, "match_baselines": match_baselines, **provenance(dev)}
     rows: list[dict] = []
     strategies: list = []
     plans: dict[str, tuple[list[bool], list[bool]]] = {}  # DRAT row -> (kept, offloaded)
@@ -97,24 +102,37 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
     lk = costs.link
     log(f"host link: D2H {lk['d2h_gbps']:.1f} GB/s, H2D {lk['h2d_gbps']:.1f} GB/s under compute")
     base = none["peak_gib"] * 2**30 - costs.total_bytes if cuda else 0.0
+    targets_gib = []  # (row name, plan kind, arms, budget GiB)
     for cut in cuts:
         budget_gib = none["peak_gib"] * (1 - cut) if cuda else (base + costs.total_bytes * (1 - cut)) / 2**30
         kinds = [("drat", 2)] + ([("drat3", 3)] if arms == 3 else [])
-        for kind, k in kinds:
-            name = f"{kind}-cut{cut:g}"
-            try:
-                plan = plan_with_link_check(model, idx, targets, costs, budget_gib, base, kind, host_cap,
-                             none["own_step_ms"], log)
-            except ValueError as e:
-                log(f"{name:<20} no plan: {str(e).splitlines()[0]}")
+        targets_gib += [(f"{kind}-cut{cut:g}", kind, k, budget_gib) for kind, k in kinds]
+    if match_baselines and arms == 3:
+        # "at a baseline's step time, a lower peak": three-arm DRAT planned at the least activation
+        # memory whose predicted step is no longer than each offload baseline's own measured step
+        slower = [r for r in rows
+                  if r["name"] in OFFLOAD_BASELINES and r["own_step_ms"] > none["own_step_ms"]]
+        for b in slower:
+            act = least_memory_at_step(costs, b["own_step_ms"] / none["own_step_ms"] - 1, host_cap)
+            if act is None:
+                log(f"drat3-at-{b['name']:<11} no plan: the table cannot save memory within that step")
                 continue
-            off = offloaded_of(plan.gates) or [False] * len(plan.stored)
-            plans[name] = (list(plan.stored), off)
-            dev_stored = [s and not o for s, o in zip(plan.stored, off)]
-            add(name, model.strategy, arms=k, budget_gib=budget_gib,
-                n_recomputed=len(plan.stored) - sum(plan.stored), n_offloaded=sum(off), plan_trace=plan.trace,
-                predicted_step_ms=none["own_step_ms"] * (1 + plan_cost(dev_stored, costs, 0.0, off)[2]),
-                predicted_exposed_ms=offload_report(off, costs)["exposed_transfer_ms"] if any(off) else 0.0)
+            # at least a byte: on the CPU the base is 0, and a budget must be positive
+            targets_gib.append((f"drat3-at-{b['name']}", "drat3", 3, (base + max(act, 1.0)) / 2**30))
+    for name, kind, k, budget_gib in targets_gib:
+        try:
+            plan = plan_with_link_check(model, idx, targets, costs, budget_gib, base, kind, host_cap,
+                                        none["own_step_ms"], log)
+        except ValueError as e:
+            log(f"{name:<20} no plan: {str(e).splitlines()[0]}")
+            continue
+        off = offloaded_of(plan.gates) or [False] * len(plan.stored)
+        plans[name] = (list(plan.stored), off)
+        dev_stored = [s and not o for s, o in zip(plan.stored, off)]
+        add(name, model.strategy, arms=k, budget_gib=budget_gib,
+            n_recomputed=len(plan.stored) - sum(plan.stored), n_offloaded=sum(off), plan_trace=plan.trace,
+            predicted_step_ms=none["own_step_ms"] * (1 + plan_cost(dev_stored, costs, 0.0, off)[2]),
+            predicted_exposed_ms=offload_report(off, costs)["exposed_transfer_ms"] if any(off) else 0.0)
 
     # the step times: every row in alternation, a new random order per round
     timed_rounds(model, idx, targets, rows, strategies, rounds, steps, warmup, seed, log)
@@ -192,6 +210,32 @@ def _transfers(strategy) -> dict:
             "host_pinned_bytes": s.get("host_pinned_bytes"), "reloads_on_demand": s.get("reloads_on_demand")}
 
 
+def least_memory_at_step(costs, time_frac: float, host_cap_bytes: float | None = None,
+                         rel_tol: float = 1e-3) -> float | None:
+    """The fewest activation bytes a three-arm plan keeps on the device while its predicted step
+    stays within `time_frac` of `none`'s (the exact program's, by bisection on the budget: the
+    optimal added time never grows with the budget). None when even the floor's plan is slower, or
+    no plan saves anything."""
+    def added_time(budget: float) -> float | None:
+        try:
+            return solve_oracle3(costs, 0.0, budget, host_cap_bytes).objective
+        except ValueError:  # below what any plan can keep
+            return None
+
+    lo, hi = 0.0, float(costs.total_bytes)
+    t = added_time(lo)
+    if t is not None and t <= time_frac:
+        return lo
+    while hi - lo > rel_tol * costs.total_bytes:
+        mid = (lo + hi) / 2
+        t = added_time(mid)
+        if t is not None and t <= time_frac:
+            hi = mid
+        else:
+            lo = mid
+    return hi if hi < costs.total_bytes else None
+
+
 def verdicts(rows: list[dict], cuts) -> list[str]:
     """The targets, each claimed only where the difference exceeds both rows' spreads."""
     by = {r["name"]: r for r in rows}
@@ -208,7 +252,7 @@ def verdicts(rows: list[dict], cuts) -> list[str]:
                    f"(spread ±{noise:.1%}) vs none; target ≥45% less at ≤8% more: "
                    f"{'met' if ok else 'missed'}")
     drat3 = [r for r in rows if r["name"].startswith("drat3-")]
-    for b in ("save-on-cpu", "offload-all", "full-offload"):
+    for b in OFFLOAD_BASELINES:
         base = by.get(b)
         if base is None or not drat3:
             continue
@@ -260,6 +304,9 @@ def add_offload_parser(bsub) -> None:
                    help="also run each three-arm plan under torch.compile with the compiler's own offloading")
     p.add_argument("--rounds", type=POSITIVE_INT, default=3,
                    help="interleaved timing rounds, each in a new order")
+    p.add_argument("--no-match-baselines", dest="match_baselines", action="store_false",
+                   help="skip the rows drat3-at-<baseline>: three-arm DRAT planned at each offload "
+                        "baseline's measured step time, for the least memory")
     p.add_argument("--trace-steps", type=NONNEG_INT, default=3,
                    help="steps per offloading row under torch.profiler, for the exposed transfer (0: none)")
     p.set_defaults(func=_cmd_offload)
@@ -270,7 +317,8 @@ def _cmd_offload(args) -> int:
     run_offload(args.size, args.seq_len, args.batch_size, args.device, **model_kwargs(args),
                 cuts=tuple(float(x) for x in args.peak_cuts.split(",") if x), arms=args.arms,
                 host_mem_gib=args.host_mem_gib, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                compiled=args.compiled, trace_steps=args.trace_steps, out=args.out)
+                compiled=args.compiled, trace_steps=args.trace_steps, match_baselines=args.match_baselines,
+                out=args.out)
     return 0
 
 

@@ -16,7 +16,7 @@ def test_bench_offload_writes_its_rows_and_files(tmp_path):
     out = tmp_path / "b"
     rc = main(["bench", "offload", "--size", "tiny", "--layers", "2", "--hidden", "32", "--heads", "4",
                "--vocab-size", "128", "--seq-len", "16", "--device", "cpu", "--steps", "2", "--warmup", "1",
-               "--rounds", "2", "--peak-cuts", "0.5", "--out", str(out)])
+               "--rounds", "2", "--peak-cuts", "0.5", "--no-match-baselines", "--out", str(out)])
     assert rc == 0
     rows = list(csv.DictReader(open(out / "offload.csv")))
     assert list(rows[0]) == CSV_FIELDS
@@ -78,3 +78,31 @@ def test_verdicts_claim_only_beyond_the_spread(spread, claim):
     v = verdicts(rows, (0.45,))
     assert "missed" in v[0]
     assert claim in v[1]
+
+
+def test_least_memory_at_step_is_the_exact_programs_frontier_point():
+    """The bisection's budget keeps the fewest bytes whose optimal added time fits the step: its
+    plan is within the time, and a budget 1% of the activations smaller is not."""
+    from drat.bench.offload import least_memory_at_step
+    from drat.measure import build_costs
+    from drat.oracle import solve_oracle3
+
+    from ..conftest import make_batch, make_model
+
+    model = make_model(n_layer=2)
+    idx, targets = make_batch()
+    costs = build_costs(model, idx, targets, "activation_size")
+    costs.link = {"d2h_gbps": 20.0, "h2d_gbps": 20.0, "copy_overhead_ms": 0.001, "synchronous": False}
+    total = costs.total_bytes
+    for frac in (0.02, 0.1, 0.3):
+        act = least_memory_at_step(costs, frac)
+        assert act is not None and 0 <= act < total
+        assert solve_oracle3(costs, 0.0, act).objective <= frac + 1e-9
+        if act > 0.01 * total:
+            try:
+                tighter = solve_oracle3(costs, 0.0, act - 0.01 * total).objective
+            except ValueError:
+                continue
+            assert tighter > frac
+    assert least_memory_at_step(costs, 0.0) in (None, 0.0) or solve_oracle3(
+        costs, 0.0, least_memory_at_step(costs, 0.0)).objective <= 1e-9
