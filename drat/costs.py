@@ -261,17 +261,23 @@ def plan_cost(stored: list[bool], costs: SiteCosts, lam: float,
     return lam * mem + t, mem, t
 
 
+def link_utilisation(moved_bytes: float, step_ms: float, link: dict) -> float:
+    """The share of a step the host link is busy: bytes each way ÷ step time ÷ the slower
+    direction's measured bandwidth."""
+    return moved_bytes / (step_ms / 1e3) / (min(link["d2h_gbps"], link["h2d_gbps"]) * 1e9)
+
+
 def offload_report(offloaded: list[bool], costs: SiteCosts) -> dict:
     """What an offload plan moves and what it is predicted to cost: bytes each way per step, the
     pinned host bytes it needs, the exposed ms and the predicted link utilisation."""
     nbytes = sum(m for m, o in zip(costs.mem_bytes, offloaded) if o)
     exposed_ms = float(expected_exposed_transfer(torch.tensor([float(x) for x in offloaded]), costs)) \
         * costs.step_ms if costs.link else 0.0
-    bw = min(costs.link["d2h_gbps"], costs.link["h2d_gbps"]) * 1e9 if costs.link else float("nan")
-    step_s = (costs.step_ms + exposed_ms) / 1e3
+    step_ms = costs.step_ms + exposed_ms
     return {"offloaded_sites": sum(map(bool, offloaded)), "offload_bytes_per_step": nbytes,
             "host_bytes": nbytes, "exposed_transfer_ms": exposed_ms,
-            "link_utilisation": nbytes / step_s / bw if costs.link and step_s > 0 else 0.0}
+            "link_utilisation": link_utilisation(nbytes, step_ms, costs.link)
+            if costs.link and step_ms > 0 else 0.0}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -293,7 +299,7 @@ def fmt_gib(nbytes: float) -> str:
 
 __all__ = [
     "COST_MODELS", "SiteCosts", "expected_recompute", "expected_exposed_transfer", "link_windows",
-    "link_scale_for_wait", "offload_report", "plan_cost", "predicted_wait_ms", "rebuild_counts",
-    "model_state_bytes", "scaled_link",
+    "link_scale_for_wait", "link_utilisation", "offload_report", "plan_cost", "predicted_wait_ms",
+    "rebuild_counts", "model_state_bytes", "scaled_link",
     "gib", "fmt_gib",
 ]

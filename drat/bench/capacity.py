@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ..accounting import saved_activation_bytes
-from ..costs import model_state_bytes
+from ..costs import link_utilisation, model_state_bytes
 from ..gates import budget_to_activation_bytes, fit_gates
 from ..measure import (
     build_costs,
@@ -229,9 +229,8 @@ def run_capacity(size: str = "tiny", seq_len: int = 64, cap_gib: float = 40.0, d
                           if k in ("d2h_bytes", "h2d_bytes", "host_pinned_bytes", "reloads_on_demand")},
                        recomputed_sites=" ".join(sorted({r.split(".")[-1] for r in rec})))
             moved, link = row.get("d2h_bytes"), meta.get("link")
-            if moved and link:  # bytes each way ÷ step time ÷ the slower direction's bandwidth
-                bw_bytes_per_s = min(link["d2h_gbps"], link["h2d_gbps"]) * 1e9
-                row["link_utilisation"] = moved / (m["step_ms"] / 1e3) / bw_bytes_per_s
+            if moved and link:
+                row["link_utilisation"] = link_utilisation(moved, m["step_ms"], link)
             if dev.type == "cuda" and trace_steps and (name == "none" or moved):
                 try:  # a few more steps under the profiler, still under the cap
                     tr = trace_transfers(model, idx, targets, steps=trace_steps)

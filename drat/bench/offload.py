@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..costs import offload_report, plan_cost
+from ..costs import link_utilisation, offload_report, plan_cost
 from ..measure import build_costs, measure_link, measure_steps
 from ..offload import default_host_cap_bytes
 from ..oracle import solve_oracle3
@@ -136,14 +136,13 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
 
     # the step times: every row in alternation, a new random order per round
     timed_rounds(model, idx, targets, rows, strategies, rounds, steps, warmup, seed, log)
-    bw = min(costs.link["d2h_gbps"], costs.link["h2d_gbps"]) * 1e9
     for row in rows:
         row["gc_paused"] = True  # interleaved_step_ms pauses the collector
     for row in rows:
         row["peak_vs_none"] = row["peak_gib"] / none["peak_gib"] - 1 if cuda else None
         row["step_vs_none"] = row["step_ms"] / none["step_ms"] - 1
         moved = row.get("d2h_bytes")
-        row["link_utilisation"] = moved / (row["step_ms"] / 1e3) / bw if moved else None
+        row["link_utilisation"] = link_utilisation(moved, row["step_ms"], costs.link) if moved else None
     if cuda and trace_steps:  # the exposed transfer, measured: rows that move bytes, and `none`
         for row, strategy in zip(rows, strategies):
             if row["name"] == "none" or row.get("d2h_bytes"):

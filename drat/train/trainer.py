@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..accounting import saved_activation_bytes
-from ..costs import SiteCosts, model_state_bytes
+from ..costs import SiteCosts, link_utilisation, model_state_bytes
 from ..gates import budget_to_activation_bytes
 from ..measure import build_costs, measure_link, measure_site_bytes, nominal_link
 from ..model import GPT
@@ -259,7 +259,6 @@ class ResourceAwareTrainer:
         out.update(self._optimizer_step())
         step_peak_bytes = torch.cuda.max_memory_allocated(self.device) if cuda else None
         if step_peak_bytes is not None:
-            self._interval_peak_bytes = max(self._interval_peak_bytes, step_peak_bytes)
             self._interval_step_peaks.append(step_peak_bytes)
         if self.gating is not None:
             self.gating.step(plan, step_peak_bytes)
@@ -353,15 +352,14 @@ class ResourceAwareTrainer:
         if "grad_norm_t" in out:
             rec["grad_norm"] = full_tensor(out["grad_norm_t"]).item()
         if self.device.type == "cuda":
-            # peak of this log interval (reset below), so later plans are not masked by early ones;
-            # the largest over ranks (FSDP2 ranks hold equal shards; the one that differs sets the limit)
-            peak = torch.tensor(float(self._interval_peak_bytes), device=self.device, dtype=torch.float64)
-            rec["peak_memory_bytes"] = int(self.dist.max(peak).item())
-            # every step's own peak (this rank's): a budget is judged on their maximum and p99
+            # every step's own peak since the last log line (reset below), so later plans are not
+            # masked by early ones; a budget is judged on their maximum and p99. Each the largest
+            # over ranks (FSDP2 ranks hold equal shards; the one that differs sets the limit)
             steps = torch.tensor([float(b) for b in self._interval_step_peaks], device=self.device,
                                  dtype=torch.float64)  # [steps since the last log line]
-            rec["step_peak_bytes"] = [int(b) for b in self.dist.max(steps).tolist()]  # per step, over ranks
-            self._interval_peak_bytes = 0
+            step_peaks = [int(b) for b in self.dist.max(steps).tolist()]
+            rec["peak_memory_bytes"] = max(step_peaks, default=0)
+            rec["step_peak_bytes"] = step_peaks
             self._interval_step_peaks = []
             if self.gating is not None and self.gating.budget is not None:
                 rec["other_bytes"] = int(self.gating.budget.other_bytes)
@@ -370,8 +368,7 @@ class ResourceAwareTrainer:
             rec.update(self.gating.record(out))
             link = self.gating.costs.link if self.gating.costs is not None else None
             if rec.get("d2h_bytes") and link:  # the share of the step the link was busy each way
-                bw = min(link["d2h_gbps"], link["h2d_gbps"]) * 1e9
-                rec["link_utilisation"] = rec["d2h_bytes"] / (rec["step_ms"] / 1e3) / bw
+                rec["link_utilisation"] = link_utilisation(rec["d2h_bytes"], rec["step_ms"], link)
         self._emit(rec)
         return rec
 
@@ -444,7 +441,6 @@ class ResourceAwareTrainer:
         self.mfu = MFU(self.model, cfg.seq_len, self.device, self.dist.world)
         self.step = 0  # optimizer steps completed
         self._diverged_at = torch.zeros((), dtype=torch.long, device=self.device)  # 0: no NaN/inf loss yet
-        self._interval_peak_bytes = 0  # CUDA: largest step peak since the last log line
         self._interval_step_peaks: list[int] = []  # CUDA: each step's peak since the last log line
         self.train_time_s = 0.0  # time spent in train(), summed over the launches of the run
         self.initial_val: dict | None = None
