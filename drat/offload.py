@@ -8,11 +8,14 @@ The synchronisation, on CUDA (docs/offload.md has the timeline):
 
     forward   compute ─ site runs ──▶ event ─┐
               d2h     ───────────────────────┴─ copy storage → pinned buffer ─ event (d2h_done)
-              the device storage is `record_stream`ed on d2h: the caching allocator cannot hand its
-              memory to a later allocation before the copy has read it, yet Python may drop it now.
-    backward  h2d     waits d2h_done ─ copy pinned buffer → new device storage ─ event (h2d_done)
-              compute waits h2d_done before the first use (an event, never a host sync), and the
-              reloaded storage is `record_stream`ed on the compute stream.
+              the Offloader holds the device storage until d2h_done has completed (polled at every
+              offload and reload, FIFO: one stream's events complete in order), then drops it. Its
+              bytes in flight so count as allocated, so a measured peak sees them; `record_stream`
+              would hide them in the allocator's pending blocks, which a cap then runs into.
+    backward  h2d     waits the compute stream (the reload's memory is allocated there, so that it
+              returns to the compute stream's pool, not to a second pool of its own) and d2h_done ─
+              copy pinned buffer → that storage ─ event (h2d_done)
+              compute waits h2d_done before the first use (an event, never a host sync).
 
 Reloads are *prefetched*: the first use of a tensor of block b starts the reloads of every
 offloaded tensor of blocks b−1 … b−`prefetch_blocks`, so they cross the link while block b's
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -141,6 +145,12 @@ class _HostCopy:
         # pool, which must not reference the copy itself
         self.last_read: list = [None]
 
+    def __del__(self):
+        # a reload that no use waited for (backward abandoned): its memory returns to the compute
+        # stream's pool, so the compute stream must not reuse it before the copy has written it
+        if self.dev is not None and not self.waited and self.h2d_done is not None:
+            torch.cuda.current_stream(self.dev.device).wait_event(self.h2d_done)
+
 
 class OffloadRef:
     """A saved tensor living in host memory: its copy and its geometry in the storage."""
@@ -173,7 +183,7 @@ class Offloader:
         self.prefetch_blocks = int(prefetch_blocks)
         self.host_cap_bytes = host_cap_bytes
         self.unsafe_early_release = unsafe_early_release
-        self.unsafe_no_sync = unsafe_no_sync  # CUDA tests only: skip record_stream and event waits
+        self.unsafe_no_sync = unsafe_no_sync  # CUDA tests only: skip holding sources and every wait
         if self.cuda:
             self.d2h = torch.cuda.Stream(self.device)
             self.h2d = torch.cuda.Stream(self.device)
@@ -185,9 +195,11 @@ class Offloader:
         self._by_ptr: dict[int, tuple[_HostCopy, StorageWeakRef]] = {}
         self._order: list[weakref.ref] = []  # this forward's copies in offload order
         self._next = -1  # the latest copy in `_order` whose reload has not been started
+        self._in_flight: deque = deque()  # (d2h_done, device storage) for copies not known complete
 
     # ----------------------------------------------------------------- forward
     def begin_forward(self) -> None:
+        self._retire(drain=True)
         self.stats = OffloadStats()
         self._by_ptr.clear()
         self._order.clear()
@@ -198,6 +210,7 @@ class Offloader:
         self._next = len(self._order) - 1
 
     def offload(self, t: torch.Tensor, group: int, slot: bool = True) -> OffloadRef:
+        self._retire()
         st = t.untyped_storage()
         ent = self._by_ptr.get(st.data_ptr())
         if ent is None or ent[1].expired():
@@ -222,8 +235,8 @@ class Offloader:
                 buf.copy_(src, non_blocking=True)
                 copy.d2h_done = torch.cuda.Event()
                 copy.d2h_done.record(self.d2h)
-            if not self.unsafe_no_sync:
-                src.record_stream(self.d2h)  # its memory is not reused before the copy has read it
+            if not self.unsafe_no_sync:  # its memory is not reused before the copy has read it
+                self._in_flight.append((copy.d2h_done, src))
         else:
             buf.copy_(src)
         self.stats.d2h_bytes += nbytes
@@ -238,6 +251,7 @@ class Offloader:
     # ----------------------------------------------------------------- backward
     def get(self, ref: OffloadRef) -> torch.Tensor:
         copy = ref.copy
+        self._retire()
         self._prefetch(copy.group)
         if copy.dev is None:  # not prefetched (or reloaded again for a recipe after its slots)
             self.stats.reloads_on_demand += 1
@@ -253,7 +267,6 @@ class Offloader:
                 if self.time_waits:
                     after.record(cur)
                     self._waits.append((before, after))
-                dev.record_stream(cur)
             copy.waited = True
         out = torch.empty(0, dtype=ref.dtype, device=self.device).set_(
             dev.untyped_storage(), ref.offset, ref.size, ref.stride)
@@ -272,11 +285,30 @@ class Offloader:
         waits[-1][1].synchronize()
         return float(sum(a.elapsed_time(b) for a, b in waits))
 
+    def _retire(self, drain: bool = False) -> None:
+        """Drop the device storages whose copies out have completed. `drain`: all of them, the
+        compute stream first waiting for the last copy (stream order keeps reuse safe)."""
+        q = self._in_flight
+        while q and q[0][0].query():
+            q.popleft()
+        if drain and q:
+            torch.cuda.current_stream(self.device).wait_event(q[-1][0])
+            q.clear()
+
+    def in_flight_bytes(self) -> int:
+        """Device bytes held for copies out not yet known complete (CUDA)."""
+        return sum(src.numel() for _, src in self._in_flight)
+
     def _copy_in(self, copy: _HostCopy) -> None:
         if self.cuda:
+            cur = torch.cuda.current_stream(self.device)
+            # allocated on the compute stream, which uses and frees it; the memory may still be
+            # read by compute kernels queued before it was freed, so the copy waits for them
+            copy.dev = torch.empty(copy.nbytes, dtype=torch.uint8, device=self.device)
+            if not self.unsafe_no_sync:
+                self.h2d.wait_stream(cur)
             self.h2d.wait_event(copy.d2h_done)
             with torch.cuda.stream(self.h2d):
-                copy.dev = torch.empty(copy.nbytes, dtype=torch.uint8, device=self.device)
                 copy.dev.copy_(copy.buf, non_blocking=True)
                 ev = copy.h2d_done or torch.cuda.Event()
                 ev.record(self.h2d)

@@ -115,9 +115,10 @@ def test_offloader_round_trips_views_of_one_storage_once():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_synchronisation_is_needed_and_sufficient():
-    """A 1 GiB storage takes ~20 ms to cross the link. Freed right after its copy is queued and
-    overwritten by the compute stream, it arrives intact only because of record_stream; reloaded
-    and read at once, it is right only because the compute stream waits for the reload's event."""
+    """A 1 GiB storage takes ~20 ms to cross the link. Dropped right after its copy is queued and
+    overwritten by the compute stream, it arrives intact only because the Offloader holds it until
+    the copy's event; reloaded and read at once, it is right only because the compute stream waits
+    for the reload's event."""
     dev = torch.device("cuda")
     n = 2**28  # float32: 1 GiB
 
@@ -137,6 +138,36 @@ def test_cuda_synchronisation_is_needed_and_sufficient():
 
     assert round_trip(unsafe=False)
     assert not round_trip(unsafe=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bytes_in_flight_stay_allocated_until_their_copy_completes():
+    """A storage its owner drops while its copy out is queued stays allocated, so a measured peak
+    (max_memory_allocated) counts the bytes in flight; the first poll after the copy has completed
+    releases it. Without the hold, the memory would be free at once."""
+    dev = torch.device("cuda")
+    n = 2**26  # float32: 256 MiB
+
+    def held_bytes(unsafe: bool) -> tuple[int, int]:
+        off = Offloader(dev, unsafe_no_sync=unsafe)
+        off.begin_forward()
+        x = torch.ones(n, device=dev)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda._sleep(200_000_000)  # the compute stream busy: the copy (which waits for it) is queued
+        ref = off.offload(x, 0)
+        del x
+        held = before - torch.cuda.memory_allocated(dev)  # 0 while held, 4n once released
+        torch.cuda.synchronize()
+        off._retire()
+        released = before - torch.cuda.memory_allocated(dev)
+        off.end_forward()
+        off.get(ref)
+        torch.cuda.synchronize()
+        return held, released
+
+    assert held_bytes(unsafe=False) == (0, 4 * n)
+    assert held_bytes(unsafe=True) == (4 * n, 4 * n)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
