@@ -6,9 +6,11 @@
     drat bench exactness    losses and gradients of every plan against `none`, bit for bit
     drat bench offload      the offload arm against save-on-cpu, offload-all and full-offload
     drat bench planners     ILP, gates, local search and greedy on cost tables: quality and time
+    drat bench adapt        a sequence-length warm-up: gates online against the ILP solved once or per shape
     drat profile            one plan: what it keeps for backward, its step time (on CUDA its peak)
 """
 
+from .adapt import add_adapt_parser, run_adapt
 from .capacity import add_capacity_parser, run_capacity
 from .exactness import add_exactness_parser, run_exactness
 from .frontier import add_frontier_parser, run_frontier
@@ -28,8 +30,8 @@ def add_bench_parser(sub) -> None:
     add_exactness_parser(bsub)
     add_offload_parser(bsub)
     add_planners_parser(bsub)
+    add_adapt_parser(bsub)
 
 
-__all__ = ["ProfileArgs", "add_bench_parser", "run_capacity", "run_exactness", "run_frontier", "run_offload",
-           "run_planners", "run_profile",
-           "run_trace"]
+__all__ = ["ProfileArgs", "add_bench_parser", "run_adapt", "run_capacity", "run_exactness", "run_frontier",
+           "run_offload", "run_planners", "run_profile", "run_trace"]
