@@ -1,5 +1,6 @@
 """The paper's tables of the extra benches: the offload arm, the largest batch under a cap, a
-wrapped Hugging Face model or a larger shape (`extra_benches` in the pipeline config).
+wrapped Hugging Face model, a larger shape, or a shape change under one budget (`extra_benches` in
+the pipeline config).
 
 The rows are the ones docs/performance.md shows for results/bench/, built by the same functions
 (`frontier_rows`, `offload_rows`, `capacity_rows`) and set in LaTeX here, so the paper and the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .adapt_tables import ADAPT_HEADER, adapt_headline, adapt_rows
 from .capacity_tables import CAPACITY_HEADER, capacity_headline, capacity_rows
 from .offload_tables import OFFLOAD_HEADER, offload_headline, offload_rows
 from .performance import FRONTIER_HEADER, describe_model, frontier_rows, load_bench
@@ -24,10 +26,13 @@ COLUMNS = {
     "offload": ["row", "arms", "budget GiB", "peak GiB", "peak vs none", "step ms", "spread ms",
                 "step vs none", "sites rec./off.", "GiB each way (host)", "link util."],
     "capacity": ["row", "batch", "peak GiB", "step ms", "tokens/s", "tokens/s vs none", "MFU"],
+    "adapt": ["S", "planner", "peak GiB", "within budget", "step ms", "step vs ilp-reprofile",
+              "beyond spread", "sites recomputed", "planning s"],
 }
-_HEADERS = {"frontier": FRONTIER_HEADER, "offload": OFFLOAD_HEADER, "capacity": CAPACITY_HEADER}
-_ROWS = {"frontier": frontier_rows, "offload": offload_rows, "capacity": capacity_rows}
-_HEADLINES = {"offload": offload_headline, "capacity": capacity_headline}
+_HEADERS = {"frontier": FRONTIER_HEADER, "offload": OFFLOAD_HEADER, "capacity": CAPACITY_HEADER,
+            "adapt": ADAPT_HEADER}
+_ROWS = {"frontier": frontier_rows, "offload": offload_rows, "capacity": capacity_rows, "adapt": adapt_rows}
+_HEADLINES = {"offload": offload_headline, "capacity": capacity_headline, "adapt": adapt_headline}
 # characters of the docs' cells that pdflatex does not take as text
 _SYMBOLS = {"×": r"$\times$", "✗": r"$^{\ast}$", "≤": r"$\leq$", "≥": r"$\geq$", "→": r"$\to$",
             "−": r"$-$", "λ": r"$\lambda$", "≈": r"$\approx$", "±": r"$\pm$"}

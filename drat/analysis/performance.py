@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..model import SIZES
+from .adapt_tables import ADAPT_HEADER, adapt_args, adapt_headline, adapt_rows
 from .aggregate import step_spread
 from .capacity_tables import (
     CAPACITY_HEADER,
@@ -68,7 +69,7 @@ BENCH_ROOT = Path("results/bench/h200")
 # benches run on other cards, each its own group (their numbers are not compared with the H200's)
 OTHER_BENCH_ROOTS = {"h100": Path("results/bench/h100")}
 PAPER_BENCH_ROOT = Path("results/paper/bench")
-STEMS = ("frontier", "capacity", "trace", "offload")  # the JSON each `drat bench` command writes
+STEMS = ("frontier", "capacity", "trace", "offload", "adapt")  # the JSON each `drat bench` command writes
 
 # `drat bench` defaults the command lines are rebuilt against (tests hold them to the parsers')
 FRONTIER_DEFAULTS = {"lambdas": (0.05, 0.2, 0.5, 1.0, 2.0, 5.0),
@@ -420,10 +421,12 @@ def _frontier_args(b: Bench) -> list[str]:
 def command(b: Bench, out: str | None = None) -> str:
     """The `drat bench` command line that writes this folder, rebuilt from its meta and row names."""
     m = b.meta
-    device = "cpu" if m.get("device", "cpu") == "cpu" else "cuda"  # provenance: the GPU's name on CUDA
+    device = "cpu" if str(m.get("device", "cpu")).startswith("cpu") else "cuda"  # the GPU's name on CUDA
     parts = ["drat", "bench", b.stem, *model_flags(m["config"], m["seq_len"]), "--seq-len", str(m["seq_len"])]
     steps = len(b.rows[0].get("step_ms_all") or []) if b.rows else 0
-    if b.stem == "frontier":
+    if b.stem == "adapt":  # the lengths are the warm-up's: no --seq-len
+        parts = [*parts[:-2], "--device", device, *adapt_args(b)]
+    elif b.stem == "frontier":
         parts += ["--batch-size", str(m["batch_size"]), "--device", device]
         if steps and steps != FRONTIER_DEFAULTS["steps"]:
             parts += ["--steps", str(steps)]
@@ -516,6 +519,11 @@ def details(b: Bench) -> list[str]:
     elif b.stem == "trace":
         timing.append(f"median of the timed steps per row; {m.get('trace_steps', 3)} more steps under "
                       "`torch.profiler`")
+    elif b.stem == "adapt":
+        timing.append(f"at the end of each stage its rows timed in alternation, in a new random order in "
+                      f"each of {m.get('rounds', 3)} rounds of {m.get('steps', 10)} steps; a row's step is "
+                      "the median of its round medians, its spread their max − min; peaks from one step of "
+                      f"each row; {m.get('steps_per_stage')} online steps per stage")
     elif b.stem == "offload":
         timing.append(f"every row timed in alternation, in a new random order in each of "
                       f"{m.get('rounds', 3)} rounds of {m.get('steps', 12)} steps; a row's step is the "
@@ -629,6 +637,8 @@ def headline(b: Bench) -> str:
     none, out = b.none, []
     if b.stem == "offload":
         return offload_headline(b)
+    if b.stem == "adapt":
+        return adapt_headline(b)
     if b.stem == "trace":
         for r in b.rows:
             if r["name"].startswith("drat") and none is not None:
@@ -780,7 +790,8 @@ def targets(b: Bench) -> list[str]:
 
 
 def section(b: Bench) -> str:
-    key = "- key numbers" + (" (ratios against `none` of this process): " if b.none else ": ")
+    key = "- key numbers" + (" (ratios against `none` of this process): " if b.none and b.stem != "adapt"
+                             else ": ")
     tg = targets(b)
     parts = [f"### {b.heading}", "", b.entry.shows if b.entry else "", "", *details(b),
              *([key + headline(b)] if headline(b) else []), "", *(tg + [""] if tg else [])]
@@ -794,6 +805,8 @@ def section(b: Bench) -> str:
                       md_table(BUDGET_HEADER, budget)]
     elif b.stem == "capacity":
         parts.append(md_table(CAPACITY_HEADER, capacity_rows(b)))
+    elif b.stem == "adapt":
+        parts.append(md_table(ADAPT_HEADER, adapt_rows(b)))
     elif b.stem == "offload":
         parts += [*offload_targets(b), "", md_table(OFFLOAD_HEADER, offload_rows(b))]
         traced = traced_rows(b)

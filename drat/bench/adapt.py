@@ -207,6 +207,7 @@ def run_adapt(size: str = "tiny", seq_lens: tuple[int, ...] = (16, 32, 64), batc
             peak = peak_bytes(s)
             row = {"stage": k, "seq_len": s, "name": name, "peak_gib": peak / 2**30, "budget_gib": budget_gib,
                    "within_budget": peak <= 1.01 * budget_gib * 2**30, "plan_s": plan_s[name],
+                   "gc_paused": True,  # timed_rounds pauses the collector
                    "n_recomputed": 0 if stored is None else len(stored) - sum(stored),
                    # the plan's recompute time on this stage's own table, as a fraction of its step
                    "recompute_frac": 0.0 if stored is None else plan_cost(stored, tables[s], 0.0)[2]}
