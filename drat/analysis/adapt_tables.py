@@ -84,7 +84,7 @@ def adapt_headline(b) -> str:
     if scaled and fresh:
         text += (f"; a re-plan on the scaled table took {max(scaled):.1f} s at most, one on a re-profiled "
                  f"table {max(fresh):.1f} s at most")
-    return text
+    return text + "."
 
 
 __all__ = ["ADAPT_DEFAULTS", "ADAPT_HEADER", "adapt_args", "adapt_headline", "adapt_rows"]

@@ -127,7 +127,7 @@ rule bench_extra:
         args=lambda wc: next(e["args"] for e in EXTRA if e["name"] == wc.name),
         out=lambda wc: f"{R}/extra/{wc.name}",
     wildcard_constraints:
-        stem="frontier|offload|capacity",
+        stem="frontier|offload|capacity|adapt",
     threads: threads_of("threads_profile")
     resources:
         gpu=RES.get("gpu", 0),
