@@ -66,7 +66,7 @@ def adapt_headline(b) -> str:
         if ref is None:
             continue
         calls = []
-        for name in ("ilp-once", "ilp-scaled", "drat-online"):
+        for name in ("ilp-once", "ilp-scaled", "drat-refit", "drat-online"):
             r = stage.get(name)
             if r is None:
                 continue

@@ -251,8 +251,9 @@ for _card, _where in (("h100-", "an H100"), ("", "the H200")):
         f"a sequence-length warm-up under one budget, on {_where}",
         "`drat bench adapt`: S grows 256 → 512 → 1024 under one peak budget (−45% of `none`'s peak at "
         "S=1024). The exact program solved once for S=1024 (`ilp-once`), re-solved at every length on "
-        "the first table scaled (`ilp-scaled`) or on a re-profiled table (`ilp-reprofile`), all closed "
-        "on the measured peak, against the gates driven by the trainer's own loop (`drat-online`).")
+        "the first table scaled (`ilp-scaled`) or on a re-profiled table (`ilp-reprofile`), and the gates "
+        "fitted afresh on the scaled table (`drat-refit`), all closed on the measured peak, against the "
+        "gates driven by the trainer's own loop (`drat-online`).")
 CATALOGUE["cpu-tiny-b4/adapt-s64-256"] = Entry(
     "a sequence-length warm-up under one budget, on the CPU",
     "`drat bench adapt` on the CPU: S grows 64 → 128 → 256 under −30% of `none`'s peak at S=256, "
