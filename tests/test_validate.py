@@ -39,6 +39,7 @@ COMMANDS = {
     "bench exactness": ["bench", "exactness", "--out", "{tmp}/bench"],
     "bench offload": ["bench", "offload", "--out", "{tmp}/bench"],
     "bench planners": ["bench", "planners", "--costs", "{tmp}/costs.json", "--out", "{tmp}/bench"],
+    "bench adapt": ["bench", "adapt", "--seq-lens", "16,32", "--out", "{tmp}/bench"],
     "data pin": ["data", "pin", "--corpus", "stdlib", "--out", "{tmp}/corpus.json"],
     "data tokenize": ["data", "tokenize", "--corpus", "stdlib", "--pinned", "{tmp}/corpus.json",
                       "--tokenizer", "{tmp}/tok.json", "--out", "{tmp}/tokens"],
