@@ -295,10 +295,6 @@ class Offloader:
             torch.cuda.current_stream(self.device).wait_event(q[-1][0])
             q.clear()
 
-    def in_flight_bytes(self) -> int:
-        """Device bytes held for copies out not yet known complete (CUDA)."""
-        return sum(src.numel() for _, src in self._in_flight)
-
     def _copy_in(self, copy: _HostCopy) -> None:
         if self.cuda:
             cur = torch.cuda.current_stream(self.device)

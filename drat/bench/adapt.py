@@ -4,7 +4,7 @@ The gates are a relaxation of a program the exact solver (`oracle.py`) solves in
 fixed cost table they reach its optimum. What a solver needs and learning does not is the table:
 a profile of the shape the run has. This bench changes the shape under a run, as a sequence-length
 warm-up does (S grows in stages to its final length), and keeps one peak budget throughout.
-Three planners meet the budget:
+Five planners meet it:
 
     ilp-once       the exact program solved once, on the table profiled at the final shape, and
                    closed on the measured peak there; the same plan at every stage.
@@ -41,7 +41,6 @@ from ..accounting import saved_activation_bytes
 from ..costs import SiteCosts, model_state_bytes, plan_cost
 from ..gates import budget_to_activation_bytes, fit_gates
 from ..measure import build_costs, measure_site_bytes, measure_steps, random_batch
-from ..model import add_shape_args
 from ..oracle import solve_oracle
 from ..provenance import provenance
 from ..runtime import autocast_ctx
@@ -49,8 +48,9 @@ from ..strategies import NoneAC, PlanAC
 from ..train.config import TrainingConfig
 from ..train.distributed import Dist
 from ..train.gating import GateTraining
-from ..validate import NONNEG_INT, OUT_DIR, POSITIVE, POSITIVE_INT, NumberList
+from ..validate import POSITIVE, POSITIVE_INT, NumberList
 from .common import (
+    add_model_args,
     bench_model,
     check_steps,
     model_kwargs,
@@ -276,14 +276,8 @@ def plot_adapt(rows: list[dict], path: Path, meta: dict) -> None:
 def add_adapt_parser(bsub) -> None:
     p = bsub.add_parser("adapt", help="a sequence-length warm-up under one budget: gates online against "
                                       "the exact program solved once or re-profiled per shape")
-    add_shape_args(p)  # add_model_args less --seq-len: the lengths are the warm-up's
-    p.add_argument("--untied", action="store_true", help="untie the embedding and the LM head")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=2)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=POSITIVE_INT, default=10,
-                   help="timed steps per row and round (at least 10 on GPU)")
-    p.add_argument("--warmup", type=NONNEG_INT, default=2)
-    p.add_argument("--out", required=True, type=OUT_DIR)
+    add_model_args(p, steps=10, seq_len=False)  # the lengths are the warm-up's (--seq-lens)
+    p.set_defaults(warmup=2)
     p.add_argument("--seq-lens", type=NumberList(POSITIVE_INT), required=True, metavar="S,S,...",
                    help="the warm-up's lengths, increasing; the last is the run's")
     p.add_argument("--peak-cut", type=POSITIVE, default=0.45,

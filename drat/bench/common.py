@@ -239,11 +239,13 @@ class _DictConfig(dict):
         return dict(self)
 
 
-def add_model_args(p, batch_size: bool = True, steps: int = 12) -> None:
-    """The model, batch and timing flags shared by the bench commands."""
+def add_model_args(p, batch_size: bool = True, steps: int = 12, seq_len: bool = True) -> None:
+    """The model, batch and timing flags shared by the bench commands (`seq_len=False`: a command
+    that takes several lengths of its own)."""
     add_shape_args(p)
     p.add_argument("--untied", action="store_true", help="untie the embedding and the LM head")
-    p.add_argument("--seq-len", type=POSITIVE_INT, default=64)
+    if seq_len:
+        p.add_argument("--seq-len", type=POSITIVE_INT, default=64)
     if batch_size:
         p.add_argument("--batch-size", type=POSITIVE_INT, default=2)
     p.add_argument("--device", default="auto")

@@ -65,6 +65,18 @@ def test_the_reprofiled_plan_is_within_budget_and_no_plan_recomputes_less_within
     assert final["ilp-once"]["recompute_frac"] == pytest.approx(final["ilp-reprofile"]["recompute_frac"])
 
 
+def test_the_rebuilt_command_line_knows_the_parser_defaults():
+    import argparse
+
+    from drat.analysis.adapt_tables import ADAPT_DEFAULTS
+    from drat.bench.adapt import add_adapt_parser
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_adapt_parser(sub)
+    args = sub.choices["adapt"].parse_args(["--seq-lens", "16,32", "--out", "x"])
+    assert {k: getattr(args, k) for k in ADAPT_DEFAULTS} == ADAPT_DEFAULTS
+
+
 def test_bad_lengths_are_one_line_and_exit_2(tmp_path, capsys):
     from drat.cli import main
 
