@@ -86,9 +86,21 @@ def extra_section(entry: dict, root: Path = Path(".")) -> str:
     return "\n".join(lines)
 
 
+def adapt_sentence(entries: list[dict], root: Path = Path(".")) -> str:
+    """The first shape-change bench's key numbers as a LaTeX sentence citing its table (the
+    limitations' answer to what learning adds); empty when there is none."""
+    for e in entries:
+        if e.get("kind") == "adapt":
+            path = Path(e["path"])
+            h = adapt_headline(load_bench(root, path.parent, e["name"], None))
+            return (md_to_tex(h[0].upper() + h[1:]).rstrip(".")
+                    + rf" (Table~\ref{{tab:extra-{e['name']}}}).")
+    return ""
+
+
 def extra_sections(entries: list[dict], root: Path = Path(".")) -> str:
     """Every extra bench, in config order; empty when there is none."""
     return "\n".join(extra_section(e, root) for e in entries)
 
 
-__all__ = ["COLUMNS", "bench_table", "extra_section", "extra_sections", "md_to_tex"]
+__all__ = ["COLUMNS", "adapt_sentence", "bench_table", "extra_section", "extra_sections", "md_to_tex"]

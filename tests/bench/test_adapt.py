@@ -85,3 +85,16 @@ def test_bad_lengths_are_one_line_and_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and "\n" not in err and err, bad
         assert not (tmp_path / "x").exists()
+
+
+def test_the_papers_sentence_cites_its_table_and_says_who_ran_over_budget(adapt_run):
+    from drat.analysis.extra_tables import adapt_sentence, extra_section
+
+    _, data, out = adapt_run
+    entry = {"name": "warmup", "kind": "adapt", "title": "warm-up", "path": str(out / "adapt.json")}
+    text = adapt_sentence([{"name": "x", "kind": "offload", "path": "nowhere.json"}, entry])
+    assert text.endswith(r"(Table~\ref{tab:extra-warmup}).")
+    over = sum(o["peak_gib"] > 1.01 * data["meta"]["budget_gib"] for o in data["meta"]["online"])
+    assert f"the online gates ran {over} of 8 steps over the budget" in text
+    assert r"\label{tab:extra-warmup}" in extra_section(entry)
+    assert adapt_sentence([]) == ""
