@@ -35,6 +35,11 @@ offloaded from site k on:
 
 plus a fixed host cost per offloaded site and step. Both maxima are linear constraints in o, so
 the oracle keeps them exactly (oracle.py).
+
+An offloaded site's bytes leave the peak except those still in flight when the forward ends,
+where the peak is: the backlog's bytes, bw_d2h · L_d, which the offloader holds on the device
+until their copies complete. A plan's device memory is Σ_i s_i M_i + bw_d2h · L_d (zero on a
+synchronous link: a CPU copy ends before the next site runs).
 """
 
 from __future__ import annotations
@@ -142,9 +147,9 @@ def expected_exposed_transfer(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor
     return (_late_ms(o, costs) + over) / max(costs.step_ms, 1e-12)
 
 
-def _late_ms(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
-    """L_d + L_h in ms: the D→H backlog at the end of the forward plus the reloads still late at
-    their use (maxima over suffixes) — the time the compute stream waits on the link."""
+def _late_parts(o: torch.Tensor, costs: SiteCosts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_d, L_h) in ms: the D→H backlog at the end of the forward, and the reloads still late at
+    their use (maxima over suffixes)."""
     dtype = torch.float64
     o = o.to(dtype)
     F, B = (torch.tensor(x, dtype=dtype) for x in link_windows(costs))
@@ -153,7 +158,24 @@ def _late_ms(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
     lk = costs.link
     late_d = (D / (lk["d2h_gbps"] * 1e6) - F).clamp(min=0).max()
     late_h = (D / (lk["h2d_gbps"] * 1e6) - B).clamp(min=0).max()
+    return late_d, late_h
+
+
+def _late_ms(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
+    """L_d + L_h in ms: the time the compute stream waits on the link."""
+    late_d, late_h = _late_parts(o, costs)
     return late_d + late_h
+
+
+def in_flight_bytes(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
+    """Device bytes still waiting to leave at the end of the forward, where the peak is: the D→H
+    backlog L_d times the link's bandwidth. The offloader holds a copy's source until the copy
+    completes, so these bytes are on the device at the peak. Differentiable in `o` (offload
+    probabilities or flags); 0 without a link and on a synchronous one (CPU copies end at once)."""
+    if costs.link is None or costs.link.get("synchronous") or not len(costs):
+        return o.to(torch.float64).sum() * 0.0
+    late_d, _ = _late_parts(o, costs)
+    return late_d * costs.link["d2h_gbps"] * 1e6
 
 
 def predicted_wait_ms(offloaded: list[bool], costs: SiteCosts) -> float:
@@ -249,12 +271,15 @@ def rebuild_counts(stored: list[bool], costs: SiteCosts) -> list[float]:
 def plan_cost(stored: list[bool], costs: SiteCosts, lam: float,
               offloaded: list[bool] | None = None) -> tuple[float, float, float]:
     """(λ·mem + time, normalised device memory, normalised added time) of a hard plan. With
-    `offloaded`, a site offloaded there is neither on the device nor rebuilt, and the time adds
-    the transfers that compute does not hide."""
+    `offloaded`, a site offloaded there is neither on the device nor rebuilt, except for the bytes
+    still in flight at the peak (`in_flight_bytes`), and the time adds the transfers that compute
+    does not hide."""
     M, T = costs.normalized()
     o = torch.tensor([1.0 if x else 0.0 for x in (offloaded or [False] * len(stored))], dtype=torch.float64)
     s = torch.tensor([1.0 if x else 0.0 for x in stored], dtype=torch.float64) * (1 - o)
     mem = float((s * M).sum())
+    if offloaded is not None and any(offloaded):  # the bytes still leaving at the peak
+        mem += float(in_flight_bytes(o, costs)) / max(costs.total_bytes, 1.0)
     t = float(expected_recompute(s + o, T, costs))
     if offloaded is not None and any(offloaded):
         t += float(expected_exposed_transfer(o, costs))
@@ -274,8 +299,10 @@ def offload_report(offloaded: list[bool], costs: SiteCosts) -> dict:
     exposed_ms = float(expected_exposed_transfer(torch.tensor([float(x) for x in offloaded]), costs)) \
         * costs.step_ms if costs.link else 0.0
     step_ms = costs.step_ms + exposed_ms
+    o = torch.tensor([float(x) for x in offloaded])
+    in_flight = float(in_flight_bytes(o, costs)) if costs.link else 0.0
     return {"offloaded_sites": sum(map(bool, offloaded)), "offload_bytes_per_step": nbytes,
-            "host_bytes": nbytes, "exposed_transfer_ms": exposed_ms,
+            "host_bytes": nbytes, "in_flight_bytes": in_flight, "exposed_transfer_ms": exposed_ms,
             "link_utilisation": link_utilisation(nbytes, step_ms, costs.link)
             if costs.link and step_ms > 0 else 0.0}
 
@@ -298,7 +325,8 @@ def fmt_gib(nbytes: float) -> str:
 
 
 __all__ = [
-    "COST_MODELS", "SiteCosts", "expected_recompute", "expected_exposed_transfer", "link_windows",
+    "COST_MODELS", "SiteCosts", "expected_recompute", "expected_exposed_transfer", "in_flight_bytes",
+    "link_windows",
     "link_scale_for_wait", "link_utilisation", "offload_report", "plan_cost", "predicted_wait_ms",
     "rebuild_counts", "model_state_bytes", "scaled_link",
     "gib", "fmt_gib",

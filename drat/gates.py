@@ -28,13 +28,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .costs import SiteCosts, expected_exposed_transfer, expected_recompute, plan_cost
+from .costs import SiteCosts, expected_exposed_transfer, expected_recompute, in_flight_bytes, plan_cost
 from .oracle import activation_floor_bytes
 from .search import (
     OFFLOAD,
     RECOMPUTE,
     STORE,
     batch_cost3,
+    device_bytes3,
     greedy_repair,
     greedy_repair3,
     local_search,
@@ -144,7 +145,7 @@ def resource_loss(s: torch.Tensor, costs: SiteCosts, lam: float | torch.Tensor):
     s = s.to(M.dtype)
     if s.dim() == 2:  # three arms: (n_sites, 3) rows of store / recompute / offload
         store, off = s[:, STORE], s[:, OFFLOAD]
-        mem = (store * M).sum()
+        mem = (store * M).sum() + in_flight_bytes(off, costs) / max(costs.total_bytes, 1.0)
         t = expected_recompute(store + off, T, costs) + expected_exposed_transfer(off, costs)
         return lam * mem + t, mem, t
     mem = (s * M).sum()
@@ -281,7 +282,7 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
         opt.step()
         arms = tuple(int(a) for a in gates.logits.argmax(-1).tolist())
         candidates.add(arms)
-        mem_h = float(sum(m for m, a in zip(costs.mem_bytes, arms) if a == STORE)) / total
+        mem_h = float(device_bytes3(np.array([arms]), costs)[0]) / total
         history.append({"step": step, "lam": cur_lam, "tau": float(gates.tau), "mem_frac": mem_h,
                         "n_stored": arms.count(STORE), "n_offloaded": arms.count(OFFLOAD)})
         if budget_frac is not None:

@@ -21,8 +21,10 @@ costs.py are variables bounded below by one linear row per site:
 
     L_d ≥ Σ_{i≥k} M_i o_i / bw_d2h − F_k,   L_h ≥ Σ_{i≥k} M_i o_i / bw_h2d − B_k,   L_d, L_h ≥ 0
 
-    minimise  λ·Σ M_i s_i + Σ_j T_j R_j / n_j + L_d + L_h + c·Σ o_i
-    subject to  Σ bytes_i s_i ≤ budget,  Σ bytes_i o_i ≤ host cap
+    minimise  λ·(Σ M_i s_i + bw_d2h·L_d) + Σ_j T_j R_j / n_j + L_d + L_h + c·Σ o_i
+    subject to  Σ bytes_i s_i + bw_d2h·L_d ≤ budget,  Σ bytes_i o_i ≤ host cap
+
+(bw_d2h·L_d: the bytes still in flight when the forward ends, where the peak is; costs.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .search import (
     RECOMPUTE,
     STORE,
     batch_cost3,
+    device_bytes3,
     greedy_repair,
     greedy_repair3,
     local_search,
@@ -201,7 +204,7 @@ def place_curve(curve: list[dict], base_bytes: float, none_step_ms: float) -> li
 def _plan3(arms, costs: SiteCosts, lam: float, method: str) -> OraclePlan:
     stored, offloaded = [a == STORE for a in arms], [a == OFFLOAD for a in arms]
     obj, mem, t = plan_cost(stored, costs, lam, offloaded)
-    return OraclePlan(stored, obj, sum(m for m, x in zip(costs.mem_bytes, stored) if x), t, method, offloaded)
+    return OraclePlan(stored, obj, float(device_bytes3(np.array([arms]), costs)[0]), t, method, offloaded)
 
 
 def solve_oracle3(costs: SiteCosts, lam: float = 0.0, budget_act_bytes: float | None = None,
@@ -236,14 +239,18 @@ def solve_oracle3(costs: SiteCosts, lam: float = 0.0, budget_act_bytes: float | 
             L[k, n + k:2 * n] = -raw[k:] / (bw * 1e6 * costs.step_ms)
         L[:, col] = 1.0
         rows.append(LinearConstraint(L, lb=-window, ub=np.inf))
+    # the bytes in flight at the peak: L_d (step fractions) times the link, per step, in bytes
+    flight = 0.0 if lk.get("synchronous") else lk["d2h_gbps"] * 1e6 * costs.step_ms
     if budget_act_bytes is not None:
-        rows.append(LinearConstraint(np.concatenate([raw, np.zeros(2 * n + 2)])[None, :], lb=-np.inf,
-                                     ub=budget_act_bytes))
+        row = np.concatenate([raw, np.zeros(2 * n + 2)])
+        row[3 * n] = flight
+        rows.append(LinearConstraint(row[None, :], lb=-np.inf, ub=budget_act_bytes))
     if host_cap_bytes is not None:
         rows.append(LinearConstraint(np.concatenate([np.zeros(n), raw, np.zeros(n + 2)])[None, :], lb=-np.inf,
                                      ub=host_cap_bytes))
     over = lk.get("copy_overhead_ms", 0.0) / costs.step_ms
-    c = np.concatenate([lam * M, np.full(n, over), T / inst, [1.0, 1.0]])
+    c = np.concatenate([lam * M, np.full(n, over), T / inst,
+                        [1.0 + lam * flight / max(costs.total_bytes, 1.0), 1.0]])
     c = c / max(np.abs(c).max(), 1e-30)
     integrality = np.concatenate([np.ones(2 * n), np.zeros(n + 2)])
     bounds = Bounds(np.zeros(nv), np.concatenate([np.ones(2 * n), np.full(n + 2, np.inf)]))
@@ -266,7 +273,7 @@ def brute_force3(costs: SiteCosts, lam: float = 0.0, budget_act_bytes: float | N
     raw = np.array(costs.mem_bytes, dtype=float)
     ok = np.ones(len(A), dtype=bool)
     if budget_act_bytes is not None:
-        ok &= np.where(A == STORE, raw, 0.0).sum(axis=1) <= budget_act_bytes + 1e-9
+        ok &= device_bytes3(A, costs) <= budget_act_bytes + 1e-9
     if host_cap_bytes is not None:
         ok &= np.where(A == OFFLOAD, raw, 0.0).sum(axis=1) <= host_cap_bytes + 1e-9
     if not ok.any():

@@ -136,6 +136,29 @@ def _link_terms(costs: SiteCosts):
             lk.get("copy_overhead_ms", 0.0) / costs.step_ms)
 
 
+def _late3(A: np.ndarray, costs: SiteCosts) -> tuple[np.ndarray, np.ndarray] | None:
+    """(L_d, L_h) of K plans as fractions of the step (costs.py); None without a link."""
+    terms = _link_terms(costs)
+    if terms is None:
+        return None
+    F, B, inv_d, inv_h, _ = terms
+    raw = np.array(costs.mem_bytes, dtype=float)
+    D = np.flip(np.cumsum(np.flip((A == OFFLOAD) * raw, axis=1), axis=1), axis=1)  # [K, n] bytes from k on
+    return np.clip(D * inv_d - F, 0.0, None).max(axis=1), np.clip(D * inv_h - B, 0.0, None).max(axis=1)
+
+
+def device_bytes3(A: np.ndarray, costs: SiteCosts) -> np.ndarray:
+    """[K] device bytes of K three-arm plans at the peak: the stored sites' bytes and the bytes
+    still in flight when the forward ends (`costs.in_flight_bytes`)."""
+    raw = np.array(costs.mem_bytes, dtype=float)
+    dev = np.where(A == STORE, raw, 0.0).sum(axis=1)
+    sync = costs.link is None or costs.link.get("synchronous")
+    late = None if sync or not (A == OFFLOAD).any() else _late3(A, costs)
+    if late is not None:
+        dev = dev + late[0] / _link_terms(costs)[2]  # L_d (step fractions) × bandwidth
+    return dev
+
+
 def batch_cost3(A: np.ndarray, costs: SiteCosts, lam: float) -> np.ndarray:
     """The objective of K three-arm plans at once. A: [K, n] arms (STORE / RECOMPUTE / OFFLOAD)
     -> [K]: λ·(device bytes) + recompute time + exposed transfer time, all normalised."""
@@ -143,15 +166,10 @@ def batch_cost3(A: np.ndarray, costs: SiteCosts, lam: float) -> np.ndarray:
     inst, children = np.array(costs.instances, dtype=float), (costs.children, costs.same_block_children)
     S, O = A == STORE, A == OFFLOAD
     obj = _batch_cost(S | O, np.zeros_like(M), T, inst, children, 0.0)  # recompute time alone
-    obj = obj + lam * (S * M).sum(axis=1)
-    terms = _link_terms(costs)
-    if terms is not None and O.any():
-        F, B, inv_d, inv_h, over = terms
-        raw = np.array(costs.mem_bytes, dtype=float)
-        D = np.flip(np.cumsum(np.flip(O * raw, axis=1), axis=1), axis=1)  # [K, n] bytes from k on
-        late_d = np.clip(D * inv_d - F, 0.0, None).max(axis=1)
-        late_h = np.clip(D * inv_h - B, 0.0, None).max(axis=1)
-        obj = obj + late_d + late_h + over * O.sum(axis=1)
+    obj = obj + lam * device_bytes3(A, costs) / max(costs.total_bytes, 1.0)
+    late = _late3(A, costs) if O.any() else None
+    if late is not None:
+        obj = obj + late[0] + late[1] + _link_terms(costs)[4] * O.sum(axis=1)
     return obj
 
 
@@ -180,7 +198,7 @@ def local_search3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
                    if cur_plan[m[0][0]] == STORE and m[0][1] != STORE][:trade_width]
             moves += [(a, b) for a in on for b in off if a[0] != b[0]]
         C = _apply_arm_moves(cur_plan, moves)
-        dev = (np.where(C == STORE, raw, 0.0)).sum(axis=1)
+        dev = device_bytes3(C, costs)
         host = (np.where(C == OFFLOAD, raw, 0.0)).sum(axis=1)
         ok = (dev <= cap) & (host <= hcap)
         if not ok.any():
@@ -196,21 +214,24 @@ def local_search3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
 
 def greedy_repair3(arms: list[int], costs: SiteCosts, budget_act_bytes: float,
                    host_cap_bytes: float | None = None) -> list[int]:
-    """Move stored sites off the device (to recompute or, within the host cap, to offload), best
-    bytes freed per time added first, until the plan fits the budget."""
+    """Move stored sites off the device (to recompute or, within the host cap, to offload) and
+    offloaded ones to recompute (their bytes in flight), best device bytes freed per time added
+    first, until the plan fits the budget (`device_bytes3`)."""
     raw = np.array(costs.mem_bytes, dtype=float)
     hcap = float("inf") if host_cap_bytes is None else host_cap_bytes + 1e-9
     plan = np.array(arms, dtype=np.int8)
-    while raw[plan == STORE].sum() > budget_act_bytes + 1e-9:
-        cand = [int(i) for i in np.flatnonzero((plan == STORE) & (raw > 0))]
-        if not cand:
-            raise ValueError("no plan fits the budget")
+    while (dev := device_bytes3(plan[None, :], costs)[0]) > budget_act_bytes + 1e-9:
+        # a stored site to another arm; an offloaded one to recompute (its bytes in flight go)
+        moves = [((int(i), a),) for i in np.flatnonzero((plan != RECOMPUTE) & (raw > 0))
+                 for a in (RECOMPUTE, OFFLOAD) if a != plan[i]]
         host = raw[plan == OFFLOAD].sum()
-        moves = [((i, a),) for i in cand for a in (RECOMPUTE, OFFLOAD)
-                 if a == RECOMPUTE or host + raw[i] <= hcap]
-        base = batch_cost3(plan[None, :], costs, 0.0)[0]
-        dt = batch_cost3(_apply_arm_moves(plan, moves), costs, 0.0) - base
-        ratio = raw[[m[0][0] for m in moves]] / np.maximum(dt, 1e-12)
+        moves = [m for m in moves if m[0][1] == RECOMPUTE or host + raw[m[0][0]] <= hcap]
+        C = _apply_arm_moves(plan, moves) if moves else np.zeros((0, len(plan)), dtype=np.int8)
+        freed = dev - device_bytes3(C, costs) if moves else np.zeros(0)
+        if not (freed > 1e-9).any():
+            raise ValueError("no plan fits the budget")
+        dt = batch_cost3(C, costs, 0.0) - batch_cost3(plan[None, :], costs, 0.0)[0]
+        ratio = np.where(freed > 1e-9, freed / np.maximum(dt, 1e-12), -np.inf)
         (i, a), = moves[int(np.argmax(ratio))]
         plan[i] = a
     return [int(v) for v in plan]

@@ -4,6 +4,7 @@ three-way gates against the oracle."""
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,45 @@ def test_the_link_scale_that_explains_a_measured_wait():
         assert predicted_wait_ms(plan, replace(c, link=scaled_link(c.link, s))) == pytest.approx(pred * want,
                                                                                                 rel=1e-6)
     assert link_scale_for_wait([plan], 1e9, c) == 1 / 16  # beyond the clamp
+
+
+def test_bytes_still_leaving_at_the_end_of_the_forward_stay_in_the_peak():
+    """An offloaded site's bytes leave the peak only once their copy is out: offloading the last
+    site, which has no forward left to hide its copy behind, frees nothing; on a synchronous link
+    (CPU copies) everything offloaded is gone."""
+    from drat.costs import in_flight_bytes
+    from drat.search import OFFLOAD, STORE, device_bytes3
+
+    c = link_costs(5, tight=3.0)
+    n = len(c)
+    last = [False] * (n - 1) + [True]
+    o = torch.tensor([float(x) for x in last])
+    bw = c.link["d2h_gbps"] * 1e6  # bytes per ms
+    assert float(in_flight_bytes(o, c)) == pytest.approx(c.mem_bytes[-1])  # F = 0 after the last site
+    stored_all = np.array([[STORE] * n])
+    offload_last = np.array([[STORE] * (n - 1) + [OFFLOAD]])
+    assert device_bytes3(offload_last, c)[0] == pytest.approx(device_bytes3(stored_all, c)[0])
+    _, mem_store, _ = plan_cost([True] * n, c, 0.0)
+    _, mem_off, _ = plan_cost([True] * (n - 1) + [False], c, 0.0, last)
+    assert mem_off == pytest.approx(mem_store)
+    # the first site has the whole forward after it: what the link moves in that time is gone
+    first = torch.tensor([1.0] + [0.0] * (n - 1))
+    F0 = link_windows(c)[0][0]
+    assert float(in_flight_bytes(first, c)) == pytest.approx(max(c.mem_bytes[0] - bw * F0, 0.0))
+    c.link = {**c.link, "synchronous": True}
+    assert float(in_flight_bytes(o, c)) == 0.0
+    assert device_bytes3(offload_last, c)[0] == pytest.approx(sum(c.mem_bytes[:-1]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_oracle_counts_bytes_in_flight_against_the_budget(seed):
+    """A budget that offloading the late sites would meet if their bytes left at once: the exact
+    plan's device bytes, in flight included, stay within it, and brute force agrees."""
+    from drat.search import device_bytes3
+
+    c = link_costs(seed, tight=3.0)
+    budget = 0.35 * c.total_bytes
+    o, b = solve_oracle3(c, budget_act_bytes=budget), brute_force3(c, budget_act_bytes=budget)
+    assert o.objective == pytest.approx(b.objective, abs=1e-9)
+    arms = np.array([[2 if f else 0 if s else 1 for s, f in zip(o.stored, o.offloaded)]])
+    assert o.mem_bytes == pytest.approx(device_bytes3(arms, c)[0]) and o.mem_bytes <= budget + 1e-6
