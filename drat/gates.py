@@ -263,35 +263,25 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
     if costs.link is None:
         raise ValueError("the offload arm needs the host link's measured bandwidth (SiteCosts.link)")
     gates = gates or GateBank(len(costs), seed=seed, arms=3)
-    opt = torch.optim.Adam(gates.parameters(), lr=lr)
     total = max(costs.total_bytes, 1.0)
-    raw = torch.tensor(costs.mem_bytes, dtype=torch.float64)
     budget_frac = budget_act_bytes / total if budget_act_bytes is not None else None
-    cur_lam = lam if budget_frac is None else 0.0
-    candidates: set[tuple[int, ...]] = set()
-    history = []
-    for step in range(steps):
-        gates.set_temperature(anneal_tau(step, steps, tau_start, tau_end))
-        st = gates.sample_st()
-        loss, mem, t = resource_loss(st, costs, cur_lam)
-        if host_cap_bytes is not None:  # a penalty pushes the relaxed plan under the host cap
-            over = (st[:, OFFLOAD].to(raw.dtype) * raw).sum() - host_cap_bytes
-            loss = loss + over.clamp(min=0) / total
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        arms = tuple(int(a) for a in gates.logits.argmax(-1).tolist())
-        candidates.add(arms)
-        mem_h = float(device_bytes3(np.array([arms]), costs)[0]) / total
-        history.append({"step": step, "lam": cur_lam, "tau": float(gates.tau), "mem_frac": mem_h,
-                        "n_stored": arms.count(STORE), "n_offloaded": arms.count(OFFLOAD)})
-        if budget_frac is not None:
-            cur_lam = dual_ascent(cur_lam, mem_h, budget_frac)
+    # Two runs from the same start. The mean-field run descends the expected cost under the arm
+    # probabilities, which is convex in them (linear terms and the link's maxima over suffixes),
+    # so it reaches the relaxation's optimum and its argmax is a near-integral plan. The link
+    # couples every offloaded site through those maxima, and straight-through samples alone tend
+    # to settle on whichever sites filled the link first. The straight-through run is the
+    # annealed training the gates get in a model (and in two arms). Both runs' plans are
+    # rounding candidates; the bank returned is the straight-through one.
+    mean_field = GateBank(len(costs), seed=seed, arms=3)
+    mean_field.load_state_dict(gates.state_dict())
+    relaxed, _, _ = _train3(mean_field, costs, lam, budget_frac, steps, lr, None, host_cap_bytes)
+    candidates, cur_lam, history = _train3(gates, costs, lam, budget_frac, steps, lr,
+                                           (tau_start, tau_end), host_cap_bytes)
     if budget_frac is None:
-        start = [list(gates.logits.argmax(-1).tolist())]
+        start = [list(relaxed[-1]), list(candidates[-1])]
     else:
         start = []
-        for plan in candidates:
+        for plan in dict.fromkeys(relaxed + candidates):
             try:
                 start.append(greedy_repair3(list(plan), costs, budget_act_bytes, host_cap_bytes))
             except ValueError:
@@ -318,6 +308,42 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
         gates.logits[torch.arange(len(arms)), torch.tensor(arms)] = mag
     kept = [s or o for s, o in zip(stored, offloaded)]
     return GateFit(kept, cur_lam, obj, mem_h * total, t_h, history, gates, offloaded)
+
+
+def _train3(gates: GateBank, costs: SiteCosts, lam: float | None, budget_frac: float | None,
+            steps: int, lr: float, anneal: tuple[float, float] | None,
+            host_cap_bytes: float | None) -> tuple[list[tuple[int, ...]], float, list[dict]]:
+    """Train a three-arm bank on the resource loss: straight-through samples annealed over
+    `anneal` = (τ_start, τ_end), or (anneal None) the mean-field expected cost at τ = 1. Budget
+    mode (`budget_frac`) prices memory by dual ascent. Returns the argmax plan after each step,
+    the final λ and the history."""
+    opt = torch.optim.Adam(gates.parameters(), lr=lr)
+    total = max(costs.total_bytes, 1.0)
+    raw = torch.tensor(costs.mem_bytes, dtype=torch.float64)
+    cur_lam = lam if budget_frac is None else 0.0
+    plans, history = [], []
+    gates.set_temperature(1.0)
+    for step in range(steps):
+        if anneal is None:
+            s = gates.arm_probs()  # (n_sites, 3)
+        else:
+            gates.set_temperature(anneal_tau(step, steps, *anneal))
+            s = gates.sample_st()
+        loss, mem, t = resource_loss(s, costs, cur_lam)
+        if host_cap_bytes is not None:  # a penalty pushes the relaxed plan under the host cap
+            over = (s[:, OFFLOAD].to(raw.dtype) * raw).sum() - host_cap_bytes
+            loss = loss + over.clamp(min=0) / total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        arms = tuple(int(a) for a in gates.logits.argmax(-1).tolist())
+        plans.append(arms)
+        mem_h = float(device_bytes3(np.array([arms]), costs)[0]) / total
+        history.append({"step": step, "lam": cur_lam, "tau": float(gates.tau), "mem_frac": mem_h,
+                        "n_stored": arms.count(STORE), "n_offloaded": arms.count(OFFLOAD)})
+        if budget_frac is not None:
+            cur_lam = dual_ascent(cur_lam, mem_h, budget_frac)
+    return plans, cur_lam, history
 
 
 def budget_to_activation_bytes(budget_gib: float, base_bytes: float) -> float:
