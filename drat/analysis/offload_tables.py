@@ -3,6 +3,8 @@ key numbers and targets, all read from its `offload.json` (performance.py render
 
 from __future__ import annotations
 
+from .cells import num, pct
+
 OFFLOAD_DEFAULTS = {"peak_cuts": (0.45, 0.6, 0.75), "steps": 12, "warmup": 3, "rounds": 3, "trace_steps": 3}
 TRACED_HEADER = ["row", "step ms", "traced step ms", "compute idle ms", "exposed transfer ms (traced)",
                  "predicted ms", "D→H ms", "H→D ms", "copy time hidden"]
@@ -13,14 +15,6 @@ BASELINES = ("save-on-cpu", "offload-all", "full-offload")
 
 def _gib(x) -> str:
     return "—" if x is None else f"{x / 2**30:.2f}"
-
-
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:+.1f}%".replace("-", "\u2212")
-
-
-def _num(x, digits: int = 2) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
 
 
 def offload_args(b) -> list[str]:
@@ -57,10 +51,10 @@ def traced_rows(b) -> list[list[str]]:
         if r.get("trace_exposed_transfer_ms") is None:
             continue
         hid = r.get("trace_copy_hidden_frac")
-        out.append([f"`{r['name']}`", _num(r.get("step_ms")), _num(r.get("trace_traced_ms")),
-                    _num(r.get("trace_compute_idle_ms")),
-                    _num(r["trace_exposed_transfer_ms"]), _num(r.get("predicted_exposed_ms")),
-                    _num(r.get("trace_d2h_ms")), _num(r.get("trace_h2d_ms")),
+        out.append([f"`{r['name']}`", num(r.get("step_ms")), num(r.get("trace_traced_ms")),
+                    num(r.get("trace_compute_idle_ms")),
+                    num(r["trace_exposed_transfer_ms"]), num(r.get("predicted_exposed_ms")),
+                    num(r.get("trace_d2h_ms")), num(r.get("trace_h2d_ms")),
                     "—" if hid is None or hid != hid else f"{100 * hid:.0f}%"])
     return out
 
@@ -73,14 +67,14 @@ def offload_rows(b) -> list[list[str]]:
                         r["error"][:80].replace("|", "/")])
             continue
         rec, off = r.get("n_recomputed"), r.get("n_offloaded")
-        out.append([f"`{r['name']}`", str(r.get("arms", 2)), _num(r.get("budget_gib")),
-                    _num(r["peak_gib"], 3),
-                    _pct(r.get("peak_vs_none")), _num(r["step_ms"]), _num(r.get("step_spread_ms")),
-                    _pct(r.get("step_vs_none")),
+        out.append([f"`{r['name']}`", str(r.get("arms", 2)), num(r.get("budget_gib")),
+                    num(r["peak_gib"], 3),
+                    pct(r.get("peak_vs_none")), num(r["step_ms"]), num(r.get("step_spread_ms")),
+                    pct(r.get("step_vs_none")),
                     "—" if rec is None and off is None else f"{rec or 0}/{off or 0}",
                     _gib(r.get("d2h_bytes")),
                     "—" if r.get("link_utilisation") is None else f"{100 * r['link_utilisation']:.0f}%",
-                    _num(r.get("predicted_step_ms"))])
+                    num(r.get("predicted_step_ms"))])
     return out
 
 
