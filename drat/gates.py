@@ -274,14 +274,16 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
     # rounding candidates; the bank returned is the straight-through one.
     mean_field = GateBank(len(costs), seed=seed, arms=3)
     mean_field.load_state_dict(gates.state_dict())
-    relaxed, _, _ = _train3(mean_field, costs, lam, budget_frac, steps, lr, None, host_cap_bytes)
+    relaxed, _, _ = _train3(mean_field, costs, lam, budget_frac, MEAN_FIELD_STEPS * steps, lr, None,
+                            host_cap_bytes)
     candidates, cur_lam, history = _train3(gates, costs, lam, budget_frac, steps, lr,
                                            (tau_start, tau_end), host_cap_bytes)
     if budget_frac is None:
         start = [list(relaxed[-1]), list(candidates[-1])]
     else:
         start = []
-        for plan in dict.fromkeys(relaxed + candidates):
+        # each run's final plan first: always polished, however its repair ranks
+        for plan in dict.fromkeys([relaxed[-1], candidates[-1]] + relaxed + candidates):
             try:
                 start.append(greedy_repair3(list(plan), costs, budget_act_bytes, host_cap_bytes))
             except ValueError:
@@ -292,7 +294,8 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
     lam_eval = cur_lam if budget_frac is None else 0.0
     cost = batch_cost3(np.array(start, dtype=np.int8), costs, lam_eval)
     best = None
-    for i in np.argsort(cost)[:polish_top]:
+    finals = [] if budget_frac is None else [0, 1][:len(start)]  # usually the runs' final plans
+    for i in dict.fromkeys(finals + [int(j) for j in np.argsort(cost)[:polish_top]]):
         cand = local_search3(start[i], costs, lam_eval, budget_act_bytes, host_cap_bytes)
         c = float(batch_cost3(np.array([cand], dtype=np.int8), costs, lam_eval)[0])
         if best is None or c < best[0]:
@@ -310,12 +313,20 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
     return GateFit(kept, cur_lam, obj, mem_h * total, t_h, history, gates, offloaded)
 
 
+# The mean-field run in budget mode: an exact penalty on expected memory over the budget
+# instead of dual ascent, whose λ oscillates against a relaxation that moves this slowly; and
+# three times the steps, since its argmax must settle (near-integral) before it is rounded.
+MEAN_FIELD_PENALTY = 10.0
+MEAN_FIELD_STEPS = 3
+
+
 def _train3(gates: GateBank, costs: SiteCosts, lam: float | None, budget_frac: float | None,
             steps: int, lr: float, anneal: tuple[float, float] | None,
             host_cap_bytes: float | None) -> tuple[list[tuple[int, ...]], float, list[dict]]:
     """Train a three-arm bank on the resource loss: straight-through samples annealed over
     `anneal` = (τ_start, τ_end), or (anneal None) the mean-field expected cost at τ = 1. Budget
-    mode (`budget_frac`) prices memory by dual ascent. Returns the argmax plan after each step,
+    mode (`budget_frac`) prices memory by dual ascent (straight-through) or a penalty
+    (mean-field). Returns the argmax plan after each step,
     the final λ and the history."""
     opt = torch.optim.Adam(gates.parameters(), lr=lr)
     total = max(costs.total_bytes, 1.0)
@@ -330,6 +341,8 @@ def _train3(gates: GateBank, costs: SiteCosts, lam: float | None, budget_frac: f
             gates.set_temperature(anneal_tau(step, steps, *anneal))
             s = gates.sample_st()
         loss, mem, t = resource_loss(s, costs, cur_lam)
+        if anneal is None and budget_frac is not None:
+            loss = loss + MEAN_FIELD_PENALTY * (mem - budget_frac).clamp(min=0)
         if host_cap_bytes is not None:  # a penalty pushes the relaxed plan under the host cap
             over = (s[:, OFFLOAD].to(raw.dtype) * raw).sum() - host_cap_bytes
             loss = loss + over.clamp(min=0) / total
@@ -341,7 +354,7 @@ def _train3(gates: GateBank, costs: SiteCosts, lam: float | None, budget_frac: f
         mem_h = float(device_bytes3(np.array([arms]), costs)[0]) / total
         history.append({"step": step, "lam": cur_lam, "tau": float(gates.tau), "mem_frac": mem_h,
                         "n_stored": arms.count(STORE), "n_offloaded": arms.count(OFFLOAD)})
-        if budget_frac is not None:
+        if budget_frac is not None and anneal is not None:
             cur_lam = dual_ascent(cur_lam, mem_h, budget_frac)
     return plans, cur_lam, history
 
