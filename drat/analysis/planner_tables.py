@@ -81,6 +81,13 @@ def _command(meta: dict, folder: Path) -> str:
 def _summary(rows: list[dict]) -> list[str]:
     """Per arm count and planner: how often it matched the ILP, its worst gap, its planning times."""
     out = []
+    ilp = {(r["table"], r["arms"], r["target"]): r["objective"] for r in rows
+           if r["planner"] == "ilp" and r["objective"]}
+
+    def rel(r) -> float:  # the gap as a fraction of the ILP's objective
+        ref = ilp.get((r["table"], r["arms"], r["target"]))
+        return r["objective"] / ref - 1 if ref and r["objective"] is not None else float("inf")
+
     for arms in sorted({r["arms"] for r in rows}):
         for k in PLANNERS:
             rs = [r for r in rows if r["planner"] == k and r["arms"] == arms and r["gap_pts"] is not None]
@@ -91,8 +98,12 @@ def _summary(rows: list[dict]) -> list[str]:
             if k != "ilp":
                 hit = sum(abs(r["gap_pts"]) < 5e-4 for r in rs)
                 worst = max(rs, key=lambda r: r["gap_pts"])
+                near = sum(rel(r) <= 0.02 + 1e-12 for r in rs)
+                worst_rel = max(rs, key=rel)
                 line += (f"; the ILP's objective in {hit} of {len(rs)} targets, worst "
-                         f"{worst['gap_pts']:+.3f} points ({worst['table']}, {worst['target']})")
+                         f"{worst['gap_pts']:+.3f} points ({worst['table']}, {worst['target']}); "
+                         f"within 2% of it in {near} of {len(rs)}, worst {100 * rel(worst_rel):+.1f}% "
+                         f"({worst_rel['table']}, {worst_rel['target']})")
             out.append(line)
     return out
 
