@@ -21,6 +21,7 @@ transfer time the host link cannot hide (`costs.expected_exposed_transfer`).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -258,8 +259,9 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
 def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, seed, gates, polish_top,
                 host_cap_bytes) -> GateFit:
     """`fit_gates` over three arms: the same annealed straight-through training and dual ascent,
-    rounded by three-arm repair and local search. No floor check: offloading leaves no floor
-    but the host cap, and a plan that cannot fit is refused by the repair."""
+    beside a mean-field run (below), both rounded by three-arm repair and local search. No floor
+    check: offloading leaves no floor but the host cap, and a plan that cannot fit is refused by
+    the repair."""
     if costs.link is None:
         raise ValueError("the offload arm needs the host link's measured bandwidth (SiteCosts.link)")
     gates = gates or GateBank(len(costs), seed=seed, arms=3)
@@ -272,8 +274,7 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
     # to settle on whichever sites filled the link first. The straight-through run is the
     # annealed training the gates get in a model (and in two arms). Both runs' plans are
     # rounding candidates; the bank returned is the straight-through one.
-    mean_field = GateBank(len(costs), seed=seed, arms=3)
-    mean_field.load_state_dict(gates.state_dict())
+    mean_field = copy.deepcopy(gates)
     relaxed, _, _ = _train3(mean_field, costs, lam, budget_frac, MEAN_FIELD_STEPS * steps, lr, None,
                             host_cap_bytes)
     candidates, cur_lam, history = _train3(gates, costs, lam, budget_frac, steps, lr,
@@ -313,9 +314,9 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
     return GateFit(kept, cur_lam, obj, mem_h * total, t_h, history, gates, offloaded)
 
 
-# The mean-field run in budget mode: an exact penalty on expected memory over the budget
-# instead of dual ascent, whose λ oscillates against a relaxation that moves this slowly; and
-# three times the steps, since its argmax must settle (near-integral) before it is rounded.
+# The mean-field run takes three times the steps, since its argmax must settle (near-integral)
+# before it is rounded; in budget mode it takes an exact penalty on expected memory over the
+# budget instead of dual ascent, whose λ oscillates against a relaxation that moves this slowly.
 MEAN_FIELD_PENALTY = 10.0
 MEAN_FIELD_STEPS = 3
 
@@ -326,8 +327,7 @@ def _train3(gates: GateBank, costs: SiteCosts, lam: float | None, budget_frac: f
     """Train a three-arm bank on the resource loss: straight-through samples annealed over
     `anneal` = (τ_start, τ_end), or (anneal None) the mean-field expected cost at τ = 1. Budget
     mode (`budget_frac`) prices memory by dual ascent (straight-through) or a penalty
-    (mean-field). Returns the argmax plan after each step,
-    the final λ and the history."""
+    (mean-field). Returns the argmax plan after each step, the final λ and the history."""
     opt = torch.optim.Adam(gates.parameters(), lr=lr)
     total = max(costs.total_bytes, 1.0)
     raw = torch.tensor(costs.mem_bytes, dtype=torch.float64)
