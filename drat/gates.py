@@ -42,6 +42,7 @@ from .search import (
     local_search,
     local_search3,
     perturbed_search3,
+    tiled_plans3,
 )
 
 DEFAULT_LAMBDA = 0.05  # the price of memory of a DRAT plan asked for with neither λ nor a budget
@@ -294,12 +295,18 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
         polish_top = max(polish_top, 8)  # three arms round less cleanly: polish more of the visited plans
     lam_eval = cur_lam if budget_frac is None else 0.0
     cost = batch_cost3(np.array(start, dtype=np.int8), costs, lam_eval)
-    best = None
     finals = [] if budget_frac is None else [0, 1][:len(start)]  # usually the runs' final plans
+    best = None
     for i in dict.fromkeys(finals + [int(j) for j in np.argsort(cost)[:polish_top]]):
         cand = local_search3(start[i], costs, lam_eval, budget_act_bytes, host_cap_bytes)
         c = float(batch_cost3(np.array([cand], dtype=np.int8), costs, lam_eval)[0])
         if best is None or c < best[0]:
+            best = (c, cand)
+    # the best plan's blocks tiled with one pattern each (search.tiled_plans3), polished too
+    for plan in tiled_plans3(best[1], costs, lam_eval, budget_act_bytes, host_cap_bytes):
+        cand = local_search3(plan, costs, lam_eval, budget_act_bytes, host_cap_bytes)
+        c = float(batch_cost3(np.array([cand], dtype=np.int8), costs, lam_eval)[0])
+        if c < best[0]:
             best = (c, cand)
     kicks = 60 if len(costs) <= 40 else 6  # each kick is a local search: few on deep models
     arms = perturbed_search3(best[1], costs, lam_eval, budget_act_bytes, host_cap_bytes, kicks=kicks,

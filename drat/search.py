@@ -7,7 +7,9 @@ single and paired flips evaluated in batch against `costs.plan_cost`'s objective
 
 from __future__ import annotations
 
+import itertools
 import random
+import re
 
 import numpy as np
 
@@ -263,6 +265,82 @@ def perturbed_search3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
         if c < best_c - 1e-12:
             best, best_c = cand, c
     return best
+
+
+# Positions whose arms `tiled_plans3` enumerates: 3^9 = 19683 plans, priced in batches.
+TILE_MAX_SITES = 9
+
+
+def block_layout(costs: SiteCosts) -> np.ndarray | None:
+    """[n_blocks, k] site indices of the model's repeated blocks (labels `L<i>.<name>`), or None
+    when there are fewer than two blocks or they do not all hold the same sites in one order."""
+    layers: dict[int, list[tuple[str, int]]] = {}
+    for i, label in enumerate(costs.labels):
+        if m := re.match(r"L(\d+)\.(.+)$", label):
+            layers.setdefault(int(m.group(1)), []).append((m.group(2), i))
+    blocks = [layers[b] for b in sorted(layers)]
+    if len(blocks) < 2 or any([nm for nm, _ in b] != [nm for nm, _ in blocks[0]] for b in blocks):
+        return None
+    return np.array([[i for _, i in b] for b in blocks])
+
+
+def tiled_plans3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
+                 budget_act_bytes: float | None = None, host_cap_bytes: float | None = None,
+                 keep: int = 4, over: float = 0.15) -> list[list[int]]:
+    """Rounding candidates that give every block one pattern of arms. The exact program's plans
+    for a stack of identical blocks are close to periodic, and a rounded plan whose blocks
+    disagree is far from any of them in single moves: turning one kind of site from stored to
+    offloaded in every block takes 2·n_blocks moves through worse plans. The arms of up to
+    `TILE_MAX_SITES` positions are enumerated (below) and every plan priced in batches; λ mode
+    returns the `keep` cheapest, budget mode the `keep` cheapest that fit and the `keep` cheapest
+    within `over` of the budget, repaired. [] when the costs have no repeated blocks."""
+    layout = block_layout(costs)
+    if layout is None:
+        return []
+    base = np.array(arms, dtype=np.int8)
+    raw = np.array(costs.mem_bytes, dtype=float)
+    nb, k = layout.shape
+    # Free positions: a site kind of the blocks (weighed by its bytes over all blocks) or a site
+    # outside them (embedding, final norm, head: the head alone can hold more than a block, and
+    # its arm decides which block patterns fit). The heaviest TILE_MAX_SITES take every arm; the
+    # others keep the arm `arms` gives them (a block kind: the arm most blocks give it).
+    outside = np.setdiff1d(np.arange(len(base)), layout.ravel())
+    weight = np.concatenate([raw[layout].sum(axis=0), raw[outside]])
+    free = np.argsort(-weight, kind="stable")[:TILE_MAX_SITES]
+    free = free[weight[free] > 0]
+    common = np.array([np.bincount(base[layout[:, p]], minlength=3).argmax() for p in range(k)],
+                      dtype=np.int8)  # [k]
+    combos = np.array(list(itertools.product((STORE, RECOMPUTE, OFFLOAD), repeat=len(free))), dtype=np.int8)
+    pats = np.repeat(np.concatenate([common, base[outside]])[None, :], len(combos), axis=0)  # [P, k + m]
+    pats[:, free] = combos
+    A = np.repeat(base[None, :], len(pats), axis=0)  # [P, n]
+    A[:, layout] = pats[:, None, :k]
+    A[:, outside] = pats[:, k:]
+    dev = np.concatenate([device_bytes3(A[s:s + 4096], costs) for s in range(0, len(A), 4096)])
+    ok = np.ones(len(A), dtype=bool) if host_cap_bytes is None else \
+        np.where(A == OFFLOAD, raw, 0.0).sum(axis=1) <= host_cap_bytes + 1e-9
+    if budget_act_bytes is not None:  # only plans near or under the budget are priced
+        ok &= dev <= budget_act_bytes * (1 + over) + 1e-9
+    cost = np.full(len(A), np.inf)
+    idx = np.flatnonzero(ok)
+    for s in range(0, len(idx), 4096):  # chunks bound the [P, n] work arrays
+        cost[idx[s:s + 4096]] = batch_cost3(A[idx[s:s + 4096]], costs, lam)
+    if budget_act_bytes is None:
+        picks = [np.flatnonzero(ok)]
+    else:
+        fits = dev <= budget_act_bytes + 1e-9
+        picks = [np.flatnonzero(ok & fits), np.flatnonzero(ok & ~fits)]  # `ok`: within `over` already
+    out = []
+    for idx in picks:
+        for i in idx[np.argsort(cost[idx], kind="stable")[:keep]]:
+            plan = [int(v) for v in A[i]]
+            if budget_act_bytes is not None and dev[i] > budget_act_bytes + 1e-9:
+                try:
+                    plan = greedy_repair3(plan, costs, budget_act_bytes, host_cap_bytes)
+                except ValueError:
+                    continue
+            out.append(plan)
+    return out
 
 
 def _apply_arm_moves(plan: np.ndarray, moves) -> np.ndarray:
