@@ -237,6 +237,7 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
             cur_lam = dual_ascent(cur_lam, mem_h, budget_frac)
     if budget_frac is None:
         stored = local_search([bool(v) for v in gates.hard().tolist()], costs, lam)  # rounding polish
+        stored = _tiled_polish(stored, costs, lam, None)
         obj, mem_h, t_h = plan_cost(stored, costs, lam)
         return GateFit(stored, lam, obj, mem_h * total, t_h, history, _sync_logits(gates, stored))
     # Rounding. Dual ascent oscillates around the budget and a Lagrangian plan of this
@@ -252,9 +253,21 @@ def fit_gates(costs: SiteCosts, lam: float | None = None, budget_act_bytes: floa
         c = plan_cost(cand, costs, 0.0)[0]
         if best is None or c < best[0]:
             best = (c, cand)
-    stored = best[1]
+    stored = _tiled_polish(best[1], costs, 0.0, budget_act_bytes)
     _, mem_h, t_h = plan_cost(stored, costs, 0.0)
     return GateFit(stored, cur_lam, t_h, mem_h * total, t_h, history, _sync_logits(gates, stored))
+
+
+def _tiled_polish(stored: list[bool], costs: SiteCosts, lam: float,
+                  budget_act_bytes: float | None) -> list[bool]:
+    """The cheapest of `stored` and its block-tiled candidates (search.tiled_plans3), polished."""
+    best, best_c = stored, plan_cost(stored, costs, lam)[0]
+    arms = [STORE if v else RECOMPUTE for v in stored]
+    for plan in tiled_plans3(arms, costs, lam, budget_act_bytes, choices=(STORE, RECOMPUTE)):
+        cand = local_search([a == STORE for a in plan], costs, lam, budget_act_bytes)
+        if (c := plan_cost(cand, costs, lam)[0]) < best_c - 1e-12:
+            best, best_c = cand, c
+    return best
 
 
 def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, seed, gates, polish_top,

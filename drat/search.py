@@ -267,8 +267,9 @@ def perturbed_search3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
     return best
 
 
-# Positions whose arms `tiled_plans3` enumerates: 3^9 = 19683 plans, priced in batches.
-TILE_MAX_SITES = 9
+# How many plans `tiled_plans3` enumerates at most: 3^9, every arm of 9 positions (of 14 with
+# two arms), priced in batches.
+TILE_MAX_PLANS = 3**9
 
 
 def block_layout(costs: SiteCosts) -> np.ndarray | None:
@@ -286,14 +287,15 @@ def block_layout(costs: SiteCosts) -> np.ndarray | None:
 
 def tiled_plans3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
                  budget_act_bytes: float | None = None, host_cap_bytes: float | None = None,
-                 keep: int = 4, over: float = 0.15) -> list[list[int]]:
-    """Rounding candidates that give every block one pattern of arms. The exact program's plans
-    for a stack of identical blocks are close to periodic, and a rounded plan whose blocks
-    disagree is far from any of them in single moves: turning one kind of site from stored to
-    offloaded in every block takes 2·n_blocks moves through worse plans. The arms of up to
-    `TILE_MAX_SITES` positions are enumerated (below) and every plan priced in batches; λ mode
-    returns the `keep` cheapest, budget mode the `keep` cheapest that fit and the `keep` cheapest
-    within `over` of the budget, repaired. [] when the costs have no repeated blocks."""
+                 keep: int = 4, over: float = 0.15,
+                 choices: tuple[int, ...] = (STORE, RECOMPUTE, OFFLOAD)) -> list[list[int]]:
+    """Rounding candidates that give every block one pattern of arms (of `choices`). The exact
+    program's plans for a stack of identical blocks are close to periodic, and a rounded plan
+    whose blocks disagree is far from any of them in single moves: turning one kind of site from
+    stored to offloaded in every block takes 2·n_blocks moves through worse plans. Every arm of
+    as many positions as `TILE_MAX_PLANS` allows is enumerated (below) and each plan priced in
+    batches; λ mode returns the `keep` cheapest, budget mode the `keep` cheapest that fit and the
+    `keep` cheapest within `over` of the budget, repaired. [] when there are no repeated blocks."""
     layout = block_layout(costs)
     if layout is None:
         return []
@@ -302,15 +304,16 @@ def tiled_plans3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
     nb, k = layout.shape
     # Free positions: a site kind of the blocks (weighed by its bytes over all blocks) or a site
     # outside them (embedding, final norm, head: the head alone can hold more than a block, and
-    # its arm decides which block patterns fit). The heaviest TILE_MAX_SITES take every arm; the
-    # others keep the arm `arms` gives them (a block kind: the arm most blocks give it).
+    # its arm decides which block patterns fit). The heaviest take every arm; the others keep the
+    # arm `arms` gives them (a block kind: the arm most blocks give it).
     outside = np.setdiff1d(np.arange(len(base)), layout.ravel())
     weight = np.concatenate([raw[layout].sum(axis=0), raw[outside]])
-    free = np.argsort(-weight, kind="stable")[:TILE_MAX_SITES]
+    n_free = int(np.log(TILE_MAX_PLANS) / np.log(len(choices)) + 1e-9)
+    free = np.argsort(-weight, kind="stable")[:n_free]
     free = free[weight[free] > 0]
     common = np.array([np.bincount(base[layout[:, p]], minlength=3).argmax() for p in range(k)],
                       dtype=np.int8)  # [k]
-    combos = np.array(list(itertools.product((STORE, RECOMPUTE, OFFLOAD), repeat=len(free))), dtype=np.int8)
+    combos = np.array(list(itertools.product(choices, repeat=len(free))), dtype=np.int8)  # [P, f]
     pats = np.repeat(np.concatenate([common, base[outside]])[None, :], len(combos), axis=0)  # [P, k + m]
     pats[:, free] = combos
     A = np.repeat(base[None, :], len(pats), axis=0)  # [P, n]
@@ -336,7 +339,11 @@ def tiled_plans3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
             plan = [int(v) for v in A[i]]
             if budget_act_bytes is not None and dev[i] > budget_act_bytes + 1e-9:
                 try:
-                    plan = greedy_repair3(plan, costs, budget_act_bytes, host_cap_bytes)
+                    if OFFLOAD in choices:
+                        plan = greedy_repair3(plan, costs, budget_act_bytes, host_cap_bytes)
+                    else:
+                        stored = greedy_repair([a == STORE for a in plan], costs, budget_act_bytes)
+                        plan = [STORE if v else RECOMPUTE for v in stored]
                 except ValueError:
                     continue
             out.append(plan)
