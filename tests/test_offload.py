@@ -171,6 +171,38 @@ def test_bytes_in_flight_stay_allocated_until_their_copy_completes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_host_waits_for_copies_more_than_run_ahead_blocks_back():
+    """With the compute stream busy, the host queues four blocks' copies out. Unbounded, all
+    four storages stay allocated (the allocator cannot reuse what the host has not seen copied);
+    with run_ahead_blocks=1 the host waits at block 3 for the copies of blocks 0 and 1, so two
+    are held. Nothing is held once the forward ends."""
+    dev = torch.device("cuda")
+    n = 2**26  # float32: 256 MiB
+
+    def held_bytes(run_ahead: int) -> tuple[int, int]:
+        off = Offloader(dev, run_ahead_blocks=run_ahead)
+        off.begin_forward()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(dev)
+        refs = []
+        for g in range(4):
+            torch.cuda._sleep(50_000_000)  # ~25 ms of compute before this block's copy may start
+            x = torch.ones(n, device=dev)
+            refs.append(off.offload(x, g))
+            del x
+        held = torch.cuda.memory_allocated(dev) - base
+        off.end_forward()
+        after = torch.cuda.memory_allocated(dev) - base
+        for r in reversed(refs):
+            off.get(r)
+        torch.cuda.synchronize()
+        return held, after
+
+    assert held_bytes(10**6) == (4 * 4 * n, 0)
+    assert held_bytes(1) == (2 * 4 * n, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_random_three_arm_plans_are_bitwise_exact_on_the_gpu_in_deterministic_mode():
     from drat.runtime import set_deterministic
 

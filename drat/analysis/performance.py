@@ -254,6 +254,15 @@ for _card, _where in (("h100-", "an H100"), ("", "the H200")):
         "the first table scaled (`ilp-scaled`) or on a re-profiled table (`ilp-reprofile`), and the gates "
         "fitted afresh on the scaled table (`drat-refit`), all closed on the measured peak, against the "
         "gates driven by the trainer's own loop (`drat-online`).")
+_THROTTLED = (" The host waits for a block's copies out once it has queued `run_ahead_blocks` (1) "
+              "blocks past them, and the backward starts after the last copy: before, the host ran "
+              "so far ahead of the GPU that every byte offloaded in a forward was still allocated "
+              "at its end (`offload-matched/`, measured on the same card).")
+for _card, _where in (("h100-", "an H100"), ("", "the H200")):
+    for _model in ("medium-s2048-b8", "gpt-12x1024-v32k-s2048-b8", "large-s4096-b4"):
+        CATALOGUE[f"{_card}{_model}/offload-throttled"] = Entry(
+            f"the offload arm, the host throttled to the copies, on {_where}", _OFFLOAD + _HELD + _THROTTLED,
+            warmup=2)
 CATALOGUE["cpu-tiny-b4/adapt-s64-256"] = Entry(
     "a sequence-length warm-up under one budget, on the CPU",
     "`drat bench adapt` on the CPU: S grows 64 → 128 → 256 under −30% of `none`'s peak at S=256, "
