@@ -36,10 +36,14 @@ offloaded from site k on:
 plus a fixed host cost per offloaded site and step. Both maxima are linear constraints in o, so
 the oracle keeps them exactly (oracle.py).
 
-An offloaded site's bytes leave the peak except those still in flight when the forward ends,
-where the peak is: the backlog's bytes, bw_d2h · L_d, which the offloader holds on the device
-until their copies complete. A plan's device memory is Σ_i s_i M_i + bw_d2h · L_d (zero on a
-synchronous link: a CPU copy ends before the next site runs).
+An offloaded site's bytes leave the peak except those the offloader still holds there. The
+caching allocator reuses a storage only once the host has seen its copy out complete, and the
+host runs ahead of the GPU; the offloader bounds that by waiting, at every block it enters, for
+the copies more than r = `run_ahead_blocks` blocks back (offload.py). At the LM head, where the
+peak is, it so holds the copies of the last r blocks and of the head's own sites, whatever the
+link's speed (a slow link stalls the forward instead: that time is in L_d). With H the set of
+those sites, a plan's device memory is Σ_i s_i M_i + Σ_{i ∈ H} o_i M_i (no H on a synchronous
+link: a CPU copy ends before the next site runs).
 """
 
 from __future__ import annotations
@@ -167,15 +171,33 @@ def _late_ms(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
     return late_d + late_h
 
 
+RUN_AHEAD_BLOCKS = 1  # the offloader's default (offload.Offloader); a link may name its own
+
+
+def held_at_peak(costs: SiteCosts) -> list[bool]:
+    """The sites H whose offloaded bytes the offloader still holds at the peak (module
+    docstring): those in the last `run_ahead_blocks` blocks and the model-level sites after them.
+    Empty without a link or on a synchronous one."""
+    lk = costs.link
+    if lk is None or lk.get("synchronous"):
+        return [False] * len(costs)
+    # monotone groups, as the runtime numbers them: -1 before the first block, one past the last
+    # block after it (recompute._prefetch_groups)
+    flow, seen, blocks = [], False, [g for g in costs.groups if g >= 0]
+    after = max(blocks) + 1 if blocks else 0
+    for g in costs.groups:
+        seen = seen or g >= 0
+        flow.append(g if g >= 0 else (after if seen else -1))
+    tail = max(flow, default=0)
+    r = int(lk.get("run_ahead_blocks", RUN_AHEAD_BLOCKS))
+    return [f >= tail - r for f in flow]
+
+
 def in_flight_bytes(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
-    """Device bytes still waiting to leave at the end of the forward, where the peak is: the D→H
-    backlog L_d times the link's bandwidth. The offloader holds a copy's source until the copy
-    completes, so these bytes are on the device at the peak. Differentiable in `o` (offload
-    probabilities or flags); 0 without a link and on a synchronous one (CPU copies end at once)."""
-    if costs.link is None or costs.link.get("synchronous") or not len(costs):
-        return o.to(torch.float64).sum() * 0.0
-    late_d, _ = _late_parts(o, costs)
-    return late_d * costs.link["d2h_gbps"] * 1e6
+    """Offloaded bytes still on the device at the peak: Σ_{i ∈ H} o_i M_i (`held_at_peak`).
+    Linear in `o` (offload probabilities or flags); 0 without a link and on a synchronous one."""
+    H = torch.tensor([1.0 if h else 0.0 for h in held_at_peak(costs)], dtype=torch.float64)
+    return (o.to(torch.float64) * H * torch.tensor(costs.mem_bytes, dtype=torch.float64)).sum()
 
 
 def predicted_wait_ms(offloaded: list[bool], costs: SiteCosts) -> float:
@@ -325,8 +347,8 @@ def fmt_gib(nbytes: float) -> str:
 
 
 __all__ = [
-    "COST_MODELS", "SiteCosts", "expected_recompute", "expected_exposed_transfer", "in_flight_bytes",
-    "link_windows",
+    "COST_MODELS", "RUN_AHEAD_BLOCKS", "SiteCosts", "expected_recompute", "expected_exposed_transfer",
+    "held_at_peak", "in_flight_bytes", "link_windows",
     "link_scale_for_wait", "link_utilisation", "offload_report", "plan_cost", "predicted_wait_ms",
     "rebuild_counts", "model_state_bytes", "scaled_link",
     "gib", "fmt_gib",

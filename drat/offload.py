@@ -174,7 +174,10 @@ class Offloader:
     that copy to complete. The caching allocator reuses a storage only once the host has seen its
     copy complete, and an eager forward's host runs far ahead of the GPU: unbounded, every byte
     offloaded in a forward was still allocated at its end (measured on an H100: three-arm plans
-    at `none`'s peak). The wait bounds the bytes held to the last blocks' copies.
+    at `none`'s peak). The wait, at every block the forward enters (`enter_group`) and at every
+    offload, bounds the bytes held to the copies of the last `run_ahead_blocks` + 1 blocks; at the
+    LM head, where the peak is, those of the last block and of the head itself
+    (`costs.in_flight_bytes` prices exactly these).
     `unsafe_early_release` exists for the tests that prove the synchronisation is needed: it gives
     a host buffer back to the pool as soon as its copy is queued, so a later offload overwrites it.
     """
@@ -217,6 +220,15 @@ class Offloader:
         self._retire(drain=True)
         self._by_ptr.clear()  # backward finds copies through the saved references only
         self._next = len(self._order) - 1
+
+    def enter_group(self, group: int) -> None:
+        """The forward enters block `group` (monotone): let go of the copies out that completed,
+        and wait for those more than `run_ahead_blocks` blocks back. Waiting here, and not only at
+        the next offload, keeps a plan that offloads nothing late from holding its last copies
+        through the rest of the forward."""
+        if self._in_flight:
+            self._retire()
+            self._throttle(group)
 
     def offload(self, t: torch.Tensor, group: int, slot: bool = True) -> OffloadRef:
         self._retire()

@@ -21,10 +21,11 @@ costs.py are variables bounded below by one linear row per site:
 
     L_d ≥ Σ_{i≥k} M_i o_i / bw_d2h − F_k,   L_h ≥ Σ_{i≥k} M_i o_i / bw_h2d − B_k,   L_d, L_h ≥ 0
 
-    minimise  λ·(Σ M_i s_i + bw_d2h·L_d) + Σ_j T_j R_j / n_j + L_d + L_h + c·Σ o_i
-    subject to  Σ bytes_i s_i + bw_d2h·L_d ≤ budget,  Σ bytes_i o_i ≤ host cap
+    minimise  λ·(Σ M_i s_i + Σ_{i∈H} M_i o_i) + Σ_j T_j R_j / n_j + L_d + L_h + c·Σ o_i
+    subject to  Σ bytes_i s_i + Σ_{i∈H} bytes_i o_i ≤ budget,  Σ bytes_i o_i ≤ host cap
 
-(bw_d2h·L_d: the bytes still in flight when the forward ends, where the peak is; costs.py).
+(H: the sites whose offloaded bytes the offloader still holds at the peak, the last blocks' and
+the head's; costs.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from .costs import SiteCosts, link_windows, plan_cost, rebuild_counts
+from .costs import SiteCosts, held_at_peak, link_windows, plan_cost, rebuild_counts
 from .search import (
     OFFLOAD,
     RECOMPUTE,
@@ -239,18 +240,15 @@ def solve_oracle3(costs: SiteCosts, lam: float = 0.0, budget_act_bytes: float | 
             L[k, n + k:2 * n] = -raw[k:] / (bw * 1e6 * costs.step_ms)
         L[:, col] = 1.0
         rows.append(LinearConstraint(L, lb=-window, ub=np.inf))
-    # the bytes in flight at the peak: L_d (step fractions) times the link, per step, in bytes
-    flight = 0.0 if lk.get("synchronous") else lk["d2h_gbps"] * 1e6 * costs.step_ms
+    held = np.array(held_at_peak(costs), dtype=float)  # offloaded bytes still on the device at the peak
     if budget_act_bytes is not None:
-        row = np.concatenate([raw, np.zeros(2 * n + 2)])
-        row[3 * n] = flight
+        row = np.concatenate([raw, raw * held, np.zeros(n + 2)])
         rows.append(LinearConstraint(row[None, :], lb=-np.inf, ub=budget_act_bytes))
     if host_cap_bytes is not None:
         rows.append(LinearConstraint(np.concatenate([np.zeros(n), raw, np.zeros(n + 2)])[None, :], lb=-np.inf,
                                      ub=host_cap_bytes))
     over = lk.get("copy_overhead_ms", 0.0) / costs.step_ms
-    c = np.concatenate([lam * M, np.full(n, over), T / inst,
-                        [1.0 + lam * flight / max(costs.total_bytes, 1.0), 1.0]])
+    c = np.concatenate([lam * M, over + lam * M * held, T / inst, [1.0, 1.0]])
     c = c / max(np.abs(c).max(), 1e-30)
     integrality = np.concatenate([np.ones(2 * n), np.zeros(n + 2)])
     bounds = Bounds(np.zeros(nv), np.concatenate([np.ones(2 * n), np.full(n + 2, np.inf)]))

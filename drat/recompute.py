@@ -263,6 +263,7 @@ class SiteRuntime:
         self.groups = _prefetch_groups(site_blocks, len(self.stored))
         if offloader is not None:
             offloader.begin_forward()
+        self._group: int | None = None  # the block the forward is in (for the offloader's wait)
         # the block of each site (its layer, None at model level): own rebuilds memoise parents
         # of the same block only (module docstring); without it every parent is transient
         self.blocks = list(site_blocks) if site_blocks is not None else None
@@ -299,6 +300,7 @@ class SiteRuntime:
         self._weights.clear()
         if self.offloader is not None:
             self.offloader.end_forward()
+        self._group = None
         self._current = None
         self.accountant = None
         refs, self._outrefs = self._outrefs, []
@@ -311,6 +313,9 @@ class SiteRuntime:
             # no_grad or inference_mode: autograd saves nothing, so there is no recipe to record
             # and no saved tensor to own (inference tensors have no version counter to read)
             return fn(*inputs)
+        if self.offloader is not None and self.groups[site] != self._group:
+            self._group = self.groups[site]
+            self.offloader.enter_group(self._group)  # bounds the copies out the host has queued
         stored = self.stored[site]
         inst = _Instance(site, fn, needs_rng=(not stored) and self.has_dropout[site])
         # An input that no site produced (a residual add or rotary embedding in a wrapped model) is

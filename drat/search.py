@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from .costs import SiteCosts, link_windows
+from .costs import SiteCosts, held_at_peak, link_windows
 
 
 def greedy_repair(stored: list[bool], costs: SiteCosts, budget_act_bytes: float) -> list[bool]:
@@ -150,15 +150,11 @@ def _late3(A: np.ndarray, costs: SiteCosts) -> tuple[np.ndarray, np.ndarray] | N
 
 
 def device_bytes3(A: np.ndarray, costs: SiteCosts) -> np.ndarray:
-    """[K] device bytes of K three-arm plans at the peak: the stored sites' bytes and the bytes
-    still in flight when the forward ends (`costs.in_flight_bytes`)."""
+    """[K] device bytes of K three-arm plans at the peak: the stored sites' bytes and the
+    offloaded bytes still held there (`costs.in_flight_bytes`)."""
     raw = np.array(costs.mem_bytes, dtype=float)
-    dev = np.where(A == STORE, raw, 0.0).sum(axis=1)
-    sync = costs.link is None or costs.link.get("synchronous")
-    late = None if sync or not (A == OFFLOAD).any() else _late3(A, costs)
-    if late is not None:
-        dev = dev + late[0] / _link_terms(costs)[2]  # L_d (step fractions) × bandwidth
-    return dev
+    held = np.array(held_at_peak(costs), dtype=bool)
+    return np.where((A == STORE) | ((A == OFFLOAD) & held), raw, 0.0).sum(axis=1)
 
 
 def batch_cost3(A: np.ndarray, costs: SiteCosts, lam: float) -> np.ndarray:

@@ -191,15 +191,65 @@ def test_the_host_waits_for_copies_more_than_run_ahead_blocks_back():
             refs.append(off.offload(x, g))
             del x
         held = torch.cuda.memory_allocated(dev) - base
+        off.enter_group(5)  # a block that offloads nothing: the host waits for blocks 0 … 3
+        entered = torch.cuda.memory_allocated(dev) - base
         off.end_forward()
         after = torch.cuda.memory_allocated(dev) - base
         for r in reversed(refs):
             off.get(r)
         torch.cuda.synchronize()
-        return held, after
+        return held, entered, after
 
-    assert held_bytes(10**6) == (4 * 4 * n, 0)
-    assert held_bytes(1) == (2 * 4 * n, 0)
+    assert held_bytes(10**6) == (4 * 4 * n, 4 * 4 * n, 0)
+    assert held_bytes(1) == (2 * 4 * n, 0, 0)
+
+
+class _Event:
+    """A stand-in for a CUDA event whose completion the test decides."""
+
+    def __init__(self, log: list, name: int, done: bool = False):
+        self.log, self.name, self.done = log, name, done
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.log.append(self.name)
+        self.done = True
+
+
+@pytest.mark.parametrize("run_ahead", [0, 1, 2])
+def test_entering_a_block_waits_for_the_copies_more_than_run_ahead_blocks_back(run_ahead):
+    """The bookkeeping of the host's wait, on the CPU with events the test controls: entering
+    block 5 lets go of completed copies without waiting, and waits once, for the newest copy of
+    the blocks before 5 − run_ahead (one stream's copies complete in order)."""
+    log: list = []
+    off = Offloader(torch.device("cpu"), run_ahead_blocks=run_ahead)
+    groups = [0, 1, 1, 2, 3, 3, 4]
+    off._in_flight.extend((_Event(log, i, done=i == 0), None, g) for i, g in enumerate(groups))
+    off.enter_group(5)
+    older = [i for i, g in enumerate(groups) if g < 5 - run_ahead and i > 0]
+    assert log == older[-1:]  # one host wait, on the newest of them
+    assert [g for _, _, g in off._in_flight] == [g for g in groups if g >= 5 - run_ahead]
+    off.enter_group(5)  # nothing more to wait for
+    assert log == older[-1:]
+
+
+def test_the_runtime_enters_each_block_once_in_forward_order(monkeypatch):
+    """SiteRuntime tells the offloader of every block the forward enters (−1 the embedding, one
+    past the last block the head), in order, once each, and nothing during the backward."""
+    entered: list[int] = []
+    monkeypatch.setattr(Offloader, "enter_group", lambda self, g: entered.append(g))
+    model = make_model(n_layer=3)
+    idx, tgt = make_batch(seq=12)
+    n = len(model.graph)
+    offloaded = [k.name == "mlp_up" for k in model.graph.keys]
+    s = PlanAC(stored=[True] * n, offloaded=offloaded)
+    s.attach(model)
+    loss = s.forward(model, idx, tgt)
+    assert entered == [-1, 0, 1, 2, 3]
+    loss.backward()
+    assert entered == [-1, 0, 1, 2, 3]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

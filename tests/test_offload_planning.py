@@ -15,14 +15,15 @@ from drat.sites import SiteGraph
 
 def link_costs(seed: int, n_layer: int = 1, chunks: int = 2, tight: float = 1.0) -> SiteCosts:
     """Random costs on the real site graph with a link that moves about a site's bytes per
-    `tight`/10 of a step: some offloads hide, some cannot."""
+    `tight`/10 of a step: some offloads hide, some cannot. The host waits for every earlier
+    block's copies (`run_ahead_blocks` 0), so a one-block model's block sites leave the peak."""
     rng = random.Random(seed)
     g = SiteGraph(n_layer, chunks)
     c = SiteCosts.build(g, [rng.uniform(1, 100) for _ in g.keys], [rng.uniform(0.01, 1) for _ in g.keys],
                         step_ms=10.0, kind="synthetic")
     bw = 50 / (1e6 * tight)  # 1e9 bytes/s: 50 bytes per `tight` ms
     c.link = {"d2h_gbps": bw * rng.uniform(0.8, 1.2), "h2d_gbps": bw * rng.uniform(0.8, 1.2),
-              "copy_overhead_ms": rng.choice([0.0, 0.01])}
+              "copy_overhead_ms": rng.choice([0.0, 0.01]), "run_ahead_blocks": 0}
     return c
 
 
@@ -153,32 +154,42 @@ def test_the_link_scale_that_explains_a_measured_wait():
     assert link_scale_for_wait([plan], 1e9, c) == 1 / 16  # beyond the clamp
 
 
-def test_bytes_still_leaving_at_the_end_of_the_forward_stay_in_the_peak():
-    """An offloaded site's bytes leave the peak only once their copy is out: offloading the last
-    site, which has no forward left to hide its copy behind, frees nothing; on a synchronous link
-    (CPU copies) everything offloaded is gone."""
-    from drat.costs import in_flight_bytes
+def test_offloaded_bytes_the_offloader_still_holds_at_the_peak_stay_in_it():
+    """The host waits, at every block, for the copies more than `run_ahead_blocks` blocks back,
+    so at the LM head (the peak) it still holds the copies of the last r blocks and of the head:
+    offloading those frees nothing at the peak, offloading an earlier block frees all its bytes,
+    and on a synchronous link (CPU copies) everything offloaded is gone."""
+    from drat.costs import held_at_peak, in_flight_bytes
+    from drat.offload import Offloader
     from drat.search import OFFLOAD, STORE, device_bytes3
 
-    c = link_costs(5, tight=3.0)
-    n = len(c)
-    last = [False] * (n - 1) + [True]
-    o = torch.tensor([float(x) for x in last])
-    bw = c.link["d2h_gbps"] * 1e6  # bytes per ms
-    assert float(in_flight_bytes(o, c)) == pytest.approx(c.mem_bytes[-1])  # F = 0 after the last site
+    c = link_costs(5, n_layer=4, tight=3.0)
+    n, labels = len(c), c.labels
+    for r, want in ((0, ("final_norm", "lm_head_loss")), (1, ("L3.", "final_norm", "lm_head_loss")),
+                    (2, ("L2.", "L3.", "final_norm", "lm_head_loss"))):
+        c.link["run_ahead_blocks"] = r
+        held = [lb for lb, h in zip(labels, held_at_peak(c)) if h]
+        assert held == [lb for lb in labels if lb.startswith(want)]
+    # a link that names no run-ahead gets the offloader's default
+    c.link["run_ahead_blocks"] = Offloader(torch.device("cpu")).run_ahead_blocks
+    default = replace(c, link={k: v for k, v in c.link.items() if k != "run_ahead_blocks"})
+    assert held_at_peak(default) == held_at_peak(c) and c.link["run_ahead_blocks"] == 1
+
     stored_all = np.array([[STORE] * n])
-    offload_last = np.array([[STORE] * (n - 1) + [OFFLOAD]])
-    assert device_bytes3(offload_last, c)[0] == pytest.approx(device_bytes3(stored_all, c)[0])
-    _, mem_store, _ = plan_cost([True] * n, c, 0.0)
-    _, mem_off, _ = plan_cost([True] * (n - 1) + [False], c, 0.0, last)
-    assert mem_off == pytest.approx(mem_store)
-    # the first site has the whole forward after it: what the link moves in that time is gone
-    first = torch.tensor([1.0] + [0.0] * (n - 1))
-    F0 = link_windows(c)[0][0]
-    assert float(in_flight_bytes(first, c)) == pytest.approx(max(c.mem_bytes[0] - bw * F0, 0.0))
+    for i, lb in enumerate(labels):
+        plan = stored_all.copy()
+        plan[0, i] = OFFLOAD
+        o = torch.zeros(n, dtype=torch.float64)
+        o[i] = 1.0
+        held = lb.startswith(("L3.", "final_norm", "lm_head_loss"))
+        assert float(in_flight_bytes(o, c)) == (c.mem_bytes[i] if held else 0.0)
+        assert device_bytes3(plan, c)[0] == pytest.approx(c.total_bytes - (0.0 if held else c.mem_bytes[i]))
+        _, mem, _ = plan_cost([True] * n, c, 0.0, [k == i for k in range(n)])
+        assert mem == pytest.approx(device_bytes3(plan, c)[0] / c.total_bytes)
     c.link = {**c.link, "synchronous": True}
+    o = torch.ones(n, dtype=torch.float64)
     assert float(in_flight_bytes(o, c)) == 0.0
-    assert device_bytes3(offload_last, c)[0] == pytest.approx(sum(c.mem_bytes[:-1]))
+    assert device_bytes3(np.array([[OFFLOAD] * n]), c)[0] == 0.0
 
 
 @pytest.mark.parametrize("seed", range(6))
