@@ -56,6 +56,7 @@ def _one(path: Path, root: Path) -> list[str]:
            f"`{str(meta.get('git_commit', '?'))[:10]}`{' (dirty tree)' if meta.get('git_dirty') else ''}",
            f"- figure: [planners.png](../{folder}/planners.png)", ""]
     out += _summary(rows)
+    out += _eager(rows, meta)
     for (table, n, arms), targets in groups.items():
         out += ["", f"#### {table} ({n} sites, {arms} arms)", "",
                 "| target | " + " | ".join(PLANNERS) + " |", "|---" * (len(PLANNERS) + 1) + "|"]
@@ -73,9 +74,44 @@ def _command(meta: dict, folder: Path) -> str:
         parts += ["--lambdas", ",".join(f"{x:g}" for x in meta["lambdas"])]
     if meta.get("budgets", [0.25, 0.5, 0.75]) != [0.25, 0.5, 0.75]:
         parts += ["--budgets", ",".join(f"{x:g}" for x in meta["budgets"])]
+    if meta.get("peak_cuts", [0.45]) != [0.45]:
+        parts += ["--peak-cuts", ",".join(f"{x:g}" for x in meta["peak_cuts"]) or "''"]
     if meta.get("repeats", 3) != 3:
         parts += ["--repeats", str(meta["repeats"])]
     return " ".join(parts + ["--out", str(folder)])
+
+
+def _eager(rows: list[dict], meta: dict) -> list[str]:
+    """The eager targets (`peakcut<c>`): the step time each plan is predicted to add, beside the
+    bytes the link can move before the peak, which bound what offloading takes off it."""
+    cuts = [r for r in rows if r["target"].startswith("peakcut")]
+    if not cuts:
+        return []
+    by = {(r["table"], r["target"], r["arms"], r["planner"]): r for r in cuts}
+    out = ["", "At the eager targets (`peakcut<c>`: a plan must take c × `none`'s measured peak off the "
+           "activations), the step time each plan is predicted to add, and what offloading can do: "
+           "the link's reach is the bytes it moves during the forward (the forward's time × the "
+           "device-to-host bandwidth); bytes offloaded beyond it are still on the device at the peak, "
+           "so the rest of the cut must come from recomputation.", "",
+           "| table | target | `none`'s peak | cut | link's reach | 2 arms, `ilp` | 3 arms, `ilp` "
+           "| 3 arms, `drat` | offloaded (3 arms, `ilp`) |", "|---" * 9 + "|"]
+
+    def pct(r) -> str:
+        return "no plan" if r is None or r.get("objective") is None else f"+{100 * r['objective']:.1f}%"
+
+    gb = "{:.2f} GB".format
+    for table, target in dict.fromkeys((r["table"], r["target"]) for r in cuts):
+        t = meta["tables"].get(table, {})
+        peak = t.get("none_peak_bytes")
+        c = float(target[len("peakcut"):])
+        reach = t.get("link_reach_bytes")
+        ilp3 = by.get((table, target, 3, "ilp"))
+        off = ilp3.get("offloaded_bytes") if ilp3 else None
+        two, gates = by.get((table, target, 2, "ilp")), by.get((table, target, 3, "drat"))
+        out.append(f"| {table} | {target} | {peak / 2**30:.2f} GiB | {c * peak / 2**30:.2f} GiB | "
+                   f"{gb(reach) if reach else '—'} | {pct(two)} | {pct(ilp3)} | {pct(gates)} | "
+                   f"{gb(off) if off is not None else '—'} |")
+    return out
 
 
 def _summary(rows: list[dict]) -> list[str]:

@@ -12,11 +12,15 @@ command puts four planners side by side on the same tables and targets:
              store-all itself, from which `local` starts); budget mode: recompute (or offload)
              best bytes per ms first until the budget holds (`search.greedy_repair[3]`)
 
-Targets: λ values (objective λ·memory + time, both as fractions) and budgets as fractions of
-the activations' bytes (objective: the time a plan adds). Per planner and target it reports the
-objective, its gap to the ILP in points of a step (an objective is a fraction of one), whether
-the plan meets the budget, and the planning time in seconds (median of `--repeats`, one process,
-planners in a new random order per repeat).
+Targets: λ values (objective λ·memory + time, both as fractions) and budgets as fractions of the
+activations' bytes (objective: the time a plan adds). A table from a GPU bench that measured
+`none`'s peak is also planned at the eager targets `--peak-cuts` (`peakcut0.45`: the activations
+less 0.45 × that peak, which is what the bench's `drat-cut0.45` rows ask for), and its metadata
+gives the bytes the host link can move before the peak (`link_reach_bytes`: the forward's time ×
+the device-to-host bandwidth), which bounds what offloading can take off that peak. Per planner
+and target it reports the objective, its gap to the ILP in points of a step (an objective is a
+fraction of one), whether the plan meets the budget, and the planning time in seconds (median of
+`--repeats`, one process, planners in a new random order per repeat).
 
 Tables: the measured tables given with `--costs` (a cost table JSON, or a bench/profile JSON
 that holds one under `costs` or `meta.costs`), and synthetic tables of `--synthetic-layers`
@@ -55,7 +59,7 @@ from ..validate import FRACTION, NONNEG, OUT_DIR, POSITIVE_INT, NumberList
 from .common import write_rows
 
 FIELDS = ["table", "n_sites", "arms", "target", "planner", "objective", "gap_pts", "feasible", "plan_s",
-          "plan_s_spread", "n_recomputed", "n_offloaded"]
+          "plan_s_spread", "n_recomputed", "n_offloaded", "offloaded_bytes"]
 PLANNERS = ("ilp", "drat", "local", "greedy")
 
 
@@ -66,6 +70,23 @@ def load_table(path: Path) -> SiteCosts:
         if isinstance(c, dict) and "mem_bytes" in c:
             return SiteCosts(**c)
     raise ValueError(f"{path}: no cost table (mem_bytes) in it, nor under costs or meta.costs")
+
+
+def none_peak_bytes(path: Path) -> float | None:
+    """`none`'s measured peak in a GPU bench JSON (its `none` row), else None."""
+    d = json.loads(Path(path).read_text())
+    rows = d.get("rows") if isinstance(d, dict) else None
+    r = next((r for r in rows or [] if isinstance(r, dict) and r.get("name") == "none"), None)
+    return None if r is None or r.get("peak_gib") is None else float(r["peak_gib"]) * 2**30
+
+
+def link_reach_bytes(costs: SiteCosts) -> float | None:
+    """The bytes the device-to-host link moves during the forward: offloaded bytes that have not
+    crossed by the end of the forward, where the peak is, are still on the device there."""
+    lk = costs.link
+    if lk is None or lk.get("synchronous"):
+        return None
+    return sum(max(t, 0.0) for t in costs.time_ms) * lk["d2h_gbps"] * 1e6
 
 
 def synthetic_table(base: SiteCosts, n_layer: int, seed: int = 0) -> SiteCosts:
@@ -125,17 +146,25 @@ def _plans(costs: SiteCosts, arms: int, lam: float | None, budget: float | None)
 
 def run_planners(tables: dict[str, SiteCosts], lams=(0.2, 1.0, 5.0), budgets=(0.25, 0.5, 0.75),
                  repeats: int = 3, seed: int = 0, out: str | Path | None = None, sources=(),
-                 synthetic_layers=(), log=print) -> list[dict]:
+                 synthetic_layers=(), peak_cuts=(0.45,), none_peaks: dict[str, float] | None = None,
+                 log=print) -> list[dict]:
+    """`none_peaks`: {table: `none`'s measured peak in bytes}, for the `peak_cuts` targets."""
     rng = random.Random(seed)
-    meta = {"tables": {k: {"n_sites": len(c), "kind": c.kind, "step_ms": c.step_ms, "link": c.link}
+    none_peaks = none_peaks or {}
+    meta = {"tables": {k: {"n_sites": len(c), "kind": c.kind, "step_ms": c.step_ms, "link": c.link,
+                           "act_bytes": c.total_bytes, "none_peak_bytes": none_peaks.get(k),
+                           "forward_ms": sum(c.time_ms), "link_reach_bytes": link_reach_bytes(c)}
                        for k, c in tables.items()}, "repeats": repeats, "lambdas": list(lams),
-            "budgets": list(budgets), "sources": [str(x) for x in sources],
+            "budgets": list(budgets), "peak_cuts": list(peak_cuts), "sources": [str(x) for x in sources],
             "synthetic_layers": list(synthetic_layers), **provenance(torch.device("cpu"))}
     rows: list[dict] = []
     for name, costs in tables.items():
         for arms in (2, 3) if costs.link else (2,):
             targets = [(f"lam{x:g}", x, None) for x in lams] + \
                       [(f"budget{b:g}", None, b * costs.total_bytes) for b in budgets]
+            if name in none_peaks:  # what the GPU bench's drat-cut rows ask of the activations
+                targets += [(f"peakcut{c:g}", None, costs.total_bytes - c * none_peaks[name])
+                            for c in peak_cuts if costs.total_bytes - c * none_peaks[name] > 0]
             for tag, lam, budget in targets:
                 fns = _plans(costs, arms, lam, budget)
                 times: dict[str, list[float]] = {k: [] for k in fns}
@@ -165,7 +194,9 @@ def run_planners(tables: dict[str, SiteCosts], lams=(0.2, 1.0, 5.0), budgets=(0.
                                  "plan_s": statistics.median(times[k]),
                                  "plan_s_spread": max(times[k]) - min(times[k]),
                                  "n_recomputed": None if stored is None else len(stored) - sum(stored),
-                                 "n_offloaded": None if off is None else sum(off)})
+                                 "n_offloaded": None if off is None else sum(off),
+                                 "offloaded_bytes": None if off is None else
+                                 sum(m for m, o in zip(costs.mem_bytes, off) if o)})
                 by = {r["planner"]: r for r in rows[-len(PLANNERS):]}
                 log(f"{name:<16} arms {arms} {tag:<12} " + "  ".join(
                     f"{k} {_fmt(by[k]['gap_pts'])} pts {by[k]['plan_s']:.2f}s" for k in PLANNERS))
@@ -224,6 +255,8 @@ def add_planners_parser(bsub) -> None:
     p.add_argument("--lambdas", default="0.2,1,5", type=NumberList(NONNEG))
     p.add_argument("--budgets", default="0.25,0.5,0.75", type=NumberList(FRACTION),
                    help="budgets as fractions of the activations' bytes")
+    p.add_argument("--peak-cuts", default="0.45", type=NumberList(FRACTION),
+                   help="for tables from a GPU bench with a `none` row: budgets at (1 - cut) x its peak")
     p.add_argument("--repeats", type=POSITIVE_INT, default=3)
     p.add_argument("--out", required=True, type=OUT_DIR)
     p.set_defaults(func=_cmd_planners)
@@ -233,16 +266,20 @@ def _cmd_planners(args) -> int:
     if not args.costs:
         raise ValueError("give at least one cost table with --costs")
     # a bench JSON is named by its model folder (results/bench/<card>/<model>/<bench>/<stem>.json)
-    tables = {Path(c).parent.parent.name if Path(c).stem in ("offload", "frontier") else Path(c).stem:
-              load_table(Path(c)) for c in args.costs}
+    names = {c: Path(c).parent.parent.name if Path(c).stem in ("offload", "frontier") else Path(c).stem
+             for c in args.costs}
+    tables = {names[c]: load_table(Path(c)) for c in args.costs}
+    none_peaks = {names[c]: p for c in args.costs if (p := none_peak_bytes(Path(c))) is not None}
     base = next(iter(tables.values()))
     layers = [int(x) for x in args.synthetic_layers.split(",") if x]
     for n in layers:
         tables[f"synthetic-{n}x"] = synthetic_table(base, n)
     run_planners(tables, lams=tuple(float(x) for x in args.lambdas.split(",") if x),
                  budgets=tuple(float(x) for x in args.budgets.split(",") if x), repeats=args.repeats,
-                 out=args.out, sources=args.costs, synthetic_layers=layers)
+                 out=args.out, sources=args.costs, synthetic_layers=layers,
+                 peak_cuts=tuple(float(x) for x in args.peak_cuts.split(",") if x), none_peaks=none_peaks)
     return 0
 
 
-__all__ = ["run_planners", "add_planners_parser", "load_table", "synthetic_table"]
+__all__ = ["run_planners", "add_planners_parser", "link_reach_bytes", "load_table", "none_peak_bytes",
+           "synthetic_table"]

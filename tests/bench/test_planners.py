@@ -76,3 +76,39 @@ def test_the_performance_document_renders_every_planners_folder(tmp_path):
     cmd = "drat bench planners --costs x.json --lambdas 1 --budgets 0.5 --repeats 1 --out results/bench/cpu/p"
     assert f"`{cmd}`" in md
     assert "| lam1 | 0 · " in md  # the ILP's own cell: no gap
+
+
+def test_a_gpu_bench_table_is_also_planned_at_the_eager_target(tmp_path):
+    """A bench JSON with a `none` row gives the `peakcut` targets: the activations less c × that
+    peak, which every feasible plan keeps to; the metadata and the document give the link's
+    reach (the forward's time × the device-to-host bandwidth) beside the predicted step times."""
+    from drat.analysis.planner_tables import planner_section
+    from drat.bench.planners import link_reach_bytes, none_peak_bytes
+    from drat.cli import main
+
+    c = _table(n_layer=2)
+    peak_gib = 1.5 * c.total_bytes / 2**30  # the peak holds more than the activations
+    src = tmp_path / "results/bench/h200/m/offload/offload.json"
+    src.parent.mkdir(parents=True)
+    src.write_text(json.dumps({"meta": {"costs": c.to_dict()},
+                               "rows": [{"name": "none", "peak_gib": peak_gib}, {"name": "full"}]}))
+    assert none_peak_bytes(src) == pytest.approx(peak_gib * 2**30)
+    assert link_reach_bytes(c) == pytest.approx(sum(c.time_ms) * c.link["d2h_gbps"] * 1e6)
+    assert link_reach_bytes(_table(link=False)) is None
+    out = tmp_path / "results/bench/cpu/p"
+    assert main(["bench", "planners", "--costs", str(src), "--lambdas", "", "--budgets", "",
+                 "--peak-cuts", "0.3,0.9", "--repeats", "1", "--out", str(out)]) == 0
+    d = json.loads((out / "planners.json").read_text())
+    rows, t = d["rows"], d["meta"]["tables"]["m"]
+    # 0.9 × the peak is more than the activations hold: no such target
+    assert {(r["arms"], r["target"]) for r in rows} == {(2, "peakcut0.3"), (3, "peakcut0.3")}
+    budget = c.total_bytes - 0.3 * peak_gib * 2**30
+    ilp3 = next(r for r in rows if r["arms"] == 3 and r["planner"] == "ilp")
+    assert ilp3["feasible"] and ilp3["offloaded_bytes"] is not None and budget > 0
+    assert t["none_peak_bytes"] == pytest.approx(peak_gib * 2**30)
+    assert t["link_reach_bytes"] == pytest.approx(link_reach_bytes(c))
+    md = planner_section(tmp_path)
+    assert "--peak-cuts 0.3,0.9" in md
+    line = next(x for x in md.splitlines() if x.startswith("| m | peakcut0.3 |"))
+    assert f"+{100 * ilp3['objective']:.1f}%" in line
+    assert f"{ilp3['offloaded_bytes'] / 1e9:.2f} GB" in line
