@@ -99,7 +99,9 @@ def _eager(rows: list[dict], meta: dict) -> list[str]:
     def pct(r) -> str:
         return "no plan" if r is None or r.get("objective") is None else f"+{100 * r['objective']:.1f}%"
 
-    gb = "{:.2f} GB".format
+    def gb(nbytes: float) -> str:
+        return f"{nbytes / 1e9:.2f} GB"
+
     for table, target in dict.fromkeys((r["table"], r["target"]) for r in cuts):
         t = meta["tables"].get(table, {})
         peak = t.get("none_peak_bytes")
