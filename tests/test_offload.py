@@ -116,28 +116,37 @@ def test_offloader_round_trips_views_of_one_storage_once():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_synchronisation_is_needed_and_sufficient():
     """A 1 GiB storage takes ~20 ms to cross the link. Dropped right after its copy is queued and
-    overwritten by the compute stream, it arrives intact only because the Offloader holds it until
-    the copy's event; reloaded and read at once, it is right only because the compute stream waits
-    for the reload's event."""
+    overwritten by the compute stream, it arrives intact in host memory only because the Offloader
+    holds it until the copy's event; reloaded into memory that holds other values and read at
+    once, it reads right only because the compute stream waits for the reload's event. The cache
+    is emptied first, so that the memory reused is the one this test means (not a block an
+    earlier test left holding ones)."""
     dev = torch.device("cuda")
     n = 2**28  # float32: 1 GiB
 
-    def round_trip(unsafe: bool) -> bool:
+    def round_trip(unsafe: bool) -> tuple[bool, bool]:
         off = Offloader(dev, unsafe_no_sync=unsafe)
         off.begin_forward()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         x = torch.ones(n, device=dev)
         ref = off.offload(x, 0)
         del x
-        y = torch.full((n,), 2.0, device=dev)  # may reuse x's memory at once if nothing guards it
+        y = torch.full((n,), 2.0, device=dev)  # reuses x's memory at once if nothing guards it
         off.end_forward()
-        z = off.get(ref)
-        ok = bool((z == 1.0).all())
-        del y
         torch.cuda.synchronize()
-        return ok
+        host_ok = bool((ref.copy.buf.view(torch.float32) == 1.0).all())
+        torch.cuda.empty_cache()
+        w = torch.full((n,), 3.0, device=dev)
+        del w  # the one free block of this size: the reload's memory, holding threes
+        z = off.get(ref)
+        read_ok = bool((z == 1.0).all())
+        del y, z
+        torch.cuda.synchronize()
+        return host_ok, read_ok
 
-    assert round_trip(unsafe=False)
-    assert not round_trip(unsafe=True)
+    assert round_trip(unsafe=False) == (True, True)
+    assert round_trip(unsafe=True) == (False, False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -179,17 +188,19 @@ def test_the_host_waits_for_copies_more_than_run_ahead_blocks_back():
     dev = torch.device("cuda")
     n = 2**26  # float32: 256 MiB
 
-    def held_bytes(run_ahead: int) -> tuple[int, int]:
+    def held_bytes(run_ahead: int) -> tuple[int, int, int]:
         off = Offloader(dev, run_ahead_blocks=run_ahead)
         off.begin_forward()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated(dev)
+        # allocated up front: a cudaMalloc inside the loop can hold the host until the GPU catches up
+        xs = [torch.ones(n, device=dev) for _ in range(4)]
+        torch.cuda.synchronize()
         refs = []
         for g in range(4):
             torch.cuda._sleep(50_000_000)  # ~25 ms of compute before this block's copy may start
-            x = torch.ones(n, device=dev)
-            refs.append(off.offload(x, g))
-            del x
+            refs.append(off.offload(xs[g], g))
+            xs[g] = None
         held = torch.cuda.memory_allocated(dev) - base
         off.enter_group(5)  # a block that offloads nothing: the host waits for blocks 0 … 3
         entered = torch.cuda.memory_allocated(dev) - base
