@@ -55,7 +55,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .sites import SiteGraph
+from .offload import RUN_AHEAD_BLOCKS
+from .sites import SiteGraph, flow_groups
 
 if TYPE_CHECKING:
     from torch import nn
@@ -171,9 +172,6 @@ def _late_ms(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
     return late_d + late_h
 
 
-RUN_AHEAD_BLOCKS = 1  # the offloader's default (offload.Offloader); a link may name its own
-
-
 def held_at_peak(costs: SiteCosts) -> list[bool]:
     """The sites H whose offloaded bytes the offloader still holds at the peak (module
     docstring): those in the last `run_ahead_blocks` blocks and the model-level sites after them.
@@ -181,15 +179,9 @@ def held_at_peak(costs: SiteCosts) -> list[bool]:
     lk = costs.link
     if lk is None or lk.get("synchronous"):
         return [False] * len(costs)
-    # monotone groups, as the runtime numbers them: -1 before the first block, one past the last
-    # block after it (recompute._prefetch_groups)
-    flow, seen, blocks = [], False, [g for g in costs.groups if g >= 0]
-    after = max(blocks) + 1 if blocks else 0
-    for g in costs.groups:
-        seen = seen or g >= 0
-        flow.append(g if g >= 0 else (after if seen else -1))
+    flow = flow_groups([g if g >= 0 else None for g in costs.groups], len(costs))  # as the runtime's
     tail = max(flow, default=0)
-    r = int(lk.get("run_ahead_blocks", RUN_AHEAD_BLOCKS))
+    r = int(lk.get("run_ahead_blocks", RUN_AHEAD_BLOCKS))  # the offloader's default unless named
     return [f >= tail - r for f in flow]
 
 
@@ -347,7 +339,7 @@ def fmt_gib(nbytes: float) -> str:
 
 
 __all__ = [
-    "COST_MODELS", "RUN_AHEAD_BLOCKS", "SiteCosts", "expected_recompute", "expected_exposed_transfer",
+    "COST_MODELS", "SiteCosts", "expected_recompute", "expected_exposed_transfer",
     "held_at_peak", "in_flight_bytes", "link_windows",
     "link_scale_for_wait", "link_utilisation", "offload_report", "plan_cost", "predicted_wait_ms",
     "rebuild_counts", "model_state_bytes", "scaled_link",

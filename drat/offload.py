@@ -55,6 +55,8 @@ def available_host_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+RUN_AHEAD_BLOCKS = 1  # blocks the host may queue past a copy out before it waits (Offloader)
+
 HOST_MEM_FRACTION = 0.5  # default cap: half of the available RAM (page-locked memory is not swappable)
 
 
@@ -184,7 +186,7 @@ class Offloader:
 
     def __init__(self, device: torch.device, pool: HostPool | None = None, prefetch_blocks: int = 1,
                  host_cap_bytes: float | None = None, unsafe_early_release: bool = False,
-                 unsafe_no_sync: bool = False, run_ahead_blocks: int = 1):
+                 unsafe_no_sync: bool = False, run_ahead_blocks: int = RUN_AHEAD_BLOCKS):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.pool = pool if pool is not None else HostPool(pin=self.cuda)
@@ -363,4 +365,4 @@ def _release(pool: HostPool, buf: torch.Tensor, events: list) -> None:
 
 
 __all__ = ["HostPool", "HostMemoryError", "Offloader", "OffloadRef", "OffloadStats", "available_host_bytes",
-           "default_host_cap_bytes", "HOST_MEM_FRACTION"]
+           "default_host_cap_bytes", "HOST_MEM_FRACTION", "RUN_AHEAD_BLOCKS"]

@@ -46,6 +46,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from .offload import Offloader, OffloadRef
+from .sites import flow_groups
 
 # The accountant of an enclosing `SavedTensorAccountant`, if any (see accounting.py).
 _ACCOUNTANT: contextvars.ContextVar[Any] = contextvars.ContextVar("drat_accountant", default=None)
@@ -260,7 +261,7 @@ class SiteRuntime:
         # an offloaded site is available in backward without a rebuild, like a stored one
         self.stored = [bool(s) or o for s, o in zip(stored, self.offloaded)]
         self.offloader = offloader
-        self.groups = _prefetch_groups(site_blocks, len(self.stored))
+        self.groups = flow_groups(site_blocks, len(self.stored))
         if offloader is not None:
             offloader.begin_forward()
         self._group: int | None = None  # the block the forward is in (for the offloader's wait)
@@ -507,20 +508,6 @@ class SiteRuntime:
                 f"recomputing site {inst.site} saved different tensors than its forward (was the model "
                 "switched to eval, or compiled, between forward and backward?)")
         return y.detach(), captured  # captured: detached at pack
-
-
-def _prefetch_groups(site_blocks, n: int) -> list[int]:
-    """A monotone group per site for prefetching: its block, −1 for model-level sites before the
-    first block (the embedding), one past the last block for those after it (the LM head)."""
-    if site_blocks is None:
-        return list(range(n))
-    blocks = [b for b in site_blocks if b is not None]
-    last = max(blocks) + 1 if blocks else 0
-    out, seen_block = [], False
-    for b in site_blocks:
-        seen_block = seen_block or b is not None
-        out.append(b if b is not None else (last if seen_block else -1))
-    return out
 
 
 # ----------------------------------------------------------------------------- RNG

@@ -106,3 +106,18 @@ class SiteGraph:
         if unknown:
             raise ValueError(f"unknown site(s) {sorted(unknown)}; valid: {ALL_SITE_NAMES}")
         return [k.name not in recompute for k in self.keys]
+
+
+def flow_groups(site_blocks, n: int) -> list[int]:
+    """A monotone group per site, in forward order, for the offloader's prefetch and wait: its
+    block, −1 for model-level sites before the first block (the embedding), one past the last
+    block for those after it (the LM head). `site_blocks` None: every site its own group."""
+    if site_blocks is None:
+        return list(range(n))
+    blocks = [b for b in site_blocks if b is not None]
+    last = max(blocks) + 1 if blocks else 0
+    out, seen_block = [], False
+    for b in site_blocks:
+        seen_block = seen_block or b is not None
+        out.append(b if b is not None else (last if seen_block else -1))
+    return out
