@@ -42,7 +42,7 @@ from .search import (
     local_search,
     local_search3,
     perturbed_search3,
-    tiled_plans3,
+    tiled_plans,
 )
 
 DEFAULT_LAMBDA = 0.05  # the price of memory of a DRAT plan asked for with neither λ nor a budget
@@ -268,10 +268,10 @@ TILE_POLISH_WITHIN = 1.02
 
 def _tiled_polish(stored: list[bool], costs: SiteCosts, lam: float,
                   budget_act_bytes: float | None) -> list[bool]:
-    """The cheapest of `stored` and its block-tiled candidates (search.tiled_plans3), polished."""
+    """The cheapest of `stored` and its block-tiled candidates (search.tiled_plans), polished."""
     best, best_c = stored, plan_cost(stored, costs, lam)[0]
     arms = [STORE if v else RECOMPUTE for v in stored]
-    for plan in tiled_plans3(arms, costs, lam, budget_act_bytes, choices=(STORE, RECOMPUTE)):
+    for plan in tiled_plans(arms, costs, lam, budget_act_bytes, choices=(STORE, RECOMPUTE)):
         plan = [a == STORE for a in plan]
         if plan_cost(plan, costs, lam)[0] > best_c * TILE_POLISH_WITHIN:
             continue
@@ -326,8 +326,8 @@ def _fit_gates3(costs, lam, budget_act_bytes, steps, lr, tau_start, tau_end, see
         c = float(batch_cost3(np.array([cand], dtype=np.int8), costs, lam_eval)[0])
         if best is None or c < best[0]:
             best = (c, cand)
-    # the best plan's blocks tiled with one pattern each (search.tiled_plans3), polished too
-    for plan in tiled_plans3(best[1], costs, lam_eval, budget_act_bytes, host_cap_bytes):
+    # the best plan's blocks tiled with one pattern each (search.tiled_plans), polished too
+    for plan in tiled_plans(best[1], costs, lam_eval, budget_act_bytes, host_cap_bytes):
         cand = local_search3(plan, costs, lam_eval, budget_act_bytes, host_cap_bytes)
         c = float(batch_cost3(np.array([cand], dtype=np.int8), costs, lam_eval)[0])
         if c < best[0]:

@@ -263,7 +263,7 @@ def perturbed_search3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
     return best
 
 
-# How many plans `tiled_plans3` enumerates at most: 3^9, every arm of 9 positions (of 14 with
+# How many plans `tiled_plans` enumerates at most: 3^9, every arm of 9 positions (of 14 with
 # two arms), priced in batches.
 TILE_MAX_PLANS = 3**9
 
@@ -281,10 +281,10 @@ def block_layout(costs: SiteCosts) -> np.ndarray | None:
     return np.array([[i for _, i in b] for b in blocks])
 
 
-def tiled_plans3(arms: list[int], costs: SiteCosts, lam: float = 0.0,
-                 budget_act_bytes: float | None = None, host_cap_bytes: float | None = None,
-                 keep: int = 4, over: float = 0.15,
-                 choices: tuple[int, ...] = (STORE, RECOMPUTE, OFFLOAD)) -> list[list[int]]:
+def tiled_plans(arms: list[int], costs: SiteCosts, lam: float = 0.0,
+                budget_act_bytes: float | None = None, host_cap_bytes: float | None = None,
+                keep: int = 4, over: float = 0.15,
+                choices: tuple[int, ...] = (STORE, RECOMPUTE, OFFLOAD)) -> list[list[int]]:
     """Rounding candidates that give every block one pattern of arms (of `choices`). The exact
     program's plans for a stack of identical blocks are close to periodic, and a rounded plan
     whose blocks disagree is far from any of them in single moves: turning one kind of site from

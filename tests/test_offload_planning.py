@@ -212,7 +212,7 @@ def test_block_tiled_candidates_are_periodic_and_the_cheapest_periodic_plan_come
     a time; budget-mode candidates fit the budget."""
     import itertools
 
-    from drat.search import RECOMPUTE, STORE, block_layout, device_bytes3, tiled_plans3
+    from drat.search import RECOMPUTE, STORE, block_layout, device_bytes3, tiled_plans
 
     c = link_costs(5, n_layer=3)
     layout = block_layout(c)
@@ -230,24 +230,24 @@ def test_block_tiled_candidates_are_periodic_and_the_cheapest_periodic_plan_come
         return plan
 
     brute = min(plan_cost(tile(p), c, lam)[0] for p in itertools.product((True, False), repeat=11))
-    tiles = tiled_plans3([STORE] * len(c), c, lam, choices=(STORE, RECOMPUTE))
+    tiles = tiled_plans([STORE] * len(c), c, lam, choices=(STORE, RECOMPUTE))
     first = [a == STORE for a in tiles[0]]
     assert plan_cost(first, c, lam)[0] == pytest.approx(brute, abs=1e-12)
     for plan in tiles:
         blocks = np.array(plan)[layout]
         assert (blocks == blocks[0]).all()
     budget = 0.3 * c.total_bytes
-    tiles = tiled_plans3([STORE] * len(c), c, 0.0, budget)
+    tiles = tiled_plans([STORE] * len(c), c, 0.0, budget)
     assert tiles and (device_bytes3(np.array(tiles), c) <= budget + 1e-9).all()
 
 
 def test_no_block_layout_without_repeated_blocks():
-    from drat.search import block_layout, tiled_plans3
+    from drat.search import block_layout, tiled_plans
 
     c = link_costs(0, n_layer=2)
     assert block_layout(c) is not None
     c.labels = [lab.replace("L1.mlp_up", "L1.other") for lab in c.labels]
-    assert block_layout(c) is None and tiled_plans3([0] * len(c), c) == []
+    assert block_layout(c) is None and tiled_plans([0] * len(c), c) == []
     assert block_layout(link_costs(0, n_layer=1)) is None  # one block: nothing repeats
 
 
