@@ -17,11 +17,13 @@ The synchronisation, on CUDA (docs/offload.md has the timeline):
               copy pinned buffer → that storage ─ event (h2d_done)
               compute waits h2d_done before the first use (an event, never a host sync).
 
-Reloads are *prefetched*: the first use of a tensor of block b starts the reloads of every
-offloaded tensor of blocks b−1 … b−`prefetch_blocks`, so they cross the link while block b's
-backward computes. Host buffers come from a `HostPool` that keeps them across steps (no
-`cudaHostAlloc` per step); a buffer goes back to the pool when the last reference to its copy
-dies, with the event of its last reload, which the next copy into it waits for.
+Reloads are *prefetched*: when the backward enters block b (`enter_backward_group`, called at
+the first saved tensor of b that autograd unpacks, offloaded or not), the reloads of every
+offloaded tensor of blocks b−1 … b−`prefetch_blocks` start, so they cross the link while block b's
+backward computes; `costs.plan_prefetch_blocks` plans that distance for a plan's bytes. Host
+buffers come from a `HostPool` that keeps them across steps (no `cudaHostAlloc` per step); a
+buffer goes back to the pool when the last reference to its copy dies, with the event of its
+last reload, which the next copy into it waits for.
 
 On the CPU the same code runs with plain host buffers and synchronous copies, so the bookkeeping
 and the exactness are tested without a GPU.
@@ -126,6 +128,7 @@ class OffloadStats:
     h2d_bytes: int = 0
     copies: int = 0
     reloads_on_demand: int = 0  # reloads that prefetching did not start in time (waited for at use)
+    late_reloads: int = 0  # reloads started only once the backward had reached their own block
 
 
 class _HostCopy:
@@ -207,6 +210,7 @@ class Offloader:
         self._order: list[weakref.ref] = []  # this forward's copies in offload order
         self._next = -1  # the latest copy in `_order` whose reload has not been started
         self._in_flight: deque = deque()  # (d2h_done, device storage, group): copies not known complete
+        self._bw_group: int | None = None  # the earliest block the backward has entered
 
     # ----------------------------------------------------------------- forward
     def begin_forward(self) -> None:
@@ -215,6 +219,7 @@ class Offloader:
         self._by_ptr.clear()
         self._order.clear()
         self._next = -1
+        self._bw_group = None
 
     def end_forward(self) -> None:
         # the backward starts after the last copy out (stream order), so nothing stays held past
@@ -273,9 +278,20 @@ class Offloader:
         return copy
 
     # ----------------------------------------------------------------- backward
+    def enter_backward_group(self, group: int) -> None:
+        """The backward has reached block `group` (monotone, decreasing): start the reloads of
+        blocks [group − prefetch_blocks, group]. Triggered by any saved tensor of the block, so a
+        block that offloads nothing still prefetches the blocks before it."""
+        if self._bw_group is None or group < self._bw_group:
+            self._bw_group = group
+            self._retire()
+            self._prefetch(group)
+
     def get(self, ref: OffloadRef) -> torch.Tensor:
         copy = ref.copy
         self._retire()
+        if self._bw_group is None or copy.group < self._bw_group:
+            self._bw_group = copy.group  # the backward uses block `copy.group`'s tensors by now
         self._prefetch(copy.group)
         if copy.dev is None:  # not prefetched (or reloaded again for a recipe after its slots)
             self.stats.reloads_on_demand += 1
@@ -348,6 +364,8 @@ class Offloader:
             copy.dev = copy.buf.clone()
         copy.waited = False
         self.stats.h2d_bytes += copy.nbytes
+        if self._bw_group is not None and self._bw_group <= copy.group:
+            self.stats.late_reloads += 1
 
     def _prefetch(self, group: int) -> None:
         """Start the reloads of every copy of blocks [group − prefetch_blocks, group]."""

@@ -291,7 +291,20 @@ class SiteRuntime:
                 self._inputs.add(t.untyped_storage().data_ptr())
 
     def hooks(self):
-        return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        if self.offloader is None:
+            return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        return torch.autograd.graph.saved_tensors_hooks(self._pack_in_block, self._unpack_in_block)
+
+    def _pack_in_block(self, t: torch.Tensor):
+        # (the block the forward is in, the reference): its unpack tells the offloader that the
+        # backward has reached that block, which starts the reloads of the blocks before it
+        return self._group, self._pack(t)
+
+    def _unpack_in_block(self, packed):
+        group, ref = packed
+        if group is not None:
+            self.offloader.enter_backward_group(group)
+        return self._unpack(ref)
 
     def end_forward(self) -> None:
         """Drop the forward-time registry. From here on only the autograd graph (through the

@@ -263,6 +263,32 @@ def test_the_runtime_enters_each_block_once_in_forward_order(monkeypatch):
     assert entered == [-1, 0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("prefetch", [0, 1, 2])
+def test_the_backward_prefetches_blocks_that_offload_nothing_themselves(prefetch, monkeypatch):
+    """Only block 0 offloads (its mlp_up output). Entering the backward of a block that holds no
+    offloaded tensor still starts the reloads of the `prefetch` blocks before it: with a distance
+    of 1 or more, block 0's reloads start in block 1's backward, none once the backward is in
+    block 0 itself; with 0 every reload starts only at its own block. Exact either way."""
+    model = make_model(n_layer=3)
+    idx, tgt = make_batch(seq=12)
+    ref = run(model, NoneAC(), idx, tgt)
+    n = len(model.graph)
+    offloaded = [k.layer == 0 and k.name == "mlp_up" for k in model.graph.keys]
+    entered: list[int] = []
+    s = PlanAC(stored=[True] * n, offloaded=offloaded, prefetch_blocks=prefetch)
+    assert_bitwise(run(model, s, idx, tgt), ref, f"prefetch {prefetch}")
+    st = s.offloader.stats
+    assert st.copies == 1 and st.h2d_bytes == st.d2h_bytes > 0
+    assert st.late_reloads == (1 if prefetch == 0 else 0)
+    # the backward enters the blocks in reverse order, the head (one past the last) first
+    orig = Offloader.enter_backward_group
+    monkeypatch.setattr(Offloader, "enter_backward_group",
+                        lambda self, g: (entered.append(g), orig(self, g))[1])
+    run(model, s, idx, tgt)
+    firsts = [g for i, g in enumerate(entered) if g not in entered[:i]]
+    assert firsts == [3, 2, 1, 0, -1]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_random_three_arm_plans_are_bitwise_exact_on_the_gpu_in_deterministic_mode():
     from drat.runtime import set_deterministic
