@@ -43,7 +43,14 @@ the copies more than r = `run_ahead_blocks` blocks back (offload.py). At the LM 
 peak is, it so holds the copies of the last r blocks and of the head's own sites, whatever the
 link's speed (a slow link stalls the forward instead: that time is in L_d). With H the set of
 those sites, a plan's device memory is Σ_i s_i M_i + Σ_{i ∈ H} o_i M_i (no H on a synchronous
-link: a CPU copy ends before the next site runs).
+link: a CPU copy ends before the next site runs). The reloads that the backward prefetches at
+the head are those of the last `prefetch_blocks` blocks: H covers them while the distance is at
+most r, and a link that names a longer one widens H to it.
+
+L_h assumes the reloads stream from the start of the backward. The offloader starts them
+`prefetch_blocks` blocks ahead of their use (offload.py); `reload_stall_ms` simulates that
+block by block, and `plan_prefetch_blocks` plans the shortest distance that hides the reloads
+as well as any longer one does (a longer one holds reloaded bytes for longer).
 """
 
 from __future__ import annotations
@@ -182,6 +189,7 @@ def held_at_peak(costs: SiteCosts) -> list[bool]:
     flow = flow_groups([g if g >= 0 else None for g in costs.groups], len(costs))  # as the runtime's
     tail = max(flow, default=0)
     r = int(lk.get("run_ahead_blocks", RUN_AHEAD_BLOCKS))  # the offloader's default unless named
+    r = max(r, int(lk.get("prefetch_blocks", 0)))  # reloads the head's backward has prefetched
     return [f >= tail - r for f in flow]
 
 
@@ -190,6 +198,54 @@ def in_flight_bytes(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
     Linear in `o` (offload probabilities or flags); 0 without a link and on a synchronous one."""
     H = torch.tensor([1.0 if h else 0.0 for h in held_at_peak(costs)], dtype=torch.float64)
     return (o.to(torch.float64) * H * torch.tensor(costs.mem_bytes, dtype=torch.float64)).sum()
+
+
+def reload_stall_ms(offloaded: list[bool], costs: SiteCosts, prefetch_blocks: int) -> float:
+    """ms the backward waits on reloads when the offloader prefetches `prefetch_blocks` blocks
+    ahead, simulated block by block: the backward enters the blocks last to first (the head
+    first), each entry queues the reloads of the blocks it now reaches on the one H→D stream, in
+    that order, and a block whose bytes are not back when the backward enters it waits for them.
+    A block's backward time is its share of the step's backward (as in `link_windows`)."""
+    lk = costs.link
+    if lk is None or lk.get("synchronous") or not any(offloaded):
+        return 0.0
+    flow = flow_groups([g if g >= 0 else None for g in costs.groups], len(costs))
+    fwd_ms = max(sum(max(t, 0.0) for t in costs.time_ms), 1e-12)
+    bwd_per_fwd = max(costs.step_ms - fwd_ms, 0.0) / fwd_ms
+    order = sorted(set(flow), reverse=True)  # the order the backward enters the blocks in
+    nbytes = dict.fromkeys(order, 0.0)
+    bwd_ms = dict.fromkeys(order, 0.0)
+    for i, g in enumerate(flow):
+        nbytes[g] += costs.mem_bytes[i] if offloaded[i] else 0.0
+        bwd_ms[g] += max(costs.time_ms[i], 0.0) * bwd_per_fwd
+    bytes_per_ms = lk["h2d_gbps"] * 1e6
+    t = link_free = stall = 0.0
+    back: dict[int, float] = {}  # block -> when its reloads are back
+    queued = 0  # blocks of `order` whose reloads are queued
+    for g in order:
+        while queued < len(order) and order[queued] >= g - prefetch_blocks:
+            j = order[queued]
+            queued += 1
+            if nbytes[j] > 0:
+                link_free = max(link_free, t) + nbytes[j] / bytes_per_ms
+                back[j] = link_free
+        if nbytes[g] > 0 and back[g] > t:
+            stall += back[g] - t
+            t = back[g]
+        t += bwd_ms[g]
+    return stall
+
+
+def plan_prefetch_blocks(offloaded: list[bool], costs: SiteCosts, tol_ms: float = 0.01) -> int:
+    """The shortest prefetch distance (≥ 1) whose reload stall (`reload_stall_ms`) is within
+    `tol_ms` of the least any distance gets: reloading earlier than that only holds reloaded bytes
+    on the device for longer. 1, the offloader's default, when nothing is offloaded."""
+    n_blocks = len(set(costs.groups)) + 1  # the blocks, the embedding and the head
+    least = reload_stall_ms(offloaded, costs, n_blocks)
+    for d in range(1, n_blocks):
+        if reload_stall_ms(offloaded, costs, d) <= least + tol_ms:
+            return d
+    return n_blocks
 
 
 def predicted_wait_ms(offloaded: list[bool], costs: SiteCosts) -> float:
@@ -308,14 +364,18 @@ def link_utilisation(moved_bytes: float, step_ms: float, link: dict) -> float:
 
 def offload_report(offloaded: list[bool], costs: SiteCosts) -> dict:
     """What an offload plan moves and what it is predicted to cost: bytes each way per step, the
-    pinned host bytes it needs, the exposed ms and the predicted link utilisation."""
+    pinned host bytes it needs, the exposed ms, the predicted link utilisation, and the planned
+    prefetch distance with its simulated reload stall."""
     nbytes = sum(m for m, o in zip(costs.mem_bytes, offloaded) if o)
     exposed_ms = float(expected_exposed_transfer(torch.tensor([float(x) for x in offloaded]), costs)) \
         * costs.step_ms if costs.link else 0.0
     step_ms = costs.step_ms + exposed_ms
     o = torch.tensor([float(x) for x in offloaded])
     in_flight = float(in_flight_bytes(o, costs)) if costs.link else 0.0
-    return {"offloaded_sites": sum(map(bool, offloaded)), "offload_bytes_per_step": nbytes,
+    prefetch = plan_prefetch_blocks(offloaded, costs) if costs.link else 1
+    return {"prefetch_blocks": prefetch,
+            "reload_stall_ms": reload_stall_ms(offloaded, costs, prefetch) if costs.link else 0.0,
+            "offloaded_sites": sum(map(bool, offloaded)), "offload_bytes_per_step": nbytes,
             "host_bytes": nbytes, "in_flight_bytes": in_flight, "exposed_transfer_ms": exposed_ms,
             "link_utilisation": link_utilisation(nbytes, step_ms, costs.link)
             if costs.link and step_ms > 0 else 0.0}

@@ -24,7 +24,7 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from .costs import SiteCosts, rebuild_counts
+from .costs import SiteCosts, plan_prefetch_blocks, rebuild_counts
 from .offload import HostPool, Offloader
 from .recompute import SiteRuntime, active_accountant, model_state_ptrs
 
@@ -195,6 +195,17 @@ class PlanAC(ActivationStrategy):
     def offload_decisions(self, model) -> list[bool] | None:
         return None if self._offloaded is None else list(self._offloaded)
 
+    def plan_prefetch(self, costs: SiteCosts | None, offloaded: Sequence[bool] | None) -> int:
+        """Prefetch as many blocks ahead as `costs.plan_prefetch_blocks` plans for the offload
+        flags `offloaded` (the offloader's default, 1, without a link or flags); the distance."""
+        d = 1
+        if costs is not None and costs.link is not None and offloaded is not None and any(offloaded):
+            d = plan_prefetch_blocks([bool(o) for o in offloaded], costs)
+        self.prefetch_blocks = d
+        if self.offloader is not None:
+            self.offloader.prefetch_blocks = d
+        return d
+
     def _offloader_for(self, device: torch.device) -> Offloader:
         if self.offloader is None or self.offloader.device != torch.device(device):
             self.offloader = Offloader(device, shared_pool(device), prefetch_blocks=self.prefetch_blocks,
@@ -208,7 +219,8 @@ class PlanAC(ActivationStrategy):
         return {"host_pinned_bytes": off.pool.total_bytes,
                 "host_peak_in_use_bytes": off.pool.peak_in_use_bytes,
                 "host_allocs": off.pool.n_allocs, "d2h_bytes": off.stats.d2h_bytes,
-                "h2d_bytes": off.stats.h2d_bytes, "reloads_on_demand": off.stats.reloads_on_demand}
+                "h2d_bytes": off.stats.h2d_bytes, "reloads_on_demand": off.stats.reloads_on_demand,
+                "late_reloads": off.stats.late_reloads, "prefetch_blocks": off.prefetch_blocks}
 
     def decisions(self, model) -> list[bool]:
         if self._stored is not None:

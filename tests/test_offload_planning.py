@@ -278,3 +278,81 @@ def test_three_way_gates_land_within_two_percent_at_a_quarter_budget_on_a_measur
     budget = 0.25 * c.total_bytes
     fit, best = fit_gates(c, budget_act_bytes=budget, arms=3), solve_oracle3(c, budget_act_bytes=budget)
     assert fit.mem_bytes <= budget and fit.objective <= best.objective * 1.02 + 1e-12
+
+
+def prefetch_costs(graph: SiteGraph, reload_ms: float) -> SiteCosts:
+    """Every block's forward 1 ms (its sites alike), the embedding and the head free, a step of
+    3 × the forward (so each block's backward takes 2 ms), and one site of block 0, L0.mlp_up,
+    whose bytes take `reload_ms` to come back."""
+    labels = [k.label() for k in graph.keys]
+    per_block = sum(lb.startswith("L0.") for lb in labels)
+    time_ms = [1.0 / per_block if lb.startswith("L") else 0.0 for lb in labels]
+    c = SiteCosts.build(graph, [100.0] * len(labels), time_ms, step_ms=3 * sum(time_ms), kind="synthetic")
+    c.mem_bytes[labels.index("L0.mlp_up")] = 1e6
+    c.link = {"d2h_gbps": 1.0, "h2d_gbps": 1e6 / reload_ms / 1e6, "copy_overhead_ms": 0.0}
+    return c
+
+
+def test_the_reload_stall_of_a_prefetch_distance_follows_the_backward_timeline():
+    """Three 2 ms block backwards after a free head; block 0's 5 ms reload starts as the backward
+    enters block 0 + d: at d=1 with block 1 (2 ms in), back at 7 ms against 4 ms; at d ≥ 2 at
+    the start, back at 5 ms. The plan is the shortest distance that waits no more than any."""
+    from drat.costs import plan_prefetch_blocks, reload_stall_ms
+
+    g = SiteGraph(3, 2)
+    c = prefetch_costs(g, reload_ms=5.0)
+    off = [k.label() == "L0.mlp_up" for k in g.keys]
+    assert [reload_stall_ms(off, c, d) for d in (1, 2, 3, 9)] == pytest.approx([3.0, 1.0, 1.0, 1.0])
+    assert plan_prefetch_blocks(off, c) == 2
+    none = [False] * len(off)
+    assert reload_stall_ms(none, c, 1) == 0.0 and plan_prefetch_blocks(none, c) == 1
+    fast = prefetch_costs(g, reload_ms=1.5)  # back within block 1's backward: one block ahead is enough
+    assert reload_stall_ms(off, fast, 1) == 0.0 and plan_prefetch_blocks(off, fast) == 1
+    c.link["synchronous"] = True  # CPU copies: nothing to hide behind, nothing to plan
+    assert reload_stall_ms(off, c, 1) == 0.0 and plan_prefetch_blocks(off, c) == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_longer_prefetch_never_waits_longer_and_the_plan_is_the_shortest_that_waits_least(seed):
+    from drat.costs import plan_prefetch_blocks, reload_stall_ms
+
+    c = link_costs(seed, n_layer=6, tight=random.Random(seed).choice([0.3, 1.0, 3.0]))
+    rng = random.Random(seed)
+    for _ in range(10):
+        off = [rng.random() < 0.3 for _ in range(len(c))]
+        stalls = [reload_stall_ms(off, c, d) for d in range(1, 10)]
+        assert all(a >= b - 1e-9 for a, b in zip(stalls, stalls[1:]))
+        d = plan_prefetch_blocks(off, c)
+        assert stalls[d - 1] <= stalls[-1] + 0.01 and (d == 1 or stalls[d - 2] > stalls[-1] + 0.01)
+
+
+def test_a_longer_prefetch_widens_the_sites_held_at_the_peak():
+    from drat.costs import held_at_peak
+
+    c = link_costs(5, n_layer=4, tight=3.0)
+    c.link["run_ahead_blocks"] = 0
+    c.link["prefetch_blocks"] = 2  # the head's backward reloads blocks 2 and 3
+    held = [lb for lb, h in zip(c.labels, held_at_peak(c)) if h]
+    assert held == [lb for lb in c.labels if lb.startswith(("L2.", "L3.", "final_norm", "lm_head_loss"))]
+
+
+def test_a_plan_prefetches_as_far_as_planned_and_reloads_nothing_late():
+    """A strategy planned on a link where block 0's bytes need two blocks of backward prefetches
+    two blocks ahead: on the CPU none of its reloads start once the backward is in block 0, and
+    the gradients are exact."""
+    from drat.strategies import NoneAC, PlanAC
+
+    from .conftest import make_batch, make_model
+    from .test_exactness import assert_bitwise, run
+
+    model = make_model(n_layer=3)
+    idx, tgt = make_batch(seq=12)
+    ref = run(model, NoneAC(), idx, tgt)
+    c = prefetch_costs(model.graph, reload_ms=5.0)
+    n = len(model.graph)
+    off = [k.label() == "L0.mlp_up" for k in model.graph.keys]
+    s = PlanAC(stored=[True] * n, offloaded=off)
+    assert s.plan_prefetch(c, off) == 2 and s.plan_prefetch(None, off) == 1 and s.plan_prefetch(c, off) == 2
+    assert_bitwise(run(model, s, idx, tgt), ref, "planned prefetch")
+    stats = s.host_stats()
+    assert stats["prefetch_blocks"] == 2 and stats["late_reloads"] == 0 and stats["h2d_bytes"] > 0

@@ -54,6 +54,7 @@ from .common import (
     bench_model,
     check_steps,
     model_kwargs,
+    offloaded_of,
     plan_with_link_check,
     save_stamped,
     write_rows,
@@ -402,7 +403,9 @@ def _drat_planner(model: GPT, cfg, seq_len: int, cap_gib: float, dev, ref: dict,
             else:
                 gates = fit_gates(costs, budget_act_bytes=budget_to_activation_bytes(cap_gib, base),
                                   base_bytes=base, arms=arms, host_cap_bytes=host_cap).gates
-            model.set_strategy(DRATGates(gates, host_cap_bytes=host_cap))
+            strategy = DRATGates(gates, host_cap_bytes=host_cap)
+            strategy.plan_prefetch(costs, offloaded_of(gates))
+            model.set_strategy(strategy)
             return True
         except (ValueError, torch.OutOfMemoryError, _OverCap) as e:  # below the floor / no room
             log(f"  drat B={b}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")

@@ -61,12 +61,16 @@ class BudgetPlan(NamedTuple):
     compiled: object  # the torch.compile'd model (kinds "*-compiled"), else None
 
 
-def install_plan(model, idx, kind: str, stored: list[bool], gates=None, host_cap_bytes: float | None = None):
-    """Put a plan on the model: DRAT's gates (two arms "drat", three "drat3"), the oracle's fixed
-    plan, or either plan as SAC policies under torch.compile (kinds "drat-compiled",
-    "oracle-compiled": returned compiled; None otherwise)."""
+def install_plan(model, idx, kind: str, stored: list[bool], gates=None, host_cap_bytes: float | None = None,
+                 costs=None):
+    """Put a plan on the model: DRAT's gates (two arms "drat", three "drat3", prefetching as far
+    ahead as `costs` plans for their offloads), the oracle's fixed plan, or either plan as SAC
+    policies under torch.compile (kinds "drat-compiled", "oracle-compiled": returned compiled;
+    None otherwise)."""
     if kind in ("drat", "drat3"):
-        model.set_strategy(DRATGates(gates, host_cap_bytes=host_cap_bytes))
+        strategy = DRATGates(gates, host_cap_bytes=host_cap_bytes)
+        strategy.plan_prefetch(costs, offloaded_of(gates))
+        model.set_strategy(strategy)
         return None
     if kind == "oracle":
         model.set_strategy(PlanAC(stored=stored))
@@ -124,7 +128,7 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
             break
         stored, gates, lam = plan
         compiled = None  # free the last round's compiled graph before compiling the next
-        compiled = install_plan(model, idx, kind, stored, gates, host_cap_bytes)
+        compiled = install_plan(model, idx, kind, stored, gates, host_cap_bytes, costs)
         peak = measure_steps(model, idx, targets, steps=1, warmup=1, compiled=compiled)["peak_gib"] * 2**30
         trace.append({"activation_budget_bytes": act, "measured_peak_bytes": peak})
         fits = peak <= 1.01 * budget
@@ -141,7 +145,7 @@ def plan_under_measured_peak(model, idx, targets, costs, budget_gib: float, base
         if best[1] != stored:  # a later round overshot: back to the best plan that fitted
             _, stored, gates, lam, _ = best
             compiled = None
-            compiled = install_plan(model, idx, kind, stored, gates, host_cap_bytes)
+            compiled = install_plan(model, idx, kind, stored, gates, host_cap_bytes, costs)
     return BudgetPlan(stored, gates, lam, trace, compiled)
 
 

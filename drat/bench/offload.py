@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..costs import link_utilisation, offload_report, plan_cost
+from ..costs import link_utilisation, offload_report, plan_cost, reload_stall_ms
 from ..measure import build_costs, measure_link, measure_steps
 from ..offload import default_host_cap_bytes
 from ..oracle import solve_oracle3
@@ -56,7 +56,8 @@ from .trace import trace_transfers
 CSV_FIELDS = ["name", "strategy", "arms", "budget_gib", "peak_gib", "step_ms", "step_spread_ms",
               "peak_vs_none", "step_vs_none", "n_recomputed", "n_offloaded", "d2h_bytes", "h2d_bytes",
               "host_pinned_bytes", "link_utilisation", "predicted_step_ms", "predicted_exposed_ms",
-              "trace_exposed_transfer_ms", "trace_copy_hidden_frac", "trace_compute_idle_ms"]
+              "trace_exposed_transfer_ms", "trace_copy_hidden_frac", "trace_compute_idle_ms",
+              "prefetch_blocks", "predicted_reload_stall_ms", "predicted_reload_stall_d1_ms", "late_reloads"]
 
 
 OFFLOAD_BASELINES = ("save-on-cpu", "offload-all", "full-offload")
@@ -129,10 +130,15 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
         off = offloaded_of(plan.gates) or [False] * len(plan.stored)
         plans[name] = (list(plan.stored), off)
         dev_stored = [s and not o for s, o in zip(plan.stored, off)]
+        rep = offload_report(off, costs) if any(off) else {}
         add(name, model.strategy, arms=k, budget_gib=budget_gib,
             n_recomputed=len(plan.stored) - sum(plan.stored), n_offloaded=sum(off), plan_trace=plan.trace,
             predicted_step_ms=none["own_step_ms"] * (1 + plan_cost(dev_stored, costs, 0.0, off)[2]),
-            predicted_exposed_ms=offload_report(off, costs)["exposed_transfer_ms"] if any(off) else 0.0)
+            predicted_exposed_ms=rep.get("exposed_transfer_ms", 0.0),
+            # the reload stall simulated at the planned prefetch distance, and at one block ahead
+            predicted_reload_stall_ms=rep.get("reload_stall_ms", 0.0),
+            predicted_reload_stall_d1_ms=reload_stall_ms(off, costs, 1) if any(off) else 0.0,
+            offloaded_labels=[lb for lb, o in zip(costs.labels, off) if o])
 
     # the step times: every row in alternation, a new random order per round
     timed_rounds(model, idx, targets, rows, strategies, rounds, steps, warmup, seed, log)

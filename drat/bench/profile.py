@@ -207,12 +207,14 @@ def _three_arm_plan(a: ProfileArgs, plan: RunName, costs, act, device):
         fit = (fit_gates(costs, lam=plan.lam, seed=a.seed, arms=3, host_cap_bytes=cap) if act is None
                else fit_gates(costs, budget_act_bytes=act, seed=a.seed, arms=3, host_cap_bytes=cap))
         strategy = DRATGates(fit.gates, host_cap_bytes=cap)
+        strategy.plan_prefetch(costs, fit.offloaded)
         info = {"lambda": fit.lam, "objective": fit.objective, "planned_activation_bytes": fit.mem_bytes,
                 "recompute_time_frac": fit.time_frac}
         offloaded = fit.offloaded
     else:
         sol = solve_oracle3(costs, lam=plan.lam or 0.0, budget_act_bytes=act, host_cap_bytes=cap)
         strategy = PlanAC(stored=sol.stored, offloaded=sol.offloaded, host_cap_bytes=cap)
+        strategy.plan_prefetch(costs, sol.offloaded)
         info = {"objective": sol.objective, "planned_activation_bytes": sol.mem_bytes,
                 "recompute_time_frac": sol.time_frac, "method": sol.method}
         offloaded = sol.offloaded

@@ -176,12 +176,19 @@ class GateTraining:
         self._apply_link_scale()
         before = [bool(v) for v in self.gates.hard_offload().tolist()]
         self.warm_start()
+        self.plan_prefetch()
         after = [bool(v) for v in self.gates.hard_offload().tolist()]
         self.log.info(f"step {step}: the link waited {rec['measured_wait_ms']:.2f} ms a step against "
                       f"{rec['predicted_wait_ms']:.2f} predicted; re-planned on a link x{scale:.3g}: "
                       f"{sum(before)} -> {sum(after)} sites offloaded")
         return {**rec, "replanned": True, "link_scale": self.link_scale,
                 "n_offloaded_before": sum(before), "n_offloaded_after": sum(after)}
+
+    def plan_prefetch(self) -> int:
+        """The offloader's prefetch distance, planned on the costs for the gates' deterministic
+        offloads (`costs.plan_prefetch_blocks`): the plans sampled in training are close to it."""
+        offloaded = None if self.cfg.arms == 2 else [bool(v) for v in self.gates.hard_offload().tolist()]
+        return self.strategy.plan_prefetch(self.costs, offloaded)
 
     def agree_across_ranks(self) -> None:
         """Rank 0's logits on every rank: identical already (same costs, same seed); made certain."""

@@ -451,6 +451,7 @@ class ResourceAwareTrainer:
             self.gating.warm_start()
         if self.gating is not None:
             self.gating.agree_across_ranks()
+            self.gating.plan_prefetch()
         if self.dist.is_main:
             self._write_config()
 

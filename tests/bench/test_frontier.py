@@ -211,9 +211,9 @@ def test_budget_plans_grow_into_an_unused_budget_and_keep_the_best_fit(kind, pea
     budget = base + 0.6 * costs.total_bytes
     installed, install = [], bench.install_plan
 
-    def spy_install(model_, idx_, kind_, stored, gates=None, host_cap_bytes=None):
+    def spy_install(model_, idx_, kind_, stored, gates=None, host_cap_bytes=None, costs=None):
         installed.append(list(stored))
-        return install(model_, idx_, kind_, stored, gates, host_cap_bytes)
+        return install(model_, idx_, kind_, stored, gates, host_cap_bytes, costs)
 
     def scripted(model_, idx_, tgt_, steps, warmup, compiled=None):
         return {"peak_gib": peaks[len(installed) - 1] * budget / 2**30}
