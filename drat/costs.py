@@ -202,37 +202,33 @@ def in_flight_bytes(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor:
 
 def reload_stall_ms(offloaded: list[bool], costs: SiteCosts, prefetch_blocks: int) -> float:
     """ms the backward waits on reloads when the offloader prefetches `prefetch_blocks` blocks
-    ahead, simulated block by block: the backward enters the blocks last to first (the head
-    first), each entry queues the reloads of the blocks it now reaches on the one H→D stream, in
-    that order, and a block whose bytes are not back when the backward enters it waits for them.
-    A block's backward time is its share of the step's backward (as in `link_windows`)."""
+    ahead (offload.py). The backward runs the sites last to first, each for its share of the
+    step's backward (B_k of `link_windows`); entering a block queues the reloads of the blocks it
+    now reaches, latest site first, on the one H→D stream; a site whose bytes are not back when
+    the backward reaches it waits, and everything after it runs that much later. With the whole
+    backward as the distance every reload is queued at its start, and the wait is L_h exactly."""
     lk = costs.link
     if lk is None or lk.get("synchronous") or not any(offloaded):
         return 0.0
     flow = flow_groups([g if g >= 0 else None for g in costs.groups], len(costs))
-    fwd_ms = max(sum(max(t, 0.0) for t in costs.time_ms), 1e-12)
-    bwd_per_fwd = max(costs.step_ms - fwd_ms, 0.0) / fwd_ms
-    order = sorted(set(flow), reverse=True)  # the order the backward enters the blocks in
-    nbytes = dict.fromkeys(order, 0.0)
-    bwd_ms = dict.fromkeys(order, 0.0)
-    for i, g in enumerate(flow):
-        nbytes[g] += costs.mem_bytes[i] if offloaded[i] else 0.0
-        bwd_ms[g] += max(costs.time_ms[i], 0.0) * bwd_per_fwd
+    T = [max(t, 0.0) for t in costs.time_ms]
+    fwd_ms = max(sum(T), 1e-12)
+    bwd_ms = [x * max(costs.step_ms - fwd_ms, 0.0) / fwd_ms for x in T]  # each site's own backward
     bytes_per_ms = lk["h2d_gbps"] * 1e6
     t = link_free = stall = 0.0
-    back: dict[int, float] = {}  # block -> when its reloads are back
-    queued = 0  # blocks of `order` whose reloads are queued
-    for g in order:
-        while queued < len(order) and order[queued] >= g - prefetch_blocks:
-            j = order[queued]
-            queued += 1
-            if nbytes[j] > 0:
-                link_free = max(link_free, t) + nbytes[j] / bytes_per_ms
-                back[j] = link_free
-        if nbytes[g] > 0 and back[g] > t:
-            stall += back[g] - t
-            t = back[g]
-        t += bwd_ms[g]
+    back = [0.0] * len(flow)  # when site i's bytes are back
+    queued = len(flow)  # sites [queued, n) have their reloads queued
+    for k in range(len(flow) - 1, -1, -1):
+        if k == len(flow) - 1 or flow[k] != flow[k + 1]:  # it enters a block: queue those in reach
+            while queued > 0 and flow[queued - 1] >= flow[k] - prefetch_blocks:
+                queued -= 1
+                if offloaded[queued]:
+                    link_free = max(link_free, t) + costs.mem_bytes[queued] / bytes_per_ms
+                    back[queued] = link_free
+        if offloaded[k] and back[k] > t:
+            stall += back[k] - t
+            t = back[k]
+        t += bwd_ms[k]
     return stall
 
 

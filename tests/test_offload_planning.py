@@ -294,19 +294,20 @@ def prefetch_costs(graph: SiteGraph, reload_ms: float) -> SiteCosts:
 
 
 def test_the_reload_stall_of_a_prefetch_distance_follows_the_backward_timeline():
-    """Three 2 ms block backwards after a free head; block 0's 5 ms reload starts as the backward
-    enters block 0 + d: at d=1 with block 1 (2 ms in), back at 7 ms against 4 ms; at d ≥ 2 at
+    """Three 2 ms block backwards after a free head, a quarter ms per site; the backward reaches
+    L0.mlp_up 0.5 ms into block 0 (after mlp_down and mlp_act), 4.5 ms in. Its 5 ms reload starts
+    as the backward enters block 0 + d: at d=1 with block 1 (2 ms in), back at 7 ms; at d ≥ 2 at
     the start, back at 5 ms. The plan is the shortest distance that waits no more than any."""
     from drat.costs import plan_prefetch_blocks, reload_stall_ms
 
     g = SiteGraph(3, 2)
     c = prefetch_costs(g, reload_ms=5.0)
     off = [k.label() == "L0.mlp_up" for k in g.keys]
-    assert [reload_stall_ms(off, c, d) for d in (1, 2, 3, 9)] == pytest.approx([3.0, 1.0, 1.0, 1.0])
+    assert [reload_stall_ms(off, c, d) for d in (1, 2, 3, 9)] == pytest.approx([2.5, 0.5, 0.5, 0.5])
     assert plan_prefetch_blocks(off, c) == 2
     none = [False] * len(off)
     assert reload_stall_ms(none, c, 1) == 0.0 and plan_prefetch_blocks(none, c) == 1
-    fast = prefetch_costs(g, reload_ms=1.5)  # back within block 1's backward: one block ahead is enough
+    fast = prefetch_costs(g, reload_ms=2.5)  # back 0.5 ms into block 0: one block ahead is enough
     assert reload_stall_ms(off, fast, 1) == 0.0 and plan_prefetch_blocks(off, fast) == 1
     c.link["synchronous"] = True  # CPU copies: nothing to hide behind, nothing to plan
     assert reload_stall_ms(off, c, 1) == 0.0 and plan_prefetch_blocks(off, c) == 1
@@ -314,7 +315,7 @@ def test_the_reload_stall_of_a_prefetch_distance_follows_the_backward_timeline()
 
 @pytest.mark.parametrize("seed", range(4))
 def test_a_longer_prefetch_never_waits_longer_and_the_plan_is_the_shortest_that_waits_least(seed):
-    from drat.costs import plan_prefetch_blocks, reload_stall_ms
+    from drat.costs import _late_parts, plan_prefetch_blocks, reload_stall_ms
 
     c = link_costs(seed, n_layer=6, tight=random.Random(seed).choice([0.3, 1.0, 3.0]))
     rng = random.Random(seed)
@@ -324,6 +325,9 @@ def test_a_longer_prefetch_never_waits_longer_and_the_plan_is_the_shortest_that_
         assert all(a >= b - 1e-9 for a, b in zip(stalls, stalls[1:]))
         d = plan_prefetch_blocks(off, c)
         assert stalls[d - 1] <= stalls[-1] + 0.01 and (d == 1 or stalls[d - 2] > stalls[-1] + 0.01)
+        # every reload queued as the backward starts: the wait is the cost model's L_h
+        late_h = float(_late_parts(torch.tensor([float(x) for x in off]), c)[1])
+        assert stalls[-1] == pytest.approx(late_h, abs=1e-9)
 
 
 def test_a_longer_prefetch_widens_the_sites_held_at_the_peak():
