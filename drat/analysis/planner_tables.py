@@ -113,6 +113,28 @@ def _eager(rows: list[dict], meta: dict) -> list[str]:
         out.append(f"| {table} | {target} | {peak / 2**30:.2f} GiB | {c * peak / 2**30:.2f} GiB | "
                    f"{gb(reach) if reach else '—'} | {pct(two)} | {pct(ilp3)} | {pct(gates)} | "
                    f"{gb(off) if off is not None else '—'} |")
+    return out + _prefetch(cuts, meta)
+
+
+def _prefetch(cuts: list[dict], meta: dict) -> list[str]:
+    """The three-arm plans' prefetch distance (`costs.plan_prefetch_blocks`): what a distance of
+    one block would add to the step, and what the planned one reloads early at the peak."""
+    three = [r for r in cuts if r["arms"] == 3 and r["planner"] in ("ilp", "drat")
+             and r.get("prefetch_blocks") is not None]
+    if not three:
+        return []
+    out = ["", "Their prefetch distance: the backward's wait on reloads (simulated site by site) when "
+           "they start one block ahead of their use, the distance planned for the plan and the wait at "
+           "it, and the offloaded bytes that distance reloads as the backward starts beyond those the "
+           "peak model already counts.", "",
+           "| table | target | planner | wait, one block ahead | planned distance | wait at it | "
+           "reloaded early at the head |", "|---" * 7 + "|"]
+    for r in three:
+        step_ms = meta["tables"].get(r["table"], {}).get("step_ms") or float("nan")
+        d1 = r["reload_stall_d1_ms"]
+        out.append(f"| {r['table']} | {r['target']} | `{r['planner']}` | {d1:.2f} ms "
+                   f"({100 * d1 / step_ms:.1f}% of a step) | {r['prefetch_blocks']} blocks | "
+                   f"{r['reload_stall_ms']:.2f} ms | {r['prefetched_at_head_bytes'] / 1e6:.0f} MB |")
     return out
 
 

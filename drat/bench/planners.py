@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from ..costs import SiteCosts, plan_cost
+from ..costs import SiteCosts, held_at_peak, plan_cost, plan_prefetch_blocks, reload_stall_ms
 from ..gates import fit_gates
 from ..oracle import solve_oracle, solve_oracle3
 from ..provenance import provenance
@@ -54,12 +54,13 @@ from ..search import (
     local_search,
     local_search3,
 )
-from ..sites import SiteGraph
+from ..sites import SiteGraph, flow_groups
 from ..validate import FRACTION, NONNEG, OUT_DIR, POSITIVE_INT, NumberList
 from .common import write_rows
 
 FIELDS = ["table", "n_sites", "arms", "target", "planner", "objective", "gap_pts", "feasible", "plan_s",
-          "plan_s_spread", "n_recomputed", "n_offloaded", "offloaded_bytes"]
+          "plan_s_spread", "n_recomputed", "n_offloaded", "offloaded_bytes", "prefetch_blocks",
+          "reload_stall_ms", "reload_stall_d1_ms", "prefetched_at_head_bytes"]
 PLANNERS = ("ilp", "drat", "local", "greedy")
 
 
@@ -196,7 +197,8 @@ def run_planners(tables: dict[str, SiteCosts], lams=(0.2, 1.0, 5.0), budgets=(0.
                                  "n_recomputed": None if stored is None else len(stored) - sum(stored),
                                  "n_offloaded": None if off is None else sum(off),
                                  "offloaded_bytes": None if off is None else
-                                 sum(m for m, o in zip(costs.mem_bytes, off) if o)})
+                                 sum(m for m, o in zip(costs.mem_bytes, off) if o),
+                                 **_prefetch(off, costs)})
                 by = {r["planner"]: r for r in rows[-len(PLANNERS):]}
                 log(f"{name:<16} arms {arms} {tag:<12} " + "  ".join(
                     f"{k} {_fmt(by[k]['gap_pts'])} pts {by[k]['plan_s']:.2f}s" for k in PLANNERS))
@@ -205,6 +207,21 @@ def run_planners(tables: dict[str, SiteCosts], lams=(0.2, 1.0, 5.0), budgets=(0.
     if out is not None:
         plot(rows, Path(out) / "planners.png", meta)
     return rows
+
+
+def _prefetch(off: list[bool] | None, costs: SiteCosts) -> dict:
+    """The plan's planned prefetch distance, the reload wait at it and at one block ahead, and
+    the offloaded bytes that distance reloads as the backward starts beyond those the held set
+    already counts at the peak (`costs.plan_prefetch_blocks`)."""
+    if off is None or not any(off) or costs.link is None:
+        return {}
+    d = plan_prefetch_blocks(off, costs)
+    flow = flow_groups([g if g >= 0 else None for g in costs.groups], len(costs))
+    held = held_at_peak(costs)
+    extra = sum(m for f, m, o, h in zip(flow, costs.mem_bytes, off, held)
+                if o and not h and f >= max(flow) - d)
+    return {"prefetch_blocks": d, "reload_stall_ms": reload_stall_ms(off, costs, d),
+            "reload_stall_d1_ms": reload_stall_ms(off, costs, 1), "prefetched_at_head_bytes": extra}
 
 
 def _objective(plan, costs: SiteCosts, lam: float | None) -> float | None:
