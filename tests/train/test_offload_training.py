@@ -125,3 +125,30 @@ def test_the_link_check_reads_one_window_per_forward_and_backward(tmp_path, toke
     assert recs[:-1] == [None] * LINK_WINDOW and gt.strategy.offloader.time_waits
     assert recs[-1]["measured_wait_ms"] == pytest.approx(pred + 0.05) and not recs[-1]["replanned"]
     assert gt.link_checks_left == 1
+
+
+def test_the_gates_prefetch_as_far_as_their_plan_needs_and_again_after_a_replan(tmp_path, tokenizer_path):
+    """The trainer's offloader prefetches as far ahead as the gates' deterministic plan needs on
+    the link they are priced on, and re-plans the distance with the plan."""
+    from drat.costs import plan_prefetch_blocks, predicted_wait_ms
+
+    gt = _gating(tmp_path, tokenizer_path, tight=0.3)
+    plan = [bool(v) for v in gt.gates.hard_offload().tolist()]
+    assert any(plan) and gt.plan_prefetch() == plan_prefetch_blocks(plan, gt.costs) == 1
+    # gates that offload block 0, a backward twice the forward, and reloads slower than one block
+    # of it: they start earlier
+    import torch
+
+    logits = gt.gates.logits.data.clone()
+    early = [lb.startswith("L0.") for lb in gt.labels]
+    gt.gates.logits.data.copy_(torch.tensor([[0.0, 0.0, 3.0] if e else [3.0, 0.0, 0.0] for e in early]))
+    step_ms, gt.costs.step_ms = gt.costs.step_ms, 3 * sum(gt.costs.time_ms)
+    gt.costs.link["h2d_gbps"] /= 8
+    d = gt.plan_prefetch()
+    assert d > 1 and d == plan_prefetch_blocks(early, gt.costs) == gt.strategy.prefetch_blocks
+    gt.costs.link["h2d_gbps"] *= 8
+    gt.costs.step_ms = step_ms
+    gt.gates.logits.data.copy_(logits)
+    rec = gt.check_link([(plan, predicted_wait_ms(plan, gt.costs) + 3.0)] * 6, step=7)
+    after = [bool(v) for v in gt.gates.hard_offload().tolist()]
+    assert rec["replanned"] and gt.strategy.prefetch_blocks == plan_prefetch_blocks(after, gt.costs)
