@@ -94,14 +94,17 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
 
     none = add("none", NoneAC())
     add("full", FullAC())
-    for strat in (SaveOnCPU(), OffloadAll(host_cap_bytes=host_cap), FullOffload(host_cap_bytes=host_cap)):
-        add(strat.name, strat, arms=3)
 
     costs = build_costs(model, idx, targets, "measured", step_ms=none["own_step_ms"])
     costs.link = meta["link"] = measure_link(dev)
     meta["costs"] = costs.to_dict()
     lk = costs.link
     log(f"host link: D2H {lk['d2h_gbps']:.1f} GB/s, H2D {lk['h2d_gbps']:.1f} GB/s under compute")
+    add("save-on-cpu", SaveOnCPU(), arms=3)
+    for strat in (OffloadAll(host_cap_bytes=host_cap), FullOffload(host_cap_bytes=host_cap)):
+        strat.attach(model)  # its offload flags are the model's sites
+        strat.plan_prefetch(costs, strat.offload_decisions(model))  # as far ahead as DRAT's plans
+        add(strat.name, strat, arms=3)
     base = none["peak_gib"] * 2**30 - costs.total_bytes if cuda else 0.0
     targets_gib = []  # (row name, plan kind, arms, budget GiB)
     for cut in cuts:
