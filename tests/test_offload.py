@@ -189,8 +189,16 @@ def test_the_host_waits_for_copies_more_than_run_ahead_blocks_back():
     dev = torch.device("cuda")
     n = 2**26  # float32: 256 MiB
 
+    # pinned buffers allocated up front too: a cudaHostAlloc can hold the host until the GPU
+    # catches up (on an H100 the unbounded case so held two blocks, not four)
+    pool = HostPool(pin=True)
+    bufs = [pool.take(4 * n)[0] for _ in range(4)]
+    for b in bufs:
+        pool.give(b)
+    del bufs
+
     def held_bytes(run_ahead: int) -> tuple[int, int, int]:
-        off = Offloader(dev, run_ahead_blocks=run_ahead)
+        off = Offloader(dev, pool=pool, run_ahead_blocks=run_ahead)
         off.begin_forward()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated(dev)
