@@ -215,7 +215,8 @@ def _compiled_rows(model, idx, targets, rows, plans, costs, none, steps, warmup,
 def _transfers(strategy) -> dict:
     s = strategy.host_stats()
     return {"d2h_bytes": s.get("d2h_bytes"), "h2d_bytes": s.get("h2d_bytes"),
-            "host_pinned_bytes": s.get("host_pinned_bytes"), "reloads_on_demand": s.get("reloads_on_demand")}
+            "host_pinned_bytes": s.get("host_pinned_bytes"), "reloads_on_demand": s.get("reloads_on_demand"),
+            "late_reloads": s.get("late_reloads"), "prefetch_blocks": s.get("prefetch_blocks")}
 
 
 def least_memory_at_step(costs, time_frac: float, host_cap_bytes: float | None = None,

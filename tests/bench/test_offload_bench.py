@@ -26,6 +26,12 @@ def test_bench_offload_writes_its_rows_and_files(tmp_path):
     assert d["meta"]["link"]["synchronous"] and d["meta"]["rounds"] == 2 and "git_commit" in d["meta"]
     by = {r["name"]: r for r in d["rows"]}
     assert len(by["none"]["step_ms_rounds"]) == 2 and by["offload-all"]["d2h_bytes"] > 0
+    # every row that offloads says how far ahead it prefetched (CPU copies: one block, the default)
+    for name in ("offload-all", "full-offload"):
+        assert by[name]["prefetch_blocks"] == 1 and by[name]["late_reloads"] is not None
+    drat3 = by["drat3-cut0.5"]  # no offloader where its plan offloads nothing
+    assert (drat3["prefetch_blocks"] == 1) == (drat3["n_offloaded"] > 0)
+    assert "offloaded_labels" in by["drat3-cut0.5"] and "predicted_reload_stall_ms" in by["drat3-cut0.5"]
     assert (out / "offload.png").is_file()
 
 
