@@ -49,7 +49,7 @@ most r, and a link that names a longer one widens H to it.
 
 L_h assumes the reloads stream from the start of the backward. The offloader starts them
 `prefetch_blocks` blocks ahead of their use (offload.py); `reload_stall_ms` simulates that
-block by block, and `plan_prefetch_blocks` plans the shortest distance that hides the reloads
+site by site, and `plan_prefetch_blocks` plans the shortest distance that hides the reloads
 as well as any longer one does (a longer one holds reloaded bytes for longer).
 """
 
@@ -130,6 +130,12 @@ class SiteCosts:
         return [int(lb[1:lb.index(".")]) if lb.startswith("L") and "." in lb else -1 for lb in self.labels]
 
     @property
+    def flow(self) -> list[int]:
+        """The block of each site as the offloader numbers them (`sites.flow_groups`): −1 the
+        embedding, the layer, one past the last layer the head."""
+        return flow_groups([g if g >= 0 else None for g in self.groups], len(self))
+
+    @property
     def same_block_children(self) -> list[list[int]]:
         g = self.groups
         return [[c for c in ch if g[c] == g[j]] for j, ch in enumerate(self.children)]
@@ -186,7 +192,7 @@ def held_at_peak(costs: SiteCosts) -> list[bool]:
     lk = costs.link
     if lk is None or lk.get("synchronous"):
         return [False] * len(costs)
-    flow = flow_groups([g if g >= 0 else None for g in costs.groups], len(costs))  # as the runtime's
+    flow = costs.flow
     tail = max(flow, default=0)
     r = int(lk.get("run_ahead_blocks", RUN_AHEAD_BLOCKS))  # the offloader's default unless named
     r = max(r, int(lk.get("prefetch_blocks", 0)))  # reloads the head's backward has prefetched
@@ -210,7 +216,7 @@ def reload_stall_ms(offloaded: list[bool], costs: SiteCosts, prefetch_blocks: in
     lk = costs.link
     if lk is None or lk.get("synchronous") or not any(offloaded):
         return 0.0
-    flow = flow_groups([g if g >= 0 else None for g in costs.groups], len(costs))
+    flow = costs.flow
     T = [max(t, 0.0) for t in costs.time_ms]
     fwd_ms = max(sum(T), 1e-12)
     bwd_ms = [x * max(costs.step_ms - fwd_ms, 0.0) / fwd_ms for x in T]  # each site's own backward
@@ -236,7 +242,7 @@ def plan_prefetch_blocks(offloaded: list[bool], costs: SiteCosts, tol_ms: float 
     """The shortest prefetch distance (≥ 1) whose reload stall (`reload_stall_ms`) is within
     `tol_ms` of the least any distance gets: reloading earlier than that only holds reloaded bytes
     on the device for longer. 1, the offloader's default, when nothing is offloaded."""
-    n_blocks = len(set(costs.groups)) + 1  # the blocks, the embedding and the head
+    n_blocks = len(set(costs.flow))  # the blocks, the embedding and the head
     least = reload_stall_ms(offloaded, costs, n_blocks)
     for d in range(1, n_blocks):
         if reload_stall_ms(offloaded, costs, d) <= least + tol_ms:

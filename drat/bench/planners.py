@@ -37,6 +37,7 @@ import json
 import random
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ from ..search import (
     local_search,
     local_search3,
 )
-from ..sites import SiteGraph, flow_groups
+from ..sites import SiteGraph
 from ..validate import FRACTION, NONNEG, OUT_DIR, POSITIVE_INT, NumberList
 from .common import write_rows
 
@@ -216,10 +217,8 @@ def _prefetch(off: list[bool] | None, costs: SiteCosts) -> dict:
     if off is None or not any(off) or costs.link is None:
         return {}
     d = plan_prefetch_blocks(off, costs)
-    flow = flow_groups([g if g >= 0 else None for g in costs.groups], len(costs))
-    held = held_at_peak(costs)
-    extra = sum(m for f, m, o, h in zip(flow, costs.mem_bytes, off, held)
-                if o and not h and f >= max(flow) - d)
+    held, wide = held_at_peak(costs), held_at_peak(replace(costs, link={**costs.link, "prefetch_blocks": d}))
+    extra = sum(m for m, o, h, w in zip(costs.mem_bytes, off, held, wide) if o and w and not h)
     return {"prefetch_blocks": d, "reload_stall_ms": reload_stall_ms(off, costs, d),
             "reload_stall_d1_ms": reload_stall_ms(off, costs, 1), "prefetched_at_head_bytes": extra}
 
