@@ -12,6 +12,8 @@ The synchronisation, on CUDA (docs/offload.md has the timeline):
               offload and reload, FIFO: one stream's events complete in order), then drops it. Its
               bytes in flight so count as allocated, so a measured peak sees them; `record_stream`
               would hide them in the allocator's pending blocks, which a cap then runs into.
+              Copies of blocks more than `run_ahead_blocks` back are let go of unseen: compute
+              waits d2h_done (an event on the stream, not a host sync), then the storage drops.
     backward  h2d     waits the compute stream (the reload's memory is allocated there, so that it
               returns to the compute stream's pool, not to a second pool of its own) and d2h_done ─
               copy pinned buffer → that storage ─ event (h2d_done)
@@ -175,14 +177,17 @@ class Offloader:
     """Moves storages to host memory after their site runs and back ahead of their use.
 
     `prefetch_blocks`: how many blocks ahead of the current one the backward reloads.
-    `run_ahead_blocks`: how many blocks the host may queue past a copy out before it waits for
-    that copy to complete. The caching allocator reuses a storage only once the host has seen its
-    copy complete, and an eager forward's host runs far ahead of the GPU: unbounded, every byte
-    offloaded in a forward was still allocated at its end (measured on an H100: three-arm plans
-    at `none`'s peak). The wait, at every block the forward enters (`enter_group`) and at every
-    offload, bounds the bytes held to the copies of the last `run_ahead_blocks` + 1 blocks; at the
-    LM head, where the peak is, those of the last block and of the head itself
-    (`costs.in_flight_bytes` prices exactly these).
+    `run_ahead_blocks`: how many blocks the forward may run past a copy out before the compute
+    stream waits for that copy to complete. An eager forward's host runs far ahead of the GPU, so
+    a storage held until the host *sees* its copy complete stays allocated long after: unbounded,
+    every byte offloaded in a forward was still allocated at its end (measured on an H100:
+    three-arm plans at `none`'s peak). At every block the forward enters (`enter_group`) and at
+    every offload, the copies of older blocks are let go of after a wait queued on the compute
+    stream, which bounds the bytes held to the copies of the last `run_ahead_blocks` + 1 blocks;
+    at the LM head, where the peak is, those of the last block and of the head itself
+    (`costs.in_flight_bytes` prices exactly these). A host wait (`Event.synchronize`) bounds the same
+    bytes but idles the GPU while the host, released, queues the next block's kernels
+    (docs/offload.md has the measurements of both).
     `unsafe_early_release` exists for the tests that prove the synchronisation is needed: it gives
     a host buffer back to the pool as soon as its copy is queued, so a later offload overwrites it.
     """
@@ -230,7 +235,8 @@ class Offloader:
 
     def enter_group(self, group: int) -> None:
         """The forward enters block `group` (monotone): let go of the copies out that completed,
-        and wait for those more than `run_ahead_blocks` blocks back. Waiting here, and not only at
+        and, after a wait on the compute stream, of those more than `run_ahead_blocks` blocks
+        back. Letting go here, and not only at
         the next offload, keeps a plan that offloads nothing late from holding its last copies
         through the rest of the forward."""
         if self._in_flight:
@@ -326,14 +332,21 @@ class Offloader:
         return float(sum(a.elapsed_time(b) for a, b in waits))
 
     def _throttle(self, group: int) -> None:
-        """Wait (on the host) for the copies out of blocks before `group − run_ahead_blocks`."""
+        """Let go of the copies out of blocks before `group − run_ahead_blocks`, the compute stream
+        first waiting for the newest of them (one stream's copies complete in order). The wait is
+        queued on the device, not taken by the host: every kernel queued after it, and so every
+        later use of the memory the allocator hands out again, runs after the copies have read
+        it, while the host goes on queueing the next block's kernels."""
         q, n = self._in_flight, 0
         while n < len(q) and q[n][2] < group - self.run_ahead_blocks:
             n += 1
         if n:
-            q[n - 1][0].synchronize()  # copies complete in order on their one stream
+            self._stream_wait(q[n - 1][0])
             for _ in range(n):
                 q.popleft()
+
+    def _stream_wait(self, event) -> None:
+        torch.cuda.current_stream(self.device).wait_event(event)
 
     def _retire(self, drain: bool = False) -> None:
         """Drop the device storages whose copies out have completed. `drain`: all of them, the
@@ -342,7 +355,7 @@ class Offloader:
         while q and q[0][0].query():
             q.popleft()
         if drain and q:
-            torch.cuda.current_stream(self.device).wait_event(q[-1][0])
+            self._stream_wait(q[-1][0])
             q.clear()
 
     def _copy_in(self, copy: _HostCopy) -> None:

@@ -181,11 +181,12 @@ def test_bytes_in_flight_stay_allocated_until_their_copy_completes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_the_host_waits_for_copies_more_than_run_ahead_blocks_back():
+def test_the_compute_stream_waits_for_copies_more_than_run_ahead_blocks_back():
     """With the compute stream busy, the host queues four blocks' copies out. Unbounded, all
     four storages stay allocated (the allocator cannot reuse what the host has not seen copied);
-    with run_ahead_blocks=1 the host waits at block 3 for the copies of blocks 0 and 1, so two
-    are held. Nothing is held once the forward ends."""
+    with run_ahead_blocks=1 the offloader lets go of blocks 0 and 1 at block 3, behind a wait on
+    the compute stream, so two are held. The host itself never waits: the last copy is still
+    queued when the forward has moved on. Nothing is held once the forward ends."""
     dev = torch.device("cuda")
     n = 2**26  # float32: 256 MiB
 
@@ -197,7 +198,7 @@ def test_the_host_waits_for_copies_more_than_run_ahead_blocks_back():
         pool.give(b)
     del bufs
 
-    def held_bytes(run_ahead: int) -> tuple[int, int, int]:
+    def held_bytes(run_ahead: int) -> tuple[int, int, int, bool]:
         off = Offloader(dev, pool=pool, run_ahead_blocks=run_ahead)
         off.begin_forward()
         torch.cuda.synchronize()
@@ -211,45 +212,80 @@ def test_the_host_waits_for_copies_more_than_run_ahead_blocks_back():
             refs.append(off.offload(xs[g], g))
             xs[g] = None
         held = torch.cuda.memory_allocated(dev) - base
-        off.enter_group(5)  # a block that offloads nothing: the host waits for blocks 0 … 3
+        off.enter_group(5)  # a block that offloads nothing: lets go of blocks 0 … 3
         entered = torch.cuda.memory_allocated(dev) - base
+        host_ran_ahead = not refs[-1].copy.d2h_done.query()  # a host wait would have seen it done
         off.end_forward()
         after = torch.cuda.memory_allocated(dev) - base
         for r in reversed(refs):
             off.get(r)
         torch.cuda.synchronize()
-        return held, entered, after
+        return held, entered, after, host_ran_ahead
 
-    assert held_bytes(10**6) == (4 * 4 * n, 4 * 4 * n, 0)
-    assert held_bytes(1) == (2 * 4 * n, 0, 0)
+    assert held_bytes(10**6) == (4 * 4 * n, 4 * 4 * n, 0, True)
+    assert held_bytes(1) == (2 * 4 * n, 0, 0, True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_storage_let_go_of_behind_a_stream_wait_is_copied_before_its_reuse(guarded, monkeypatch):
+    """run_ahead_blocks=0: entering block 1 lets go of block 0's 1 GiB storage while its copy is
+    still queued behind ~50 ms of compute, and the allocator hands the memory straight to a tensor
+    the compute stream fills with twos. The host copy still reads ones, because the fill is queued
+    after the compute stream's wait for the copy's event; without that wait, the fill overwrites
+    the storage before the copy reads it."""
+    dev = torch.device("cuda")
+    n = 2**28  # float32: 1 GiB
+    off = Offloader(dev, run_ahead_blocks=0)
+    if not guarded:
+        monkeypatch.setattr(off, "_stream_wait", lambda event: None)
+    off.begin_forward()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    x = torch.ones(n, device=dev)
+    ptr = x.data_ptr()
+    torch.cuda._sleep(100_000_000)  # the copy waits for this compute
+    ref = off.offload(x, 0)
+    del x
+    off.enter_group(1)
+    assert not ref.copy.d2h_done.query()  # let go of before the copy ran: the host did not wait
+    y = torch.full((n,), 2.0, device=dev)
+    assert y.data_ptr() == ptr  # the very memory, handed out at once
+    off.end_forward()
+    torch.cuda.synchronize()
+    assert bool((ref.copy.buf.view(torch.float32) == 1.0).all()) == guarded
+    del y
+    off.get(ref)
+    torch.cuda.synchronize()
 
 
 class _Event:
     """A stand-in for a CUDA event whose completion the test decides."""
 
-    def __init__(self, log: list, name: int, done: bool = False):
-        self.log, self.name, self.done = log, name, done
+    def __init__(self, name: int, done: bool = False):
+        self.name, self.done = name, done
 
     def query(self) -> bool:
         return self.done
 
     def synchronize(self) -> None:
-        self.log.append(self.name)
-        self.done = True
+        raise AssertionError("the host waited for a copy")
 
 
 @pytest.mark.parametrize("run_ahead", [0, 1, 2])
 def test_entering_a_block_waits_for_the_copies_more_than_run_ahead_blocks_back(run_ahead):
-    """The bookkeeping of the host's wait, on the CPU with events the test controls: entering
-    block 5 lets go of completed copies without waiting, and waits once, for the newest copy of
-    the blocks before 5 − run_ahead (one stream's copies complete in order)."""
+    """The bookkeeping of the wait, on the CPU with events the test controls: entering block 5
+    lets go of completed copies without waiting, and has the compute stream wait once, for the
+    newest copy of the blocks before 5 − run_ahead (one stream's copies complete in order); the
+    host never waits."""
     log: list = []
     off = Offloader(torch.device("cpu"), run_ahead_blocks=run_ahead)
+    off._stream_wait = lambda event: log.append(event.name)
     groups = [0, 1, 1, 2, 3, 3, 4]
-    off._in_flight.extend((_Event(log, i, done=i == 0), None, g) for i, g in enumerate(groups))
+    off._in_flight.extend((_Event(i, done=i == 0), None, g) for i, g in enumerate(groups))
     off.enter_group(5)
     older = [i for i, g in enumerate(groups) if g < 5 - run_ahead and i > 0]
-    assert log == older[-1:]  # one host wait, on the newest of them
+    assert log == older[-1:]  # one stream wait, on the newest of them
     assert [g for _, _, g in off._in_flight] == [g for g in groups if g >= 5 - run_ahead]
     off.enter_group(5)  # nothing more to wait for
     assert log == older[-1:]

@@ -263,6 +263,20 @@ for _card, _where in (("h100-", "an H100"), ("", "the H200")):
         CATALOGUE[f"{_card}{_model}/offload-throttled"] = Entry(
             f"the offload arm, the host throttled to the copies, on {_where}", _OFFLOAD + _HELD + _THROTTLED,
             warmup=2)
+_DEVICE_WAIT = (" Copies out of blocks more than `run_ahead_blocks` (1) back are let go of behind a "
+                "wait queued on the compute stream (`Stream.wait_event`), so the host never waits for "
+                "a copy: the same bound on the bytes held as `offload-throttled/`, whose host waited "
+                "(`Event.synchronize`) and so left the GPU idle while it queued the next block.")
+for _card, _where in (("h100-", "an H100"), ("", "the H200")):
+    for _model in ("medium-s2048-b8", "gpt-12x1024-v32k-s2048-b8", "large-s4096-b4"):
+        CATALOGUE[f"{_card}{_model}/offload-device-wait"] = Entry(
+            f"the offload arm, the compute stream waiting for the copies, on {_where}",
+            _OFFLOAD + _HELD + _DEVICE_WAIT, warmup=2)
+    CATALOGUE[f"{_card}large-s4096/capacity-drat3-device-wait"] = Entry(
+        f"the offload arm at a chosen batch under 40 GiB, the compute stream waiting for the copies, "
+        f"on {_where}",
+        _CAPACITY + _ASKED + _HELD + _DEVICE_WAIT.replace("`offload-throttled/`", "a host wait")
+        + " `none`, two-arm and three-arm DRAT at B=8 in one process.", warmup=1)
 CATALOGUE["cpu-tiny-b4/adapt-s64-256"] = Entry(
     "a sequence-length warm-up under one budget, on the CPU",
     "`drat bench adapt` on the CPU: S grows 64 → 128 → 256 under −30% of `none`'s peak at S=256, "
