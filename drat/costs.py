@@ -33,7 +33,9 @@ offloaded from site k on:
     exposed = L_d + L_h                 the first reload needs the last copy out, so the backlog
                                         delays every reload
 
-plus a fixed host cost per offloaded site and step. Both maxima are linear constraints in o, so
+plus, per offloaded site and step, a fixed host cost to queue its copy and the compute its
+copies slow down (the link probe measures how much slower matmuls run under a copy: 3–16% on an
+H100 or H200 for a device-to-host copy; `offload_site_ms`). Both maxima are linear constraints in o, so
 the oracle keeps them exactly (oracle.py).
 
 An offloaded site's bytes leave the peak except those the offloader still holds there. The
@@ -90,8 +92,10 @@ class SiteCosts:
     # saving (the LM head on CUDA: see measure_peak_saving_bytes); None when M_i is what it owns
     owned_bytes: list[float] | None = None
     # the host link, for the offload arm: {"d2h_gbps", "h2d_gbps" (1e9 bytes/s, measured while
-    # the GPU computes), "copy_overhead_ms" (host time per offloaded site and step), "synchronous"
-    # (CPU: copies hide behind nothing)}; see measure.measure_link. None: no offload arm
+    # the GPU computes), "copy_overhead_ms" (host time per offloaded site and step),
+    # "d2h_compute_slowdown" and "h2d_compute_slowdown" (how much slower matmuls run under a
+    # copy), "synchronous" (CPU: copies hide behind nothing)}; see measure.measure_link. None:
+    # no offload arm
     link: dict | None = None
 
     @classmethod
@@ -161,8 +165,30 @@ def expected_exposed_transfer(o: torch.Tensor, costs: SiteCosts) -> torch.Tensor
     (piecewise linear: its gradient prices the suffix where the link is tightest)."""
     if costs.link is None:
         return o.sum() * 0.0
-    over = costs.link.get("copy_overhead_ms", 0.0) * o.to(torch.float64).sum()
+    per_site = torch.tensor(offload_site_ms(costs), dtype=torch.float64)
+    over = (o.to(torch.float64) * per_site).sum()
     return (_late_ms(o, costs) + over) / max(costs.step_ms, 1e-12)
+
+
+def offload_site_ms(costs: SiteCosts) -> list[float]:
+    """ms a step pays for each site it offloads beyond the link's late time: the host's time to
+    queue the copy (`copy_overhead_ms`), and the compute slowed while the site's bytes cross the
+    link each way: a copy hides by running under compute, and the link probe measures the matmul
+    time a copy adds per ms of copy under them (`<dir>_compute_ms_per_copy_ms`; a table measured
+    before the probe recorded it has only the slowdown over a matmul run three times the copies'
+    length, `<dir>_compute_slowdown`, which then stands in as a lower bound). A measured value
+    below zero is noise and counts as none. Zeros without a link."""
+    lk = costs.link
+    if lk is None:
+        return [0.0] * len(costs)
+    host_ms = lk.get("copy_overhead_ms", 0.0)
+    if lk.get("synchronous"):  # nothing runs under a CPU copy: its whole time is in the late terms
+        return [host_ms] * len(costs)
+    def added_ms_per_copy_ms(d: str) -> float:
+        return max(lk.get(f"{d}_compute_ms_per_copy_ms", lk.get(f"{d}_compute_slowdown", 0.0)), 0.0)
+
+    ms_per_byte = sum(added_ms_per_copy_ms(d) / (lk[f"{d}_gbps"] * 1e6) for d in ("d2h", "h2d"))
+    return [host_ms + m * ms_per_byte for m in costs.mem_bytes]
 
 
 def _late_parts(o: torch.Tensor, costs: SiteCosts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,6 +262,66 @@ def reload_stall_ms(offloaded: list[bool], costs: SiteCosts, prefetch_blocks: in
             t = back[k]
         t += bwd_ms[k]
     return stall
+
+
+def hold_bytes_by_block(stored: list[bool], offloaded: list[bool], costs: SiteCosts) -> dict[int, float]:
+    """For every block g of the forward, how many bytes of copies out the offloader may still hold
+    as the forward runs g: those the peak holds anyway (`in_flight_bytes`) plus the bytes the plan
+    stores in the blocks after g, which are not yet allocated while the forward is in g. Holding
+    that much at g never takes the activations above what they are at the LM head, where the peak
+    is, and lets a copy of an early block finish under the rest of the forward, as L_d assumes,
+    instead of within `run_ahead_blocks` blocks."""
+    flow = costs.flow
+    o = torch.tensor([1.0 if x else 0.0 for x in offloaded], dtype=torch.float64)
+    at_peak = float(in_flight_bytes(o, costs))
+    per_block: dict[int, float] = {}  # bytes each block stores
+    for f, m, s, o in zip(flow, costs.mem_bytes, stored, offloaded):
+        per_block[f] = per_block.get(f, 0.0) + (m if s and not o else 0.0)
+    later, caps = 0.0, {}
+    for g in sorted(per_block, reverse=True):
+        caps[g] = at_peak + later  # later: the bytes stored in the blocks after g
+        later += per_block[g]
+    return caps
+
+
+def copy_stall_ms(offloaded: list[bool], costs: SiteCosts, run_ahead_blocks: int = RUN_AHEAD_BLOCKS,
+                  hold_bytes: dict[int, float] | None = None) -> float:
+    """ms the forward waits on copies out, plus the backlog the backward then waits for, when the
+    offloader lets go of copies `run_ahead_blocks` blocks behind or, with `hold_bytes`, holds up to
+    `hold_bytes[g]` bytes of them in block g (offload.py). The forward runs the sites first to
+    last, each for its forward time; an offloaded site's copy joins the one D→H stream as the
+    site ends; entering a block and after each copy, the offloader lets go of the copies out of
+    reach and compute waits until they are out; the backward starts once the last copy is out.
+    With nothing let go of before the forward ends, only that last wait is left: L_d exactly."""
+    lk = costs.link
+    if lk is None or lk.get("synchronous") or not any(offloaded):
+        return 0.0
+    flow = costs.flow
+    bytes_per_ms = lk["d2h_gbps"] * 1e6
+    copies: list[tuple[int, float, float]] = []  # (block, bytes, when it is out), in copy order
+    st = {"t": 0.0, "stall": 0.0, "held": 0.0, "gone": 0}  # copies [0, gone) let go of
+
+    def let_go(g: int) -> None:
+        while st["gone"] < len(copies) and copies[st["gone"]][0] < g and (
+                st["held"] > hold_bytes.get(g, 0.0) if hold_bytes is not None
+                else copies[st["gone"]][0] < g - run_ahead_blocks):
+            _, nbytes, out = copies[st["gone"]]
+            st["stall"] += max(out - st["t"], 0.0)
+            st["t"] = max(st["t"], out)
+            st["held"] -= nbytes
+            st["gone"] += 1
+
+    link_free = 0.0
+    for k in range(len(flow)):
+        if k == 0 or flow[k] != flow[k - 1]:
+            let_go(flow[k])
+        st["t"] += max(costs.time_ms[k], 0.0)
+        if offloaded[k]:
+            link_free = max(link_free, st["t"]) + costs.mem_bytes[k] / bytes_per_ms
+            copies.append((flow[k], costs.mem_bytes[k], link_free))
+            st["held"] += costs.mem_bytes[k]
+            let_go(flow[k])
+    return st["stall"] + max(link_free - st["t"], 0.0)
 
 
 def plan_prefetch_blocks(offloaded: list[bool], costs: SiteCosts, tol_ms: float = 0.01) -> int:

@@ -341,7 +341,9 @@ def measure_link(device: torch.device, nbytes: int = 2**30, reps: int = 4, matmu
         mm_with = s.elapsed_time(e)
         out[f"{d}_gbps_alone"] = nbytes / alone_ms / 1e6
         out[f"{d}_gbps"] = nbytes / under_ms / 1e6
-        out[f"{d}_compute_slowdown"] = mm_with / mm_alone - 1.0
+        out[f"{d}_compute_slowdown"] = mm_with / mm_alone - 1.0  # over the matmuls, ~3× the copies
+        # what the cost model charges: the matmul time the copies added, per ms of copy under them
+        out[f"{d}_compute_ms_per_copy_ms"] = (mm_with - mm_alone) / max(under_ms * reps, 1e-9)
     small_h = torch.empty(1 << 16, dtype=torch.uint8, pin_memory=True)
     small_d = torch.empty(1 << 16, dtype=torch.uint8, device=device)
     torch.cuda.synchronize(device)

@@ -188,6 +188,12 @@ class Offloader:
     (`costs.in_flight_bytes` prices exactly these). A host wait (`Event.synchronize`) bounds the same
     bytes but idles the GPU while the host, released, queues the next block's kernels
     (docs/offload.md has the measurements of both).
+    `hold_bytes` ({block: bytes}, set by the strategy from its plan: `costs.hold_bytes_by_block`)
+    replaces the distance with an allowance: in block g the offloader holds up to `hold_bytes[g]`
+    bytes of copies out, letting go of the oldest first. Early in the forward the allowance is
+    large, since the blocks after g have yet to allocate what they store, so a copy of an early
+    block may finish under the rest of the forward, as the cost model's L_d assumes; at the head
+    it is what the peak holds anyway.
     `unsafe_early_release` exists for the tests that prove the synchronisation is needed: it gives
     a host buffer back to the pool as soon as its copy is queued, so a later offload overwrites it.
     """
@@ -203,6 +209,8 @@ class Offloader:
         self.host_cap_bytes = host_cap_bytes
         self.unsafe_early_release = unsafe_early_release
         self.unsafe_no_sync = unsafe_no_sync  # CUDA tests only: skip holding sources and every wait
+        # bytes of copies out that may stay held in each block, in place of run_ahead_blocks
+        self.hold_bytes: dict[int, float] | None = None
         if self.cuda:
             self.d2h = torch.cuda.Stream(self.device)
             self.h2d = torch.cuda.Stream(self.device)
@@ -332,14 +340,22 @@ class Offloader:
         return float(sum(a.elapsed_time(b) for a, b in waits))
 
     def _throttle(self, group: int) -> None:
-        """Let go of the copies out of blocks before `group − run_ahead_blocks`, the compute stream
-        first waiting for the newest of them (one stream's copies complete in order). The wait is
-        queued on the device, not taken by the host: every kernel queued after it, and so every
-        later use of the memory the allocator hands out again, runs after the copies have read
-        it, while the host goes on queueing the next block's kernels."""
+        """Let go of the copies out of blocks before `group − run_ahead_blocks` (with `hold_bytes`:
+        the oldest copies of blocks before `group` until no more than `hold_bytes[group]` bytes
+        are held), the compute stream first waiting for the newest of them (one stream's copies
+        complete in order). The wait is queued on the device, not taken by the host: every kernel
+        queued after it, and so every later use of the memory the allocator hands out again, runs
+        after the copies have read it, while the host goes on queueing the next block's kernels."""
         q, n = self._in_flight, 0
-        while n < len(q) and q[n][2] < group - self.run_ahead_blocks:
-            n += 1
+        if self.hold_bytes is not None:  # an allowance in bytes for this block (costs.hold_bytes_by_block)
+            cap = self.hold_bytes.get(group, 0.0)
+            held = sum(src.numel() for _, src, _ in q)
+            while n < len(q) and q[n][2] < group and held > cap:
+                held -= q[n][1].numel()
+                n += 1
+        else:
+            while n < len(q) and q[n][2] < group - self.run_ahead_blocks:
+                n += 1
         if n:
             self._stream_wait(q[n - 1][0])
             for _ in range(n):

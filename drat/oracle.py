@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from .costs import SiteCosts, held_at_peak, link_windows, plan_cost, rebuild_counts
+from .costs import SiteCosts, held_at_peak, link_windows, offload_site_ms, plan_cost, rebuild_counts
 from .search import (
     OFFLOAD,
     RECOMPUTE,
@@ -247,7 +247,7 @@ def solve_oracle3(costs: SiteCosts, lam: float = 0.0, budget_act_bytes: float | 
     if host_cap_bytes is not None:
         rows.append(LinearConstraint(np.concatenate([np.zeros(n), raw, np.zeros(n + 2)])[None, :], lb=-np.inf,
                                      ub=host_cap_bytes))
-    over = lk.get("copy_overhead_ms", 0.0) / costs.step_ms
+    over = np.array(offload_site_ms(costs)) / costs.step_ms  # [n] host time and slowed compute
     c = np.concatenate([lam * M, over + lam * M * held, T / inst, [1.0, 1.0]])
     c = c / max(np.abs(c).max(), 1e-30)
     integrality = np.concatenate([np.ones(2 * n), np.zeros(n + 2)])

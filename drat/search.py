@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from .costs import SiteCosts, held_at_peak, link_windows
+from .costs import SiteCosts, held_at_peak, link_windows, offload_site_ms
 
 
 def greedy_repair(stored: list[bool], costs: SiteCosts, budget_act_bytes: float) -> list[bool]:
@@ -129,13 +129,14 @@ STORE, RECOMPUTE, OFFLOAD = 0, 1, 2
 
 
 def _link_terms(costs: SiteCosts):
-    """(F, B, 1/bw_d2h, 1/bw_h2d, per-site overhead), normalised by the step (see costs.py)."""
+    """(F, B, 1/bw_d2h, 1/bw_h2d, [n] per-site cost of offloading), normalised by the step (see
+    costs.py)."""
     if costs.link is None:
         return None
     F, B = (np.array(x) / costs.step_ms for x in link_windows(costs))
     lk = costs.link
     return (F, B, 1.0 / (lk["d2h_gbps"] * 1e6 * costs.step_ms), 1.0 / (lk["h2d_gbps"] * 1e6 * costs.step_ms),
-            lk.get("copy_overhead_ms", 0.0) / costs.step_ms)
+            np.array(offload_site_ms(costs)) / costs.step_ms)
 
 
 def _late3(A: np.ndarray, costs: SiteCosts) -> tuple[np.ndarray, np.ndarray] | None:
@@ -167,7 +168,7 @@ def batch_cost3(A: np.ndarray, costs: SiteCosts, lam: float) -> np.ndarray:
     obj = obj + lam * device_bytes3(A, costs) / max(costs.total_bytes, 1.0)
     late = _late3(A, costs) if O.any() else None
     if late is not None:
-        obj = obj + late[0] + late[1] + _link_terms(costs)[4] * O.sum(axis=1)
+        obj = obj + late[0] + late[1] + (O * _link_terms(costs)[4]).sum(axis=1)
     return obj
 
 

@@ -24,7 +24,7 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from .costs import SiteCosts, plan_prefetch_blocks, rebuild_counts
+from .costs import SiteCosts, hold_bytes_by_block, plan_prefetch_blocks, rebuild_counts
 from .offload import HostPool, Offloader
 from .recompute import SiteRuntime, active_accountant, model_state_ptrs
 
@@ -180,6 +180,8 @@ class PlanAC(ActivationStrategy):
             self._stored = [s or o for s, o in zip(self._stored, self._offloaded)]
         self.host_cap_bytes = host_cap_bytes
         self.prefetch_blocks = prefetch_blocks
+        self._hold_costs: SiteCosts | None = None  # set by plan_prefetch
+        self._hold_cache: dict = {}
         self.offloader: Offloader | None = None
         self.last_runtime: SiteRuntime | None = None
 
@@ -204,7 +206,23 @@ class PlanAC(ActivationStrategy):
         self.prefetch_blocks = d
         if self.offloader is not None:
             self.offloader.prefetch_blocks = d
+        # with a link that runs beside compute, every forward also gets its plan's allowance of
+        # copies out held per block (`costs.hold_bytes_by_block`), from these costs
+        asynchronous = costs is not None and costs.link is not None and not costs.link.get("synchronous")
+        self._hold_costs = costs if asynchronous else None
+        self._hold_cache: dict = {}
         return d
+
+    def _hold_bytes(self, stored: list[bool], offloaded: list[bool]) -> dict[int, float] | None:
+        costs = self._hold_costs
+        if costs is None or len(costs) != len(stored):
+            return None
+        key = (tuple(stored), tuple(offloaded))
+        if key not in self._hold_cache:
+            if len(self._hold_cache) > 64:  # sampled training plans: keep the cache small
+                self._hold_cache.clear()
+            self._hold_cache[key] = hold_bytes_by_block(stored, offloaded, costs)
+        return self._hold_cache[key]
 
     def _offloader_for(self, device: torch.device) -> Offloader:
         if self.offloader is None or self.offloader.device != torch.device(device):
@@ -236,9 +254,13 @@ class PlanAC(ActivationStrategy):
             raise RuntimeError(f"strategy {self.name!r} recomputes through saved-tensor hooks, which "
                                "torch.compile cannot trace; use CompiledPlanAC under torch.compile "
                                "(offloading is eager-only)")
+        offloader = None
+        if offloaded is not None:
+            offloader = self._offloader_for(idx.device)
+            offloader.hold_bytes = self._hold_bytes(stored, offloaded)
         rt = SiteRuntime(stored, model.sites_with_dropout(), idx.device, model_state_ptrs(model),
                          site_blocks=[k.layer for k in model.graph.keys], offloaded=offloaded,
-                         offloader=None if offloaded is None else self._offloader_for(idx.device))
+                         offloader=offloader)
         rt.register_inputs(idx, targets)
         self.last_runtime = rt
         try:

@@ -291,6 +291,24 @@ def test_entering_a_block_waits_for_the_copies_more_than_run_ahead_blocks_back(r
     assert log == older[-1:]
 
 
+def test_with_an_allowance_entering_a_block_lets_go_of_the_oldest_copies_beyond_it():
+    """`hold_bytes`: entering block 5 with 700 bytes of copies out held and 250 allowed lets go of
+    the five oldest (one stream wait, on the newest of them), keeping blocks 3 and 4; copies of
+    the block being entered are never let go of, whatever the allowance."""
+    log: list = []
+    off = Offloader(torch.device("cpu"))
+    off._stream_wait = lambda event: log.append(event.name)
+    off.hold_bytes = {5: 250.0, 6: 0.0}
+    groups = [0, 1, 1, 2, 3, 3, 4]
+    off._in_flight.extend((_Event(i), torch.empty(100, dtype=torch.uint8), g) for i, g in enumerate(groups))
+    off.enter_group(5)
+    assert log == [4]
+    assert [g for _, _, g in off._in_flight] == [3, 4]
+    off._in_flight.append((_Event(7), torch.empty(100, dtype=torch.uint8), 6))
+    off.enter_group(6)  # nothing may stay but the block's own copy
+    assert log == [4, 6] and [g for _, _, g in off._in_flight] == [6]
+
+
 def test_the_runtime_enters_each_block_once_in_forward_order(monkeypatch):
     """SiteRuntime tells the offloader of every block the forward enters (−1 the embedding, one
     past the last block the head), in order, once each, and nothing during the backward."""

@@ -1,6 +1,7 @@
 """Planning with the offload arm: the link model, the three-arm oracle against brute force, and
 three-way gates against the oracle."""
 
+import math
 import random
 from dataclasses import replace
 
@@ -360,3 +361,83 @@ def test_a_plan_prefetches_as_far_as_planned_and_reloads_nothing_late():
     assert_bitwise(run(model, s, idx, tgt), ref, "planned prefetch")
     stats = s.host_stats()
     assert stats["prefetch_blocks"] == 2 and stats["late_reloads"] == 0 and stats["h2d_bytes"] > 0
+    # the plan's allowance of copies out per block, for this step's flags, is on its offloader
+    from drat.costs import hold_bytes_by_block
+
+    assert s.offloader.hold_bytes == hold_bytes_by_block([True] * n, off, c)
+    c.link["synchronous"] = True  # CPU copies: nothing is held, so no allowance
+    s.plan_prefetch(c, off)
+    assert_bitwise(run(model, s, idx, tgt), ref, "synchronous link")
+    assert s.offloader.hold_bytes is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_copy_stall_is_the_backlog_with_nothing_let_go_of_and_grows_as_less_is_held(seed):
+    """The forward's wait on copies out (`copy_stall_ms`): letting go of nothing before the head,
+    it is L_d exactly; a shorter distance, or a smaller allowance, never waits less; and the
+    plan's own allowance (`hold_bytes_by_block`) waits no longer than one block behind does."""
+    from drat.costs import _late_parts, copy_stall_ms, hold_bytes_by_block
+
+    c = link_costs(seed, n_layer=6, tight=random.Random(seed).choice([0.3, 1.0, 3.0]))
+    rng = random.Random(seed)
+    for _ in range(10):
+        off = [rng.random() < 0.3 for _ in range(len(c))]
+        stored = [not o and rng.random() < 0.5 for o in off]
+        late_d = float(_late_parts(torch.tensor([float(x) for x in off]), c)[0])
+        stalls = [copy_stall_ms(off, c, r) for r in range(0, 9)]
+        assert stalls[-1] == pytest.approx(late_d, abs=1e-9)
+        assert all(a >= b - 1e-9 for a, b in zip(stalls, stalls[1:]))
+        unbounded, nothing = ({g: v for g in c.flow} for v in (math.inf, 0.0))
+        assert copy_stall_ms(off, c, hold_bytes=unbounded) == pytest.approx(late_d, abs=1e-9)
+        assert copy_stall_ms(off, c, hold_bytes=nothing) == pytest.approx(stalls[0], abs=1e-9)
+        caps = hold_bytes_by_block(stored, off, c)
+        assert copy_stall_ms(off, c, hold_bytes=caps) <= copy_stall_ms(off, c, 0) + 1e-9
+
+
+def test_the_allowance_keeps_every_block_under_the_heads_activations():
+    """In block g the plan has stored the bytes of the blocks up to g; holding `hold_bytes[g]` of
+    copies out besides never takes that above what the head holds: everything stored plus the
+    offloaded bytes still held there. The allowance shrinks toward the head, where it is those."""
+    from drat.costs import held_at_peak, hold_bytes_by_block, in_flight_bytes
+
+    c = link_costs(3, n_layer=5, tight=1.0)
+    c.link["run_ahead_blocks"] = 1
+    rng = random.Random(3)
+    off = [rng.random() < 0.3 for _ in range(len(c))]
+    stored = [not o and rng.random() < 0.5 for o in off]
+    caps = hold_bytes_by_block(stored, off, c)
+    flow = c.flow
+    at_head = sum(m for m, s, o in zip(c.mem_bytes, stored, off) if s and not o)
+    held_bytes = float(in_flight_bytes(torch.tensor([float(x) for x in off]), c))
+    assert sorted(caps) == sorted(set(flow))
+    for g in caps:
+        so_far = sum(m for m, s, o, f in zip(c.mem_bytes, stored, off, flow) if s and not o and f <= g)
+        assert so_far + caps[g] == pytest.approx(at_head + held_bytes)
+    assert caps[max(flow)] == pytest.approx(held_bytes)
+    assert [caps[g] for g in sorted(caps)] == sorted(caps.values(), reverse=True)
+    assert any(held_at_peak(c))
+
+
+def test_each_offloaded_site_pays_its_host_cost_and_the_compute_its_copies_slow():
+    """`offload_site_ms`: the host's time per copy plus, per direction, the matmul time a copy
+    adds per ms of copy (or, on a table without it, the slowdown as a lower bound; a negative
+    measurement counts as none) times the copy's duration."""
+    from drat.costs import offload_site_ms
+
+    c = link_costs(1)
+    lk = c.link
+    lk.update(copy_overhead_ms=0.01, d2h_gbps=2.0, h2d_gbps=4.0, d2h_compute_slowdown=0.1,
+              h2d_compute_slowdown=-0.05)
+    want = [0.01 + 0.1 * m / 2e6 for m in c.mem_bytes]
+    assert offload_site_ms(c) == pytest.approx(want)
+    lk.update(d2h_compute_ms_per_copy_ms=0.3, h2d_compute_ms_per_copy_ms=0.2)
+    want = [0.01 + 0.3 * m / 2e6 + 0.2 * m / 4e6 for m in c.mem_bytes]
+    assert offload_site_ms(c) == pytest.approx(want)
+    o = torch.zeros(len(c))
+    o[0] = 1.0  # the whole step to hide behind: what is left is the site's own cost
+    lk["d2h_gbps"] = lk["h2d_gbps"] = 1e9
+    assert float(expected_exposed_transfer(o, c)) == pytest.approx(offload_site_ms(c)[0] / c.step_ms)
+    lk["synchronous"] = True  # a CPU copy: nothing runs beside it to slow
+    assert offload_site_ms(c) == [0.01] * len(c)
+    c.link = None
+    assert offload_site_ms(c) == [0.0] * len(c)

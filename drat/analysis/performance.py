@@ -263,10 +263,13 @@ for _card, _where in (("h100-", "an H100"), ("", "the H200")):
         CATALOGUE[f"{_card}{_model}/offload-throttled"] = Entry(
             f"the offload arm, the host throttled to the copies, on {_where}", _OFFLOAD + _HELD + _THROTTLED,
             warmup=2)
-_DEVICE_WAIT = (" Copies out of blocks more than `run_ahead_blocks` (1) back are let go of behind a "
-                "wait queued on the compute stream (`Stream.wait_event`), so the host never waits for "
-                "a copy: the same bound on the bytes held as `offload-throttled/`, whose host waited "
-                "(`Event.synchronize`) and so left the GPU idle while it queued the next block.")
+_DEVICE_WAIT = (" Copies out are let go of behind a wait queued on the compute stream "
+                "(`Stream.wait_event`), so the host never waits for a copy (in `offload-throttled/` "
+                "it did, `Event.synchronize`, and the GPU idled while it queued the next block); "
+                "how many bytes of copies each block may still hold is the plan's allowance "
+                "(`costs.hold_bytes_by_block`: what the blocks after it will store, plus what the "
+                "peak holds), not one block behind. The plans charge each offloaded site the "
+                "compute its copies slow (`costs.offload_site_ms`).")
 for _card, _where in (("h100-", "an H100"), ("", "the H200")):
     for _model in ("medium-s2048-b8", "gpt-12x1024-v32k-s2048-b8", "large-s4096-b4"):
         CATALOGUE[f"{_card}{_model}/offload-device-wait"] = Entry(
@@ -275,7 +278,7 @@ for _card, _where in (("h100-", "an H100"), ("", "the H200")):
     CATALOGUE[f"{_card}large-s4096/capacity-drat3-device-wait"] = Entry(
         f"the offload arm at a chosen batch under 40 GiB, the compute stream waiting for the copies, "
         f"on {_where}",
-        _CAPACITY + _ASKED + _HELD + _DEVICE_WAIT.replace("`offload-throttled/`", "a host wait")
+        _CAPACITY + _ASKED + _HELD + _DEVICE_WAIT
         + " `none`, two-arm and three-arm DRAT at B=8 in one process.", warmup=1)
 CATALOGUE["cpu-tiny-b4/adapt-s64-256"] = Entry(
     "a sequence-length warm-up under one budget, on the CPU",

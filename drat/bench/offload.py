@@ -33,7 +33,14 @@ from pathlib import Path
 
 import torch
 
-from ..costs import link_utilisation, offload_report, plan_cost, reload_stall_ms
+from ..costs import (
+    copy_stall_ms,
+    hold_bytes_by_block,
+    link_utilisation,
+    offload_report,
+    plan_cost,
+    reload_stall_ms,
+)
 from ..measure import build_costs, measure_link, measure_steps
 from ..offload import default_host_cap_bytes
 from ..oracle import solve_oracle3
@@ -57,7 +64,8 @@ CSV_FIELDS = ["name", "strategy", "arms", "budget_gib", "peak_gib", "step_ms", "
               "peak_vs_none", "step_vs_none", "n_recomputed", "n_offloaded", "d2h_bytes", "h2d_bytes",
               "host_pinned_bytes", "link_utilisation", "predicted_step_ms", "predicted_exposed_ms",
               "trace_exposed_transfer_ms", "trace_copy_hidden_frac", "trace_compute_idle_ms",
-              "prefetch_blocks", "predicted_reload_stall_ms", "predicted_reload_stall_d1_ms", "late_reloads"]
+              "prefetch_blocks", "predicted_reload_stall_ms", "predicted_reload_stall_d1_ms", "late_reloads",
+              "predicted_copy_stall_ms", "predicted_copy_stall_r1_ms"]
 
 
 OFFLOAD_BASELINES = ("save-on-cpu", "offload-all", "full-offload")
@@ -141,6 +149,11 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
             # the reload stall simulated at the planned prefetch distance, and at one block ahead
             predicted_reload_stall_ms=rep.get("reload_stall_ms", 0.0),
             predicted_reload_stall_d1_ms=reload_stall_ms(off, costs, 1) if any(off) else 0.0,
+            # the forward's wait on copies out and the backlog after it, simulated with the plan's
+            # allowance (what runs) and letting go one block behind (L_d when nothing waits early)
+            predicted_copy_stall_ms=copy_stall_ms(
+                off, costs, hold_bytes=hold_bytes_by_block(plan.stored, off, costs)) if any(off) else 0.0,
+            predicted_copy_stall_r1_ms=copy_stall_ms(off, costs, 1) if any(off) else 0.0,
             offloaded_labels=[lb for lb, o in zip(costs.labels, off) if o])
 
     # the step times: every row in alternation, a new random order per round
