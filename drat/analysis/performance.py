@@ -278,8 +278,13 @@ for _card, _where in (("h100-", "an H100"), ("", "the H200")):
     CATALOGUE[f"{_card}large-s4096/capacity-drat3-device-wait"] = Entry(
         f"the offload arm at a chosen batch under 40 GiB, the compute stream waiting for the copies, "
         f"on {_where}",
-        _CAPACITY + _ASKED + _HELD + _DEVICE_WAIT
-        + " `none`, two-arm and three-arm DRAT at B=8 in one process.", warmup=1)
+        _CAPACITY + _ASKED + _HELD + _DEVICE_WAIT + " `none` and three-arm DRAT at B=8.", warmup=1)
+    CATALOGUE[f"{_card}large-s4096/capacity-drat-drat3-device-wait"] = Entry(
+        f"two and three arms at chosen batches under 40 GiB, the compute stream waiting for the copies, "
+        f"on {_where}",
+        _CAPACITY + _ASKED + _HELD + _DEVICE_WAIT + " `none`, two-arm and three-arm DRAT at B=8 and B=10 "
+        "in one process (a row that runs out of memory over its timed steps falls back a batch).",
+        warmup=1)
 CATALOGUE["cpu-tiny-b4/adapt-s64-256"] = Entry(
     "a sequence-length warm-up under one budget, on the CPU",
     "`drat bench adapt` on the CPU: S grows 64 → 128 → 256 under −30% of `none`'s peak at S=256, "
