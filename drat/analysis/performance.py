@@ -258,11 +258,6 @@ _THROTTLED = (" The host waits for a block's copies out once it has queued `run_
               "blocks past them, and the backward starts after the last copy: before, the host ran "
               "so far ahead of the GPU that every byte offloaded in a forward was still allocated "
               "at its end (`offload-matched/`, measured on the same card).")
-for _card, _where in (("h100-", "an H100"), ("", "the H200")):
-    for _model in ("medium-s2048-b8", "gpt-12x1024-v32k-s2048-b8", "large-s4096-b4"):
-        CATALOGUE[f"{_card}{_model}/offload-throttled"] = Entry(
-            f"the offload arm, the host throttled to the copies, on {_where}", _OFFLOAD + _HELD + _THROTTLED,
-            warmup=2)
 _DEVICE_WAIT = (" Copies out are let go of behind a wait queued on the compute stream "
                 "(`Stream.wait_event`), so the host never waits for a copy (in `offload-throttled/` "
                 "it did, `Event.synchronize`, and the GPU idled while it queued the next block); "
@@ -272,9 +267,11 @@ _DEVICE_WAIT = (" Copies out are let go of behind a wait queued on the compute s
                 "compute its copies slow (`costs.offload_site_ms`).")
 for _card, _where in (("h100-", "an H100"), ("", "the H200")):
     for _model in ("medium-s2048-b8", "gpt-12x1024-v32k-s2048-b8", "large-s4096-b4"):
-        CATALOGUE[f"{_card}{_model}/offload-device-wait"] = Entry(
-            f"the offload arm, the compute stream waiting for the copies, on {_where}",
-            _OFFLOAD + _HELD + _DEVICE_WAIT, warmup=2)
+        for _bench, _how, _text in (("offload-throttled", "the host throttled to the copies", _THROTTLED),
+                                    ("offload-device-wait", "the compute stream waiting for the copies",
+                                     _DEVICE_WAIT)):
+            CATALOGUE[f"{_card}{_model}/{_bench}"] = Entry(
+                f"the offload arm, {_how}, on {_where}", _OFFLOAD + _HELD + _text, warmup=2)
     CATALOGUE[f"{_card}large-s4096/capacity-drat3-device-wait"] = Entry(
         f"the offload arm at a chosen batch under 40 GiB, the compute stream waiting for the copies, "
         f"on {_where}",
