@@ -270,7 +270,8 @@ def hold_bytes_by_block(stored: list[bool], offloaded: list[bool], costs: SiteCo
     stores in the blocks after g, which are not yet allocated while the forward is in g. Holding
     that much at g never takes the activations above what they are at the LM head, where the peak
     is, and lets a copy of an early block finish under the rest of the forward, as L_d assumes,
-    instead of within `run_ahead_blocks` blocks."""
+    instead of within `run_ahead_blocks` blocks (the offloader applies it on top of the distance,
+    so it never waits more than the distance alone would)."""
     flow = costs.flow
     o = torch.tensor([1.0 if x else 0.0 for x in offloaded], dtype=torch.float64)
     at_peak = float(in_flight_bytes(o, costs))
@@ -287,12 +288,13 @@ def hold_bytes_by_block(stored: list[bool], offloaded: list[bool], costs: SiteCo
 def copy_stall_ms(offloaded: list[bool], costs: SiteCosts, run_ahead_blocks: int = RUN_AHEAD_BLOCKS,
                   hold_bytes: dict[int, float] | None = None) -> float:
     """ms the forward waits on copies out, plus the backlog the backward then waits for, when the
-    offloader lets go of copies `run_ahead_blocks` blocks behind or, with `hold_bytes`, holds up to
-    `hold_bytes[g]` bytes of them in block g (offload.py). The forward runs the sites first to
-    last, each for its forward time; an offloaded site's copy joins the one D→H stream as the
-    site ends; entering a block and after each copy, the offloader lets go of the copies out of
-    reach and compute waits until they are out; the backward starts once the last copy is out.
-    With nothing let go of before the forward ends, only that last wait is left: L_d exactly."""
+    offloader lets go of copies `run_ahead_blocks` blocks behind and, with `hold_bytes`, only
+    while more than `hold_bytes[g]` bytes of them are held in block g (offload.py). The forward
+    runs the sites first to last, each for its forward time; an offloaded site's copy joins the
+    one D→H stream as the site ends; entering a block and after each copy, the offloader lets go
+    of the copies out of reach and compute waits until they are out; the backward starts once the
+    last copy is out. With nothing let go of before the forward ends, only that last wait is
+    left: L_d exactly."""
     lk = costs.link
     if lk is None or lk.get("synchronous") or not any(offloaded):
         return 0.0
@@ -302,9 +304,8 @@ def copy_stall_ms(offloaded: list[bool], costs: SiteCosts, run_ahead_blocks: int
     st = {"t": 0.0, "stall": 0.0, "held": 0.0, "gone": 0}  # copies [0, gone) let go of
 
     def let_go(g: int) -> None:
-        while st["gone"] < len(copies) and copies[st["gone"]][0] < g and (
-                st["held"] > hold_bytes.get(g, 0.0) if hold_bytes is not None
-                else copies[st["gone"]][0] < g - run_ahead_blocks):
+        while st["gone"] < len(copies) and copies[st["gone"]][0] < g - run_ahead_blocks and (
+                hold_bytes is None or st["held"] > hold_bytes.get(g, 0.0)):
             _, nbytes, out = copies[st["gone"]]
             st["stall"] += max(out - st["t"], 0.0)
             st["t"] = max(st["t"], out)

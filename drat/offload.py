@@ -189,11 +189,12 @@ class Offloader:
     bytes but idles the GPU while the host, released, queues the next block's kernels
     (docs/offload.md has the measurements of both).
     `hold_bytes` ({block: bytes}, set by the strategy from its plan: `costs.hold_bytes_by_block`)
-    replaces the distance with an allowance: in block g the offloader holds up to `hold_bytes[g]`
-    bytes of copies out, letting go of the oldest first. Early in the forward the allowance is
+    adds an allowance: in block g a copy past the distance is let go of (oldest first) only while
+    more than `hold_bytes[g]` bytes of copies are held. Early in the forward the allowance is
     large, since the blocks after g have yet to allocate what they store, so a copy of an early
     block may finish under the rest of the forward, as the cost model's L_d assumes; at the head
-    it is what the peak holds anyway.
+    it is what the peak holds anyway, the copies of the last `run_ahead_blocks` blocks and the
+    head's, so the peak is bounded as without it.
     `unsafe_early_release` exists for the tests that prove the synchronisation is needed: it gives
     a host buffer back to the pool as soon as its copy is queued, so a later offload overwrites it.
     """
@@ -340,22 +341,20 @@ class Offloader:
         return float(sum(a.elapsed_time(b) for a, b in waits))
 
     def _throttle(self, group: int) -> None:
-        """Let go of the copies out of blocks before `group − run_ahead_blocks` (with `hold_bytes`:
-        the oldest copies of blocks before `group` until no more than `hold_bytes[group]` bytes
-        are held), the compute stream first waiting for the newest of them (one stream's copies
+        """Let go of the copies out of blocks before `group − run_ahead_blocks` (with `hold_bytes`,
+        of the oldest of them only until no more than `hold_bytes[group]` bytes are held), the
+        compute stream first waiting for the newest of them (one stream's copies
         complete in order). The wait is queued on the device, not taken by the host: every kernel
         queued after it, and so every later use of the memory the allocator hands out again, runs
         after the copies have read it, while the host goes on queueing the next block's kernels."""
         q, n = self._in_flight, 0
-        if self.hold_bytes is not None:  # an allowance in bytes for this block (costs.hold_bytes_by_block)
-            cap = self.hold_bytes.get(group, 0.0)
-            held = sum(src.numel() for _, src, _ in q)
-            while n < len(q) and q[n][2] < group and held > cap:
-                held -= q[n][1].numel()
-                n += 1
-        else:
-            while n < len(q) and q[n][2] < group - self.run_ahead_blocks:
-                n += 1
+        # with an allowance (costs.hold_bytes_by_block), a copy past the distance stays while the
+        # bytes held are within it: early in the forward the later blocks have yet to allocate
+        cap = None if self.hold_bytes is None else self.hold_bytes.get(group, 0.0)
+        held = sum(src.numel() for _, src, _ in q) if cap is not None else 0
+        while n < len(q) and q[n][2] < group - self.run_ahead_blocks and (cap is None or held > cap):
+            held -= q[n][1].numel() if cap is not None else 0
+            n += 1
         if n:
             self._stream_wait(q[n - 1][0])
             for _ in range(n):

@@ -292,9 +292,11 @@ def test_entering_a_block_waits_for_the_copies_more_than_run_ahead_blocks_back(r
 
 
 def test_with_an_allowance_entering_a_block_lets_go_of_the_oldest_copies_beyond_it():
-    """`hold_bytes`: entering block 5 with 700 bytes of copies out held and 250 allowed lets go of
-    the five oldest (one stream wait, on the newest of them), keeping blocks 3 and 4; copies of
-    the block being entered are never let go of, whatever the allowance."""
+    """`hold_bytes` on top of `run_ahead_blocks` (1): entering block 5 with 700 bytes of copies
+    out held and 250 allowed lets go of the five oldest (one stream wait, on the newest of them),
+    keeping blocks 3 and 4; with nothing allowed in block 6, of everything more than one block
+    back, keeping block 6's own copy; within the distance, nothing is let go of however much is
+    held."""
     log: list = []
     off = Offloader(torch.device("cpu"))
     off._stream_wait = lambda event: log.append(event.name)
@@ -305,8 +307,12 @@ def test_with_an_allowance_entering_a_block_lets_go_of_the_oldest_copies_beyond_
     assert log == [4]
     assert [g for _, _, g in off._in_flight] == [3, 4]
     off._in_flight.append((_Event(7), torch.empty(100, dtype=torch.uint8), 6))
-    off.enter_group(6)  # nothing may stay but the block's own copy
+    off.enter_group(6)
     assert log == [4, 6] and [g for _, _, g in off._in_flight] == [6]
+    off.hold_bytes = {7: 0.0}
+    off._in_flight.append((_Event(8), torch.empty(100, dtype=torch.uint8), 7))
+    off.enter_group(7)  # block 6 is within the distance
+    assert log == [4, 6] and [g for _, _, g in off._in_flight] == [6, 7]
 
 
 def test_the_runtime_enters_each_block_once_in_forward_order(monkeypatch):

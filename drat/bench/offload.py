@@ -154,7 +154,8 @@ def run_offload(size: str = "tiny", seq_len: int = 64, batch_size: int = 2, devi
             predicted_copy_stall_ms=copy_stall_ms(
                 off, costs, hold_bytes=hold_bytes_by_block(plan.stored, off, costs)) if any(off) else 0.0,
             predicted_copy_stall_r1_ms=copy_stall_ms(off, costs, 1) if any(off) else 0.0,
-            offloaded_labels=[lb for lb, o in zip(costs.labels, off) if o])
+            offloaded_labels=[lb for lb, o in zip(costs.labels, off) if o],
+            recomputed_labels=[lb for lb, st in zip(costs.labels, plan.stored) if not st])
 
     # the step times: every row in alternation, a new random order per round
     timed_rounds(model, idx, targets, rows, strategies, rounds, steps, warmup, seed, log)
