@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from drat.costs import SiteCosts
 from drat.offload import HostMemoryError, HostPool, Offloader
 from drat.strategies import FullOffload, NoneAC, OffloadAll, PlanAC, SaveOnCPU
 
@@ -374,11 +375,17 @@ def test_random_three_arm_plans_are_bitwise_exact_on_the_gpu_in_deterministic_mo
         ref = run_bf16(NoneAC())
         rng = random.Random(7)
         n = len(model.graph)
-        for t in range(6):
+        for t in range(8):
             stored, offloaded = random_arms(n, rng)
             s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=t % 3)
+            if t >= 4:  # planned on a link: the offloader's allowance per block lets go of less
+                c = SiteCosts.build(model.graph, [rng.uniform(0, 8192) for _ in range(n)],
+                                    [rng.uniform(0.01, 1) for _ in range(n)], step_ms=10.0, kind="synthetic")
+                c.link = {"d2h_gbps": 1e-3, "h2d_gbps": 1e-3, "copy_overhead_ms": 0.0}
+                s.plan_prefetch(c, offloaded)
             assert_bitwise(run_bf16(s), ref, f"gpu three-arm plan {t}")
             assert s.host_stats()["d2h_bytes"] > 0
+            assert (s.offloader.hold_bytes is not None) == (t >= 4)
         for strat in (OffloadAll(), FullOffload(), SaveOnCPU()):
             assert_bitwise(run_bf16(strat), ref, strat.name)
     finally:
