@@ -112,3 +112,35 @@ def test_least_memory_at_step_is_the_exact_programs_frontier_point():
             assert tighter > frac
     assert least_memory_at_step(costs, 0.0) in (None, 0.0) or solve_oracle3(
         costs, 0.0, least_memory_at_step(costs, 0.0)).objective <= 1e-9
+
+
+@pytest.mark.slow
+def test_matched_rows_are_planned_at_the_baselines_steps_timed_in_alternation(monkeypatch):
+    """The rows matched to the offload baselines are planned at each baseline's step timed in
+    alternation with `none`'s (`matched_step_ms`), not at its own steps: here `save-on-cpu` runs 3×
+    `none`'s step and `offload-all` 2×, so each gets a `drat3-at-*` row planned within that much
+    added time; `full-offload`, no slower than `none` there, gets none."""
+    import drat.bench.offload as bo
+
+    ratio = {"NoneAC": 1.0, "SaveOnCPU": 3.0, "OffloadAll": 2.0, "FullOffload": 0.9}
+    seen: list[list[str]] = []
+
+    def fake_interleaved(model, idx, targets, strategies, steps, warmup):
+        seen.append([type(s).__name__ for s in strategies])
+        return [10.0 * ratio[type(s).__name__] for s in strategies]
+
+    asked: list[float] = []
+    real = bo.least_memory_at_step
+    monkeypatch.setattr(bo, "interleaved_step_ms", fake_interleaved)
+    monkeypatch.setattr(bo, "least_memory_at_step",
+                        lambda c, frac, cap: asked.append(frac) or real(c, frac, cap))
+    d = bo.run_offload(size="tiny", seq_len=16, batch_size=2, device="cpu", n_layer=2, n_embd=32,
+                       n_head=4, vocab_size=128, cuts=(), steps=2, warmup=1, rounds=1, trace_steps=0,
+                       log=lambda *a: None)
+    assert seen == [["NoneAC", "SaveOnCPU", "OffloadAll", "FullOffload"]]
+    by = {r["name"]: r for r in d["rows"]}
+    assert [by[n]["matched_step_ms"] for n in ("none", "save-on-cpu", "offload-all", "full-offload")] == \
+        pytest.approx([10.0, 30.0, 20.0, 9.0])
+    assert asked == pytest.approx([2.0, 1.0])
+    assert "drat3-at-full-offload" not in by
+    assert {"drat3-at-save-on-cpu", "drat3-at-offload-all"} <= set(by)
