@@ -284,8 +284,10 @@ def measure_link(device: torch.device, nbytes: int = 2**30, reps: int = 4, matmu
 
     CUDA: pinned device-to-host and host-to-device bandwidth (1e9 bytes/s) of `nbytes` copies on a
     side stream, alone and while the default stream runs bf16 matmuls (the rates the cost model
-    uses: that is how offloading runs), the matmuls' slowdown from the copies, and the host time
-    to queue one copy with its events (`copy_overhead_ms`). CPU: copies are synchronous, so the
+    uses: that is how offloading runs), the matmuls' slowdown from the copies (the median of
+    `LINK_PROBE_REPEATS` pairs of matmul runs, alone and beside the copies, in turn: one pair
+    read 3.5% and 13.7% on one H100 minutes apart), and the host time to queue one copy with its
+    events (`copy_overhead_ms`). CPU: copies are synchronous, so the
     memcpy rate with `synchronous` set (nothing hides behind compute)."""
     if device.type != "cuda":
         src = torch.empty(nbytes // 4, dtype=torch.uint8)
@@ -322,28 +324,34 @@ def measure_link(device: torch.device, nbytes: int = 2**30, reps: int = 4, matmu
         e.record()
         return s, e
 
+    matmuls(2)[1].synchronize()  # cuBLAS's first call would inflate the time per matmul
+    s, e = matmuls(8)
+    e.synchronize()
+    per_mm = s.elapsed_time(e) / 8
     out = {}
     for d in ("d2h", "h2d"):
         copies(d)  # warm-up
         alone_ms = copies(d)
-        torch.cuda.synchronize(device)
-        s, e = matmuls(1)
-        e.synchronize()
-        per_mm = s.elapsed_time(e)
         k = max(int(3 * alone_ms * reps / max(per_mm, 1e-3)), 4)  # matmuls outlast the copies
-        s, e = matmuls(k)
-        e.synchronize()
-        mm_alone = s.elapsed_time(e)
-        torch.cuda.synchronize(device)
-        s, e = matmuls(k)
-        under_ms = copies(d)
-        e.synchronize()
-        mm_with = s.elapsed_time(e)
+        samples = []  # (slowdown, matmul ms added per ms of copy, ms per copy under the matmuls)
+        for _ in range(LINK_PROBE_REPEATS):  # alone and beside copies in turn: drift hits both alike
+            torch.cuda.synchronize(device)
+            s, e = matmuls(k)
+            e.synchronize()
+            mm_alone = s.elapsed_time(e)
+            s, e = matmuls(k)
+            under_ms = copies(d)
+            e.synchronize()
+            mm_with = s.elapsed_time(e)
+            overlap_ms = min(under_ms * reps, mm_alone)  # how long the copies ran beside matmuls
+            samples.append((mm_with / mm_alone - 1.0, (mm_with - mm_alone) / max(overlap_ms, 1e-9), under_ms))
+        slowdown, per_copy_ms, under_ms = (statistics.median(x) for x in zip(*samples))
         out[f"{d}_gbps_alone"] = nbytes / alone_ms / 1e6
         out[f"{d}_gbps"] = nbytes / under_ms / 1e6
-        out[f"{d}_compute_slowdown"] = mm_with / mm_alone - 1.0  # over the matmuls, ~3× the copies
-        # what the cost model charges: the matmul time the copies added, per ms of copy under them
-        out[f"{d}_compute_ms_per_copy_ms"] = (mm_with - mm_alone) / max(under_ms * reps, 1e-9)
+        out[f"{d}_compute_slowdown"] = slowdown  # over the matmuls, ~3× the copies' length
+        # what the cost model charges: the matmul time the copies added, per ms they ran beside them
+        out[f"{d}_compute_ms_per_copy_ms"] = per_copy_ms
+        out[f"{d}_compute_ms_per_copy_ms_samples"] = [x[1] for x in samples]
     small_h = torch.empty(1 << 16, dtype=torch.uint8, pin_memory=True)
     small_d = torch.empty(1 << 16, dtype=torch.uint8, device=device)
     torch.cuda.synchronize(device)
@@ -358,6 +366,8 @@ def measure_link(device: torch.device, nbytes: int = 2**30, reps: int = 4, matmu
     out["nbytes"] = nbytes
     return out
 
+
+LINK_PROBE_REPEATS = 3  # the link probe's matmul slowdown is the median of this many pairs
 
 NOMINAL_LINK_GBPS = 25.0  # a PCIe 4 x16 link: the host link of the cost models that measure nothing
 
