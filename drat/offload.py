@@ -343,10 +343,10 @@ class Offloader:
     def _throttle(self, group: int) -> None:
         """Let go of the copies out of blocks before `group − run_ahead_blocks` (with `hold_bytes`,
         of the oldest of them only until no more than `hold_bytes[group]` bytes are held), the
-        compute stream first waiting for the newest of them (one stream's copies
-        complete in order). The wait is queued on the device, not taken by the host: every kernel
-        queued after it, and so every later use of the memory the allocator hands out again, runs
-        after the copies have read it, while the host goes on queueing the next block's kernels."""
+        compute stream first waiting for the newest of them (one stream's copies complete in
+        order). The wait is queued on the device, not taken by the host: every kernel queued after
+        it, and so every later use of the memory the allocator hands out again, runs after the
+        copies have read it, while the host goes on queueing the next block's kernels."""
         q, n = self._in_flight, 0
         # with an allowance (costs.hold_bytes_by_block), a copy past the distance stays while the
         # bytes held are within it: early in the forward the later blocks have yet to allocate
