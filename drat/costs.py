@@ -35,15 +35,19 @@ offloaded from site k on:
 
 plus, per offloaded site and step, a fixed host cost to queue its copy and the compute its
 copies slow down (the link probe measures how much slower matmuls run under a copy: 3–16% on an
-H100 or H200 for a device-to-host copy; `offload_site_ms`). Both maxima are linear constraints in o, so
-the oracle keeps them exactly (oracle.py).
+H100 or H200 for a device-to-host copy; `offload_site_ms`). Both maxima are linear constraints
+in o, so the oracle keeps them exactly (oracle.py).
 
 An offloaded site's bytes leave the peak except those the offloader still holds there. The
-caching allocator reuses a storage only once the host has seen its copy out complete, and the
-host runs ahead of the GPU; the offloader bounds that by waiting, at every block it enters, for
-the copies more than r = `run_ahead_blocks` blocks back (offload.py). At the LM head, where the
-peak is, it so holds the copies of the last r blocks and of the head's own sites, whatever the
-link's speed (a slow link stalls the forward instead: that time is in L_d). With H the set of
+caching allocator reuses a storage only once the offloader lets go of it, and the host, which
+decides that, runs ahead of the GPU; at every block it enters, the offloader lets go of the
+copies more than r = `run_ahead_blocks` blocks back, behind a wait for them on the compute
+stream (offload.py; with a plan, only beyond an allowance, `hold_bytes_by_block`). At the LM
+head, where the peak is, it so holds the copies of the last r blocks and of the head's own
+sites, whatever the link's speed (a slow link stalls the forward instead). The planners price
+that stall as L_d, the backlog at the end of the forward; the runtime's rule can wait earlier
+and longer, and `copy_stall_ms` simulates it (≥ L_d; equal when the allowance covers the
+backlog), which the offload bench reports beside the prediction. With H the set of
 those sites, a plan's device memory is Σ_i s_i M_i + Σ_{i ∈ H} o_i M_i (no H on a synchronous
 link: a CPU copy ends before the next site runs). The reloads that the backward prefetches at
 the head are those of the last `prefetch_blocks` blocks: H covers them while the distance is at
@@ -276,8 +280,8 @@ def hold_bytes_by_block(stored: list[bool], offloaded: list[bool], costs: SiteCo
     o = torch.tensor([1.0 if x else 0.0 for x in offloaded], dtype=torch.float64)
     at_peak = float(in_flight_bytes(o, costs))
     per_block: dict[int, float] = {}  # bytes each block stores
-    for f, m, s, o in zip(flow, costs.mem_bytes, stored, offloaded):
-        per_block[f] = per_block.get(f, 0.0) + (m if s and not o else 0.0)
+    for f, m, keep, off in zip(flow, costs.mem_bytes, stored, offloaded):
+        per_block[f] = per_block.get(f, 0.0) + (m if keep and not off else 0.0)
     later, caps = 0.0, {}
     for g in sorted(per_block, reverse=True):
         caps[g] = at_peak + later  # later: the bytes stored in the blocks after g
@@ -285,7 +289,7 @@ def hold_bytes_by_block(stored: list[bool], offloaded: list[bool], costs: SiteCo
     return caps
 
 
-def copy_stall_ms(offloaded: list[bool], costs: SiteCosts, run_ahead_blocks: int = RUN_AHEAD_BLOCKS,
+def copy_stall_ms(offloaded: list[bool], costs: SiteCosts, run_ahead_blocks: int | None = None,
                   hold_bytes: dict[int, float] | None = None) -> float:
     """ms the forward waits on copies out, plus the backlog the backward then waits for, when the
     offloader lets go of copies `run_ahead_blocks` blocks behind and, with `hold_bytes`, only
@@ -298,6 +302,8 @@ def copy_stall_ms(offloaded: list[bool], costs: SiteCosts, run_ahead_blocks: int
     lk = costs.link
     if lk is None or lk.get("synchronous") or not any(offloaded):
         return 0.0
+    if run_ahead_blocks is None:  # the offloader's default unless the link names it
+        run_ahead_blocks = int(lk.get("run_ahead_blocks", RUN_AHEAD_BLOCKS))
     flow = costs.flow
     bytes_per_ms = lk["d2h_gbps"] * 1e6
     copies: list[tuple[int, float, float]] = []  # (block, bytes, when it is out), in copy order
@@ -339,7 +345,8 @@ def plan_prefetch_blocks(offloaded: list[bool], costs: SiteCosts, tol_ms: float 
 
 def predicted_wait_ms(offloaded: list[bool], costs: SiteCosts) -> float:
     """The compute stream's predicted wait on the link per step for a hard offload plan: the
-    exposed transfer less the per-copy host overhead, i.e. what `Offloader.pop_wait_ms` measures."""
+    exposed transfer less each offloaded site's own cost (`offload_site_ms`: host time and slowed
+    compute, which are not waits), i.e. what `Offloader.pop_wait_ms` measures."""
     if costs.link is None or not any(offloaded):
         return 0.0
     return float(_late_ms(torch.tensor([float(x) for x in offloaded]), costs))

@@ -285,8 +285,8 @@ def measure_link(device: torch.device, nbytes: int = 2**30, reps: int = 4, matmu
     CUDA: pinned device-to-host and host-to-device bandwidth (1e9 bytes/s) of `nbytes` copies on a
     side stream, alone and while the default stream runs bf16 matmuls (the rates the cost model
     uses: that is how offloading runs), the matmuls' slowdown from the copies (the median of
-    `LINK_PROBE_REPEATS` pairs of matmul runs, alone and beside the copies, in turn: one pair
-    read 3.5% and 13.7% on one H100 minutes apart), and the host time to queue one copy with its
+    `LINK_PROBE_REPEATS` pairs of matmul runs, alone and beside the copies, in turn: single
+    pairs read 3.5% and 13.7% on one H100 minutes apart), and the host time to queue one copy with its
     events (`copy_overhead_ms`). CPU: copies are synchronous, so the
     memcpy rate with `synchronous` set (nothing hides behind compute)."""
     if device.type != "cuda":
@@ -316,7 +316,7 @@ def measure_link(device: torch.device, nbytes: int = 2**30, reps: int = 4, matmu
         e.synchronize()
         return s.elapsed_time(e) / reps
 
-    def matmuls(k: int) -> float:  # ms for k matmuls on the default stream
+    def matmuls(k: int) -> tuple:  # k matmuls on the default stream, between two timing events
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
         for _ in range(k):

@@ -59,7 +59,7 @@ def available_host_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-RUN_AHEAD_BLOCKS = 1  # blocks the host may queue past a copy out before it waits (Offloader)
+RUN_AHEAD_BLOCKS = 1  # blocks the forward runs past a copy out before compute waits for it (Offloader)
 
 HOST_MEM_FRACTION = 0.5  # default cap: half of the available RAM (page-locked memory is not swappable)
 
@@ -210,8 +210,9 @@ class Offloader:
         self.host_cap_bytes = host_cap_bytes
         self.unsafe_early_release = unsafe_early_release
         self.unsafe_no_sync = unsafe_no_sync  # CUDA tests only: skip holding sources and every wait
-        # bytes of copies out that may stay held in each block, in place of run_ahead_blocks
+        # bytes of copies out that may stay held in each block, on top of run_ahead_blocks
         self.hold_bytes: dict[int, float] | None = None
+        self._fw_group: int | None = None  # the block the forward is in (`enter_group`)
         if self.cuda:
             self.d2h = torch.cuda.Stream(self.device)
             self.h2d = torch.cuda.Stream(self.device)
@@ -234,6 +235,7 @@ class Offloader:
         self._order.clear()
         self._next = -1
         self._bw_group = None
+        self._fw_group = None
 
     def end_forward(self) -> None:
         # the backward starts after the last copy out (stream order), so nothing stays held past
@@ -248,6 +250,7 @@ class Offloader:
         back. Letting go here, and not only at
         the next offload, keeps a plan that offloads nothing late from holding its last copies
         through the rest of the forward."""
+        self._fw_group = group
         if self._in_flight:
             self._retire()
             self._throttle(group)
@@ -347,6 +350,10 @@ class Offloader:
         order). The wait is queued on the device, not taken by the host: every kernel queued after
         it, and so every later use of the memory the allocator hands out again, runs after the
         copies have read it, while the host goes on queueing the next block's kernels."""
+        # a tensor is offloaded under its owner's block, which may be behind the forward's (a
+        # block's output is first saved by the next block): the rule is the current block's
+        if self._fw_group is not None:
+            group = max(group, self._fw_group)
         q, n = self._in_flight, 0
         # with an allowance (costs.hold_bytes_by_block), a copy past the distance stays while the
         # bytes held are within it: early in the forward the later blocks have yet to allocate

@@ -199,7 +199,9 @@ class PlanAC(ActivationStrategy):
 
     def plan_prefetch(self, costs: SiteCosts | None, offloaded: Sequence[bool] | None) -> int:
         """Prefetch as many blocks ahead as `costs.plan_prefetch_blocks` plans for the offload
-        flags `offloaded` (the offloader's default, 1, without a link or flags); the distance."""
+        flags `offloaded` (the offloader's default, 1, without a link or flags); the distance.
+        On a link that runs beside compute, every forward then also gets the allowance of copies
+        out per block for that step's plan (`costs.hold_bytes_by_block`)."""
         d = 1
         if costs is not None and costs.link is not None and offloaded is not None and any(offloaded):
             d = plan_prefetch_blocks([bool(o) for o in offloaded], costs)
@@ -210,7 +212,7 @@ class PlanAC(ActivationStrategy):
         # copies out held per block (`costs.hold_bytes_by_block`), from these costs
         asynchronous = costs is not None and costs.link is not None and not costs.link.get("synchronous")
         self._hold_costs = costs if asynchronous else None
-        self._hold_cache: dict = {}
+        self._hold_cache = {}
         return d
 
     def _hold_bytes(self, stored: list[bool], offloaded: list[bool]) -> dict[int, float] | None:

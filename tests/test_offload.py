@@ -237,7 +237,9 @@ def test_a_storage_let_go_of_behind_a_stream_wait_is_copied_before_its_reuse(gua
     the storage before the copy reads it."""
     dev = torch.device("cuda")
     n = 2**28  # float32: 1 GiB
-    off = Offloader(dev, run_ahead_blocks=0)
+    pool = HostPool(pin=True)  # the pinned buffer up front: a cudaHostAlloc in offload() could
+    pool.give(pool.take(4 * n)[0])  # hold the host until the GPU catches up, and the copy with it
+    off = Offloader(dev, pool=pool, run_ahead_blocks=0)
     if not guarded:
         monkeypatch.setattr(off, "_stream_wait", lambda event: None)
     off.begin_forward()
@@ -314,6 +316,14 @@ def test_with_an_allowance_entering_a_block_lets_go_of_the_oldest_copies_beyond_
     off._in_flight.append((_Event(8), torch.empty(100, dtype=torch.uint8), 7))
     off.enter_group(7)  # block 6 is within the distance
     assert log == [4, 6] and [g for _, _, g in off._in_flight] == [6, 7]
+    # a block's output is first saved, and offloaded under its owner's block, in the next block:
+    # the rule is the block the forward is in, whose allowance (here none) the copy counts in
+    off.hold_bytes = {7: 0.0, 8: 0.0, 9: 1e9}
+    off.enter_group(9)  # nothing let go of: the allowance holds it all
+    assert log == [4, 6]
+    off.hold_bytes[9] = 0.0
+    off._throttle(8)  # a copy owned by block 8, made in block 9: block 9's rule lets go of 6 and 7
+    assert log == [4, 6, 8] and not off._in_flight
 
 
 def test_the_runtime_enters_each_block_once_in_forward_order(monkeypatch):

@@ -263,8 +263,9 @@ _DEVICE_WAIT = (" Copies out are let go of behind a wait queued on the compute s
                 "it did, `Event.synchronize`, and the GPU idled while it queued the next block); "
                 "how many bytes of copies each block may still hold is the plan's allowance "
                 "(`costs.hold_bytes_by_block`: what the blocks after it will store, plus what the "
-                "peak holds), not one block behind. The plans charge each offloaded site the "
-                "compute its copies slow (`costs.offload_site_ms`).")
+                "peak holds), in these runs instead of one block behind (the code now applies it "
+                "on top). The plans charge each offloaded site the compute its copies slow "
+                "(`costs.offload_site_ms`).")
 for _card, _where in (("h100-", "an H100"), ("", "the H200")):
     for _model in ("medium-s2048-b8", "gpt-12x1024-v32k-s2048-b8", "large-s4096-b4"):
         for _bench, _how, _text in (("offload-throttled", "the host throttled to the copies", _THROTTLED),
