@@ -65,7 +65,7 @@ CSV_FIELDS = ["name", "strategy", "arms", "budget_gib", "peak_gib", "step_ms", "
               "host_pinned_bytes", "link_utilisation", "predicted_step_ms", "predicted_exposed_ms",
               "trace_exposed_transfer_ms", "trace_copy_hidden_frac", "trace_compute_idle_ms",
               "prefetch_blocks", "predicted_reload_stall_ms", "predicted_reload_stall_d1_ms", "late_reloads",
-              "predicted_copy_stall_ms", "predicted_copy_stall_r1_ms"]
+              "predicted_copy_stall_ms", "predicted_copy_stall_r1_ms", "matched_step_ms"]
 
 
 OFFLOAD_BASELINES = ("save-on-cpu", "offload-all", "full-offload")
