@@ -369,6 +369,65 @@ def test_the_backward_prefetches_blocks_that_offload_nothing_themselves(prefetch
     assert firsts == [3, 2, 1, 0, -1]
 
 
+def _rebuilds_from_an_offloaded_output(model):
+    """Block 2 (the last) and the final norm recomputed, four sites of blocks 0 and 1 offloaded:
+    the head's backward rebuilds block 2 from block 1's offloaded output."""
+    keys = model.graph.keys
+    stored = [not (k.layer == 2 or k.name == "final_norm") for k in keys]
+    offloaded = [s and k.layer in (0, 1) and k.name in ("qkv", "attn_out", "mlp_up", "mlp_down")
+                 for s, k in zip(stored, keys)]
+    return stored, offloaded
+
+
+def test_a_reload_a_rebuild_needs_early_is_prefetched_from_the_second_step(monkeypatch):
+    """The first step reloads the input of the head's rebuild on demand; the offloader learns the
+    block that first used each copy, and from the next step on every reload starts `prefetch`
+    blocks ahead of that block (the head's needs at the end of the forward), none late, while the
+    other copies still start at their own distance. Exact at every step."""
+    model = make_model(n_layer=3)
+    idx, tgt = make_batch(seq=12)
+    ref = run(model, NoneAC(), idx, tgt)
+    stored, offloaded = _rebuilds_from_an_offloaded_output(model)
+    s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
+    starts: list[tuple[int, int, int | None]] = []  # (copy index, its block, backward block at start)
+    orig = Offloader._copy_in
+    monkeypatch.setattr(Offloader, "_copy_in",
+                        lambda self, c: (starts.append((c.index, c.group, self._bw_group)), orig(self, c))[1])
+    stats = []
+    for step in range(3):
+        starts.clear()
+        assert_bitwise(run(model, s, idx, tgt), ref, f"step {step}")
+        stats.append((s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads))
+        if step == 0:
+            first = list(starts)
+    assert stats[0][0] == 1  # block 1's output, needed by the head's rebuild, not yet reloaded
+    assert stats[1:] == [(0, 0), (0, 0)]
+    # copies in offload order: block 0's four, block 1's four; the last, block 1's output, is
+    # what the head's rebuild needs. It now starts before the backward does (None), the others
+    # one block ahead of the block that first used them (block 0's output is first used by block 1)
+    assert sorted((i, bw) for i, _, bw in starts) == [(0, 1), (1, 1), (2, 1), (3, 2), (4, 2), (5, 2), (6, 2),
+                                                      (7, None)]
+    assert [bw for i, _, bw in first if i == 7] == [3]  # on demand, in the head's backward
+
+
+def test_a_changed_offload_order_forgets_what_was_learned():
+    """What one plan's backward taught is not applied to another plan's copies: a step of a plan
+    after another behaves as that plan's first step."""
+    model = make_model(n_layer=3)
+    idx, tgt = make_batch(seq=12)
+    ref = run(model, NoneAC(), idx, tgt)
+    stored, offloaded = _rebuilds_from_an_offloaded_output(model)
+    fresh = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
+    assert_bitwise(run(model, fresh, idx, tgt), ref, "fresh")
+    want = (fresh.offloader.stats.reloads_on_demand, fresh.offloader.stats.late_reloads)
+    s = PlanAC(stored=[True] * len(stored), offloaded=[k.name == "qkv" for k in model.graph.keys],
+               prefetch_blocks=1)
+    assert_bitwise(run(model, s, idx, tgt), ref, "other plan")
+    s._stored, s._offloaded = stored, offloaded  # the same strategy and offloader, another plan
+    assert_bitwise(run(model, s, idx, tgt), ref, "after the other plan")
+    assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == want
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_random_three_arm_plans_are_bitwise_exact_on_the_gpu_in_deterministic_mode():
     from drat.runtime import set_deterministic
