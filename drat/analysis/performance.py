@@ -283,6 +283,25 @@ for _card, _where in (("h100-", "an H100"), ("", "the H200")):
         _CAPACITY + _ASKED + _HELD + _DEVICE_WAIT + " `none`, two-arm and three-arm DRAT at B=8 and B=10 "
         "in one process (a row that runs out of memory over its timed steps falls back a batch).",
         warmup=1)
+_ALLOWANCE = (" As `offload-device-wait/`, with the mechanism as it stands: the allowance applies on top "
+              "of letting go one block behind (a copy more than a block back is let go of only while "
+              "the bytes held exceed it), looked up at the block the forward is in; a reload a rebuild "
+              "needs before its own block is prefetched, from the second step on, by the block that "
+              "first used it; the link probe's figures are medians of three pairs timed in turn; and "
+              "the rows matched to a baseline are planned at steps timed in alternation with `none`'s "
+              "(`matched_step_ms`). The plans charge each offloaded site the compute its copies slow "
+              "(`costs.offload_site_ms`).")
+for _card, _where in (("h100-", "an H100"), ("", "the H200")):
+    for _model in ("medium-s2048-b8", "gpt-12x1024-v32k-s2048-b8", "large-s4096-b4"):
+        CATALOGUE[f"{_card}{_model}/offload-allowance"] = Entry(
+            f"the offload arm, the allowance on top of the distance, on {_where}",
+            _OFFLOAD + _HELD + _DEVICE_WAIT.split(", in these runs")[0] + "." + _ALLOWANCE, warmup=2)
+    CATALOGUE[f"{_card}large-s4096/capacity-drat-drat3-allowance"] = Entry(
+        f"two and three arms at chosen batches under 40 GiB, the allowance on top of the distance, "
+        f"on {_where}",
+        _CAPACITY + _ASKED + _HELD + _ALLOWANCE + " `none`, two-arm and three-arm DRAT at B=8 and B=10 "
+        "in one process (a row that runs out of memory over its timed steps falls back a batch).",
+        warmup=1)
 CATALOGUE["cpu-tiny-b4/adapt-s64-256"] = Entry(
     "a sequence-length warm-up under one budget, on the CPU",
     "`drat bench adapt` on the CPU: S grows 64 → 128 → 256 under −30% of `none`'s peak at S=256, "
