@@ -23,9 +23,9 @@ Reloads are *prefetched*: when the backward enters block b (`enter_backward_grou
 the first saved tensor of b that autograd unpacks, offloaded or not), the reloads of every
 offloaded tensor of blocks b−1 … b−`prefetch_blocks` start, so they cross the link while block b's
 backward computes; `costs.plan_prefetch_blocks` plans that distance for a plan's bytes. A copy a
-rebuild needs before its own block is keyed, from the next step on, by the block that first used
-it (`_set_keys`). Host
-buffers come from a `HostPool` that keeps them across steps (no `cudaHostAlloc` per step); a
+rebuild needs before its own block is prefetched, from the next step of the same plan on, by the
+block that first used it (`_set_keys`); what the head's block needs starts at the end of the
+forward. Host buffers come from a `HostPool` that keeps them across steps (no `cudaHostAlloc` per step); a
 buffer goes back to the pool when the last reference to its copy dies, with the event of its
 last reload, which the next copy into it waits for.
 
@@ -132,25 +132,25 @@ class OffloadStats:
     h2d_bytes: int = 0
     copies: int = 0
     reloads_on_demand: int = 0  # reloads that prefetching did not start in time (waited for at use)
-    late_reloads: int = 0  # reloads started only once the backward had reached their own block
+    late_reloads: int = 0  # reloads started only once the backward had reached their block (`key`)
 
 
 class _HostCopy:
     """One offloaded storage: its host buffer and, while backward needs it, its device copy."""
 
-    __slots__ = ("nbytes", "buf", "d2h_done", "dev", "h2d_done", "group", "index", "key", "started_at",
+    __slots__ = ("nbytes", "buf", "d2h_done", "dev", "h2d_done", "group", "index", "forward", "key",
                  "pending", "waited", "last_read", "__weakref__")
 
-    def __init__(self, nbytes: int, buf: torch.Tensor, group: int, index: int):
+    def __init__(self, nbytes: int, buf: torch.Tensor, group: int, index: int, forward: int):
         self.nbytes = nbytes
         self.buf = buf  # [nbytes] uint8 host
         self.d2h_done = None  # torch.cuda.Event on CUDA
         self.dev: torch.Tensor | None = None  # [nbytes] uint8 on the device, once reloaded
         self.h2d_done = None
         self.group = group
-        self.index = index  # its place in the forward's offload order
-        self.key = group  # the block whose backward entry (less the distance) starts its reload
-        self.started_at: int | None = None  # the backward's block when its latest reload started
+        self.index = index  # its place in its forward's offload order
+        self.forward = forward  # which forward (the offloader's count) made it
+        self.key = group  # the block by which its reload is prefetched (`_set_keys`)
         self.pending = 0  # autograd slots not yet unpacked
         self.waited = False  # the compute stream already waits for this reload
         # [event of the latest reload]: shared with the finaliser that gives `buf` back to the
@@ -232,15 +232,22 @@ class Offloader:
         self._in_flight: deque = deque()  # (d2h_done, device storage, group): copies not known complete
         self._bw_group: int | None = None  # the earliest block the backward has entered
         # the backward block that first used each copy, by offload order, learned from the last
-        # step with the same offload order (`_learn`): (order signature, blocks) or None
+        # backward of the same plan and offload order (`_learn`): (signature, blocks) or None
         self._learned: tuple[tuple, list[int]] | None = None
+        self._plan: object = None  # the plan this forward runs (`begin_forward`)
         self._signature: tuple = ()
         self._first_use: list[int | None] = []
+        self._early: list = []  # copies needed before their own block, latest need first
+        self._forwards = 0
 
     # ----------------------------------------------------------------- forward
-    def begin_forward(self) -> None:
+    def begin_forward(self, plan: object = None) -> None:
+        """A forward starts. `plan` (hashable: the runtime passes its stored and offloaded flags)
+        names what it runs; what a backward taught applies to the next forward of the same plan."""
         self._retire(drain=True)
         self._learn()
+        self._plan = plan
+        self._forwards += 1
         self.stats = OffloadStats()
         self._by_ptr.clear()
         self._order.clear()
@@ -256,36 +263,36 @@ class Offloader:
         self._next = len(self._order) - 1
         self._set_keys()
         if self._fw_group is not None:  # the backward starts in the head's block: what it needs
-            self._prefetch(self._fw_group + 1)  # first (its keys) starts with it
+            self._prefetch(self._fw_group + 1)  # first starts with it
 
     # A rebuild reloads the offloaded input it needs when it runs, which can be a block before
     # that input's own: with the last block recomputed, the head's backward rebuilds it from the
-    # block before's offloaded output. Keyed by its own block, that reload would start only when
-    # it is needed. A step repeats the one before, so the offloader keeps, for each copy in
-    # offload order, the backward block that first used it, and the next step with the same
-    # offload order prefetches by that block. The walk over the order (latest first) needs keys
-    # that never increase: the running maximum of the blocks of use, which may start a later copy
-    # early, never one late.
+    # block before's offloaded output. Prefetched by its own block, that reload would start only
+    # when it is needed. A step repeats the one before, so the offloader keeps, for each copy in
+    # offload order, the backward block that first used it; in the next forward of the same plan
+    # and order, a copy first used before its own block is prefetched by that block (`_early`),
+    # the others by their own block, as before.
     def _set_keys(self) -> None:
         copies = [r() for r in self._order]
-        self._signature = tuple((c.group, c.nbytes) if c is not None else None for c in copies)
+        self._signature = (self._plan, tuple((c.group, c.nbytes) if c is not None else None for c in copies))
         self._first_use = [None] * len(copies)
         learned = self._learned[1] if self._learned and self._learned[0] == self._signature else None
-        key = None
+        early = []
         for i, c in enumerate(copies):
-            if c is None:
-                continue
-            need = c.group if learned is None else max(c.group, learned[i])
-            key = need if key is None else max(key, need)
-            c.key = key
+            if c is not None and learned is not None and learned[i] > c.group:
+                c.key = learned[i]
+                early.append(weakref.ref(c))
+        # latest need first, the order the backward meets them in (stable: offload order within)
+        self._early = sorted(early, key=lambda r: -r().key)
 
     def _learn(self) -> None:
-        """Keep the last backward's blocks of first use (a copy it never used keeps its own)."""
-        if self._signature:
+        """Keep the last backward's blocks of first use (a copy it never used keeps its own). A
+        forward whose backward never ran (evaluation under grad) teaches nothing."""
+        if self._signature and any(u is not None for u in self._first_use):
             use = [u if u is not None else (s[0] if s else 0)
-                   for u, s in zip(self._first_use, self._signature)]
+                   for u, s in zip(self._first_use, self._signature[1])]
             self._learned = (self._signature, use)
-        self._signature, self._first_use = (), []
+        self._signature, self._first_use, self._early = (), [], []
 
     def enter_group(self, group: int) -> None:
         """The forward enters block `group` (monotone): let go of the copies out that completed,
@@ -314,7 +321,7 @@ class Offloader:
     def _copy_out(self, st, group: int) -> _HostCopy:
         nbytes = st.nbytes()
         buf, last_read = self.pool.take(nbytes, self.host_cap_bytes)
-        copy = _HostCopy(nbytes, buf, group, len(self._order))
+        copy = _HostCopy(nbytes, buf, group, len(self._order), self._forwards)
         src = torch.empty(0, dtype=torch.uint8, device=self.device).set_(st)  # [nbytes] view of the storage
         if self.cuda:
             self.d2h.wait_stream(torch.cuda.current_stream(self.device))  # the site's kernels first
@@ -341,8 +348,9 @@ class Offloader:
     # ----------------------------------------------------------------- backward
     def enter_backward_group(self, group: int) -> None:
         """The backward has reached block `group` (monotone, decreasing): start the reloads of
-        blocks [group − prefetch_blocks, group]. Triggered by any saved tensor of the block, so a
-        block that offloads nothing still prefetches the blocks before it."""
+        blocks [group − prefetch_blocks, group] (and of the copies first needed there, `_early`).
+        Triggered by any saved tensor of the block, so a block that offloads nothing still
+        prefetches the blocks before it."""
         if self._bw_group is None or group < self._bw_group:
             self._bw_group = group
             self._retire()
@@ -352,10 +360,9 @@ class Offloader:
         copy = ref.copy
         self._retire()
         at = copy.group if self._bw_group is None else max(copy.group, self._bw_group)
-        if copy.index < len(self._first_use) and self._first_use[copy.index] is None:
+        if copy.forward == self._forwards and copy.index < len(self._first_use) \
+                and self._first_use[copy.index] is None:
             self._first_use[copy.index] = at  # the backward's block at its first use
-            if copy.started_at is not None and copy.started_at <= at:
-                self.stats.late_reloads += 1  # its reload started only once it was needed
         # an autograd slot's use says the backward has reached its block; a rebuild's use of its
         # input does not (the head's backward may rebuild the last block from the block before's
         # output), and moving on there would start every earlier block's reloads at once
@@ -450,13 +457,20 @@ class Offloader:
             copy.dev = copy.buf.clone()
         copy.waited = False
         self.stats.h2d_bytes += copy.nbytes
-        copy.started_at = self._bw_group
+        if self._bw_group is not None and self._bw_group <= copy.key:
+            self.stats.late_reloads += 1
 
     def _prefetch(self, group: int) -> None:
-        """Start the reloads of every copy of blocks [group − prefetch_blocks, group]."""
+        """Start the reloads of every copy of blocks [group − prefetch_blocks, group], and of every
+        copy first needed there (`_early`)."""
+        early = self._early
+        while early and (early[0]() is None or early[0]().key >= group - self.prefetch_blocks):
+            copy = early.pop(0)()
+            if copy is not None and copy.dev is None and copy.pending > 0:
+                self._copy_in(copy)
         while self._next >= 0:
             copy = self._order[self._next]()
-            if copy is not None and copy.key < group - self.prefetch_blocks:
+            if copy is not None and copy.group < group - self.prefetch_blocks:
                 break
             if copy is not None and copy.dev is None and copy.pending > 0:
                 self._copy_in(copy)

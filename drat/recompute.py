@@ -262,8 +262,8 @@ class SiteRuntime:
         self.stored = [bool(s) or o for s, o in zip(stored, self.offloaded)]
         self.offloader = offloader
         self.groups = flow_groups(site_blocks, len(self.stored))
-        if offloader is not None:
-            offloader.begin_forward()
+        if offloader is not None:  # what it learns of one step's reloads holds for this plan only
+            offloader.begin_forward(plan=(tuple(self.stored), tuple(self.offloaded)))
         self._group: int | None = None  # the block the forward is in (for the offloader's wait)
         # the block of each site (its layer, None at model level): own rebuilds memoise parents
         # of the same block only (module docstring); without it every parent is transient
@@ -312,8 +312,13 @@ class SiteRuntime:
         its statistics must not pin a step's activations."""
         self._owner.clear()
         self._weights.clear()
-        if self.offloader is not None:
-            self.offloader.end_forward()
+        try:
+            if self.offloader is not None:
+                self.offloader.end_forward()  # may start reloads, and so fail to allocate
+        finally:
+            self._end_forward()
+
+    def _end_forward(self) -> None:
         self._group = None
         self._current = None
         self.accountant = None

@@ -369,6 +369,15 @@ def test_the_backward_prefetches_blocks_that_offload_nothing_themselves(prefetch
     assert firsts == [3, 2, 1, 0, -1]
 
 
+def _record_starts(monkeypatch) -> list[tuple[int, int, int | None]]:
+    """(copy index, its block, the backward's block when its reload started: None before it)."""
+    starts: list[tuple[int, int, int | None]] = []
+    orig = Offloader._copy_in
+    monkeypatch.setattr(Offloader, "_copy_in",
+                        lambda self, c: (starts.append((c.index, c.group, self._bw_group)), orig(self, c))[1])
+    return starts
+
+
 def _rebuilds_from_an_offloaded_output(model):
     """Block 2 (the last) and the final norm recomputed, four sites of blocks 0 and 1 offloaded:
     the head's backward rebuilds block 2 from block 1's offloaded output."""
@@ -389,10 +398,7 @@ def test_a_reload_a_rebuild_needs_early_is_prefetched_from_the_second_step(monke
     ref = run(model, NoneAC(), idx, tgt)
     stored, offloaded = _rebuilds_from_an_offloaded_output(model)
     s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
-    starts: list[tuple[int, int, int | None]] = []  # (copy index, its block, backward block at start)
-    orig = Offloader._copy_in
-    monkeypatch.setattr(Offloader, "_copy_in",
-                        lambda self, c: (starts.append((c.index, c.group, self._bw_group)), orig(self, c))[1])
+    starts = _record_starts(monkeypatch)
     stats = []
     for step in range(3):
         starts.clear()
@@ -410,9 +416,42 @@ def test_a_reload_a_rebuild_needs_early_is_prefetched_from_the_second_step(monke
     assert [bw for i, _, bw in first if i == 7] == [3]  # on demand, in the head's backward
 
 
-def test_a_changed_offload_order_forgets_what_was_learned():
-    """What one plan's backward taught is not applied to another plan's copies: a step of a plan
-    after another behaves as that plan's first step."""
+def test_only_the_copies_a_rebuild_needs_early_move_ahead(monkeypatch):
+    """Blocks 1–3 rebuild attn_out, mlp_down and the norms and offload the rest; block 0 offloads
+    its output. From the second step, the reloads that start before the backward does are exactly
+    those of the copies first used in the head's backward; every other copy starts where it did
+    in the first step, not earlier."""
+    model = make_model(n_layer=4)
+    idx, tgt = make_batch(seq=12)
+    ref = run(model, NoneAC(), idx, tgt)
+    keys = model.graph.keys
+    rebuilt = ("attn_out", "mlp_down", "attn_norm", "mlp_norm", "final_norm")
+    stored = [not ((k.layer or 0) >= 1 and k.name in rebuilt or k.name == "final_norm") for k in keys]
+    offloaded = [s and (k.layer == 0 and k.name == "mlp_down" or (k.layer or 0) >= 1 and
+                        k.name in ("qkv", "attn_core", "mlp_up", "mlp_act")) for s, k in zip(stored, keys)]
+    s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
+    starts = _record_starts(monkeypatch)
+    runs = []
+    for step in range(3):
+        starts.clear()
+        assert_bitwise(run(model, s, idx, tgt), ref, f"step {step}")
+        runs.append(sorted(starts))
+    learned = s.offloader._learned[1]
+    head = 4  # the head's block: one past the last
+    early = {i for i, u in enumerate(learned) if u == head}
+    assert early and len(early) < len(learned)
+    assert {i for i, _, bw in runs[2] if bw is None} == early
+    first = {i: bw for i, _, bw in runs[0]}
+    assert all(bw == first[i] for i, _, bw in runs[2] if i not in early)
+    assert runs[1] == runs[2]
+    assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == (0, 0)
+
+
+def test_what_one_plan_taught_is_not_applied_to_another(monkeypatch):
+    """The same offloaded sites with the last block stored: its input is no longer needed by the
+    head's rebuild, so the plan that rebuilds it must not start that reload before the backward
+    (what is learned is keyed by the stored flags too, not only the offload order). A plan after
+    another behaves as its own first step."""
     model = make_model(n_layer=3)
     idx, tgt = make_batch(seq=12)
     ref = run(model, NoneAC(), idx, tgt)
@@ -420,12 +459,31 @@ def test_a_changed_offload_order_forgets_what_was_learned():
     fresh = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
     assert_bitwise(run(model, fresh, idx, tgt), ref, "fresh")
     want = (fresh.offloader.stats.reloads_on_demand, fresh.offloader.stats.late_reloads)
-    s = PlanAC(stored=[True] * len(stored), offloaded=[k.name == "qkv" for k in model.graph.keys],
-               prefetch_blocks=1)
-    assert_bitwise(run(model, s, idx, tgt), ref, "other plan")
-    s._stored, s._offloaded = stored, offloaded  # the same strategy and offloader, another plan
-    assert_bitwise(run(model, s, idx, tgt), ref, "after the other plan")
-    assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == want
+    s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
+    for _ in range(2):
+        assert_bitwise(run(model, s, idx, tgt), ref, "taught")
+    starts = _record_starts(monkeypatch)
+    s._stored = [True] * len(stored)  # the same offload order, block 2 stored
+    assert_bitwise(run(model, s, idx, tgt), ref, "block 2 stored")
+    assert all(bw is not None for _, _, bw in starts)  # nothing is needed before the backward
+    s._stored = stored
+    assert_bitwise(run(model, s, idx, tgt), ref, "back to the first plan")
+    assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == want == (1, 0)
+
+
+def test_a_forward_without_a_backward_forgets_nothing():
+    model = make_model(n_layer=3)
+    idx, tgt = make_batch(seq=12)
+    ref = run(model, NoneAC(), idx, tgt)
+    stored, offloaded = _rebuilds_from_an_offloaded_output(model)
+    s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
+    for _ in range(2):
+        assert_bitwise(run(model, s, idx, tgt), ref, "taught")
+    model.set_strategy(s)
+    loss = model(idx, tgt)  # a forward under grad whose graph dies unused
+    del loss
+    assert_bitwise(run(model, s, idx, tgt), ref, "after it")
+    assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == (0, 0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
