@@ -519,6 +519,27 @@ def test_random_three_arm_plans_are_bitwise_exact_on_the_gpu_in_deterministic_mo
         restore()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_rebuild_reload_prefetched_at_the_end_of_the_forward_is_exact_on_the_gpu():
+    """On the device, the reload that the head's rebuild needs starts, from the second step, at the
+    end of the forward on the H→D stream, while the last copies out may still run: bitwise equal
+    to `none` at every step, in deterministic mode, and nothing on demand or late by then."""
+    from drat.runtime import set_deterministic
+
+    restore = set_deterministic()
+    try:
+        model = make_model(n_layer=3).cuda()
+        idx, tgt = (t.cuda() for t in make_batch(seq=32))
+        ref = run(model, NoneAC(), idx, tgt)
+        stored, offloaded = _rebuilds_from_an_offloaded_output(model)
+        s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
+        for step in range(3):
+            assert_bitwise(run(model, s, idx, tgt), ref, f"gpu step {step}")
+        assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == (0, 0)
+    finally:
+        restore()
+
+
 def test_profile_three_arm_plan_moves_the_bytes_it_planned(capsys):
     import json
 
