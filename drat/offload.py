@@ -24,7 +24,7 @@ the first saved tensor of b that autograd unpacks, offloaded or not), the reload
 offloaded tensor of blocks b−1 … b−`prefetch_blocks` start, so they cross the link while block b's
 backward computes; `costs.plan_prefetch_blocks` plans that distance for a plan's bytes. A copy a
 rebuild needs before its own block is prefetched, from the next step of the same plan on, by the
-block that first used it (`_set_keys`); what the head's block needs starts at the end of the
+block at which the rebuild used it (`_set_keys`); what the head's block needs starts at the end of the
 forward. Host buffers come from a `HostPool` that keeps them across steps (no `cudaHostAlloc` per step); a
 buffer goes back to the pool when the last reference to its copy dies, with the event of its
 last reload, which the next copy into it waits for.
@@ -237,13 +237,14 @@ class Offloader:
         self._plan: object = None  # the plan this forward runs (`begin_forward`)
         self._signature: tuple = ()
         self._first_use: list[int | None] = []
-        self._early: list = []  # copies needed before their own block, latest need first
+        self._early: deque = deque()  # copies a rebuild needs before their own block, latest first
         self._forwards = 0
 
     # ----------------------------------------------------------------- forward
     def begin_forward(self, plan: object = None) -> None:
-        """A forward starts. `plan` (hashable: the runtime passes its stored and offloaded flags)
-        names what it runs; what a backward taught applies to the next forward of the same plan."""
+        """A forward starts. `plan` (compared by equality: the runtime passes its stored and
+        offloaded flags) names what it runs; what a backward taught applies to the next forward
+        of the same plan."""
         self._retire(drain=True)
         self._learn()
         self._plan = plan
@@ -255,23 +256,25 @@ class Offloader:
         self._bw_group = None
         self._fw_group = None
 
-    def end_forward(self) -> None:
+    def end_forward(self, prefetch: bool = True) -> None:
+        """The forward ended; `prefetch` False (it failed) starts no reload."""
         # the backward starts after the last copy out (stream order), so nothing stays held past
         # the forward: a held storage would count in whatever runs next
         self._retire(drain=True)
         self._by_ptr.clear()  # backward finds copies through the saved references only
         self._next = len(self._order) - 1
         self._set_keys()
-        if self._fw_group is not None:  # the backward starts in the head's block: what it needs
-            self._prefetch(self._fw_group + 1)  # first starts with it
+        if prefetch and self._fw_group is not None:  # the backward starts in the head's block:
+            self._prefetch(self._fw_group + 1)  # what it needs first starts with it
 
     # A rebuild reloads the offloaded input it needs when it runs, which can be a block before
     # that input's own: with the last block recomputed, the head's backward rebuilds it from the
     # block before's offloaded output. Prefetched by its own block, that reload would start only
     # when it is needed. A step repeats the one before, so the offloader keeps, for each copy in
-    # offload order, the backward block that first used it; in the next forward of the same plan
-    # and order, a copy first used before its own block is prefetched by that block (`_early`),
-    # the others by their own block, as before.
+    # offload order, the backward block at which a rebuild first used it; in the next forward of
+    # the same plan and order, a copy a rebuild used before its own block is prefetched by that
+    # block (`_early`), the others by their own block, as before. (An autograd slot's use, such as
+    # a block's output saved by the next block, is what the distance already plans for.)
     def _set_keys(self) -> None:
         copies = [r() for r in self._order]
         self._signature = (self._plan, tuple((c.group, c.nbytes) if c is not None else None for c in copies))
@@ -281,18 +284,18 @@ class Offloader:
         for i, c in enumerate(copies):
             if c is not None and learned is not None and learned[i] > c.group:
                 c.key = learned[i]
-                early.append(weakref.ref(c))
-        # latest need first, the order the backward meets them in (stable: offload order within)
-        self._early = sorted(early, key=lambda r: -r().key)
+                early.append(c)
+        # latest need first, and within a block the latest copy first: the backward's order
+        self._early = deque(weakref.ref(c) for c in sorted(early, key=lambda c: (-c.key, -c.index)))
 
     def _learn(self) -> None:
-        """Keep the last backward's blocks of first use (a copy it never used keeps its own). A
-        forward whose backward never ran (evaluation under grad) teaches nothing."""
+        """Keep the last backward's blocks of a rebuild's first use (a copy no rebuild used keeps
+        its own). A backward without such a use, or none at all, teaches nothing."""
         if self._signature and any(u is not None for u in self._first_use):
             use = [u if u is not None else (s[0] if s else 0)
                    for u, s in zip(self._first_use, self._signature[1])]
             self._learned = (self._signature, use)
-        self._signature, self._first_use, self._early = (), [], []
+        self._signature, self._first_use, self._early = (), [], deque()
 
     def enter_group(self, group: int) -> None:
         """The forward enters block `group` (monotone): let go of the copies out that completed,
@@ -360,9 +363,9 @@ class Offloader:
         copy = ref.copy
         self._retire()
         at = copy.group if self._bw_group is None else max(copy.group, self._bw_group)
-        if copy.forward == self._forwards and copy.index < len(self._first_use) \
+        if not ref.slot and copy.forward == self._forwards and copy.index < len(self._first_use) \
                 and self._first_use[copy.index] is None:
-            self._first_use[copy.index] = at  # the backward's block at its first use
+            self._first_use[copy.index] = at  # the backward's block at a rebuild's first use
         # an autograd slot's use says the backward has reached its block; a rebuild's use of its
         # input does not (the head's backward may rebuild the last block from the block before's
         # output), and moving on there would start every earlier block's reloads at once
@@ -465,8 +468,8 @@ class Offloader:
         copy first needed there (`_early`)."""
         early = self._early
         while early and (early[0]() is None or early[0]().key >= group - self.prefetch_blocks):
-            copy = early.pop(0)()
-            if copy is not None and copy.dev is None and copy.pending > 0:
+            copy = early.popleft()()
+            if copy is not None and copy.dev is None:  # a rebuild's input only: no slot pending
                 self._copy_in(copy)
         while self._next >= 0:
             copy = self._order[self._next]()

@@ -306,7 +306,7 @@ class SiteRuntime:
             self.offloader.enter_backward_group(group)
         return self._unpack(ref)
 
-    def end_forward(self) -> None:
+    def end_forward(self, failed: bool = False) -> None:
         """Drop the forward-time registry. From here on only the autograd graph (through the
         packed references) keeps recipes alive, so they die with the graph: a runtime kept for
         its statistics must not pin a step's activations."""
@@ -314,7 +314,8 @@ class SiteRuntime:
         self._weights.clear()
         try:
             if self.offloader is not None:
-                self.offloader.end_forward()  # may start reloads, and so fail to allocate
+                # may start reloads (not after a failed forward), and so fail to allocate
+                self.offloader.end_forward(prefetch=not failed)
         finally:
             self._end_forward()
 

@@ -267,9 +267,12 @@ class PlanAC(ActivationStrategy):
         self.last_runtime = rt
         try:
             with rt.hooks():
-                return model.forward_sites(idx, targets, run=rt.run)
-        finally:
-            rt.end_forward()  # also after an exception: the registry must not pin tensors
+                out = model.forward_sites(idx, targets, run=rt.run)
+        except BaseException:
+            rt.end_forward(failed=True)  # also after an exception: the registry must not pin tensors
+            raise
+        rt.end_forward()
+        return out
 
     def describe(self) -> dict:
         return {"strategy": self.name, "recompute": sorted(self._recompute)}

@@ -410,8 +410,9 @@ def test_a_reload_a_rebuild_needs_early_is_prefetched_from_the_second_step(monke
     assert stats[1:] == [(0, 0), (0, 0)]
     # copies in offload order: block 0's four, block 1's four; the last, block 1's output, is
     # what the head's rebuild needs. It now starts before the backward does (None), the others
-    # one block ahead of the block that first used them (block 0's output is first used by block 1)
-    assert sorted((i, bw) for i, _, bw in starts) == [(0, 1), (1, 1), (2, 1), (3, 2), (4, 2), (5, 2), (6, 2),
+    # one block ahead of their own block, as in the first step: block 0's output, which block 1
+    # saves (a slot, not a rebuild), does not move
+    assert sorted((i, bw) for i, _, bw in starts) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2),
                                                       (7, None)]
     assert [bw for i, _, bw in first if i == 7] == [3]  # on demand, in the head's backward
 
@@ -419,8 +420,9 @@ def test_a_reload_a_rebuild_needs_early_is_prefetched_from_the_second_step(monke
 def test_only_the_copies_a_rebuild_needs_early_move_ahead(monkeypatch):
     """Blocks 1–3 rebuild attn_out, mlp_down and the norms and offload the rest; block 0 offloads
     its output. From the second step, the reloads that start before the backward does are exactly
-    those of the copies first used in the head's backward; every other copy starts where it did
-    in the first step, not earlier."""
+    those of the copies a rebuild first used in the head's backward; every other copy starts where
+    it did in the first step, not earlier (the first version keyed every copy by the running
+    maximum of those blocks, and so started all of them at the end of the forward)."""
     model = make_model(n_layer=4)
     idx, tgt = make_batch(seq=12)
     ref = run(model, NoneAC(), idx, tgt)
@@ -449,9 +451,9 @@ def test_only_the_copies_a_rebuild_needs_early_move_ahead(monkeypatch):
 
 def test_what_one_plan_taught_is_not_applied_to_another(monkeypatch):
     """The same offloaded sites with the last block stored: its input is no longer needed by the
-    head's rebuild, so the plan that rebuilds it must not start that reload before the backward
-    (what is learned is keyed by the stored flags too, not only the offload order). A plan after
-    another behaves as its own first step."""
+    head's rebuild, so that plan must not start the reload before the backward (what is learned
+    is keyed by the stored flags too, not only the offload order). Its backward has no rebuild
+    to learn from, so back on the first plan what that one learned still holds."""
     model = make_model(n_layer=3)
     idx, tgt = make_batch(seq=12)
     ref = run(model, NoneAC(), idx, tgt)
@@ -468,10 +470,33 @@ def test_what_one_plan_taught_is_not_applied_to_another(monkeypatch):
     assert all(bw is not None for _, _, bw in starts)  # nothing is needed before the backward
     s._stored = stored
     assert_bitwise(run(model, s, idx, tgt), ref, "back to the first plan")
-    assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == want == (1, 0)
+    assert want == (1, 0)  # a fresh offloader's first step: the rebuild's input on demand
+    assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == (0, 0)
+
+
+def test_a_failed_forward_starts_no_reload(monkeypatch):
+    """A forward that raises (an out-of-memory error, say) after its copies went out starts none
+    of the reloads the plan learned to start at the end of the forward: nothing is allocated for
+    a backward that will never run. The next step runs and is exact."""
+    model = make_model(n_layer=3)
+    idx, tgt = make_batch(seq=12)
+    ref = run(model, NoneAC(), idx, tgt)
+    stored, offloaded = _rebuilds_from_an_offloaded_output(model)
+    s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
+    for _ in range(2):
+        assert_bitwise(run(model, s, idx, tgt), ref, "taught")
+    starts = _record_starts(monkeypatch)
+    with monkeypatch.context() as m:
+        m.setattr(type(model), "final_norm", lambda self, x: (_ for _ in ()).throw(RuntimeError("boom")))
+        with pytest.raises(RuntimeError, match="boom"):
+            run(model, s, idx, tgt)
+    assert s.offloader.stats.copies > 0 and starts == []
+    assert_bitwise(run(model, s, idx, tgt), ref, "after the failure")
 
 
 def test_a_forward_without_a_backward_forgets_nothing():
+    """A forward under grad whose graph dies unused (an evaluation) leaves what the steps before
+    it learned: the next step prefetches as they did, nothing on demand or late."""
     model = make_model(n_layer=3)
     idx, tgt = make_batch(seq=12)
     ref = run(model, NoneAC(), idx, tgt)
@@ -522,8 +547,9 @@ def test_random_three_arm_plans_are_bitwise_exact_on_the_gpu_in_deterministic_mo
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_rebuild_reload_prefetched_at_the_end_of_the_forward_is_exact_on_the_gpu():
     """On the device, the reload that the head's rebuild needs starts, from the second step, at the
-    end of the forward on the H→D stream, while the last copies out may still run: bitwise equal
-    to `none` at every step, in deterministic mode, and nothing on demand or late by then."""
+    end of the forward on the H→D stream, right after the drain of the copies out (memory the
+    allocator has just freed): bitwise equal to `none` at every step, in deterministic mode, and
+    nothing on demand or late by then."""
     from drat.runtime import set_deterministic
 
     restore = set_deterministic()
