@@ -474,10 +474,9 @@ def test_what_one_plan_taught_is_not_applied_to_another(monkeypatch):
     assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == (0, 0)
 
 
-def test_a_failed_forward_starts_no_reload(monkeypatch):
-    """A forward that raises (an out-of-memory error, say) after its copies went out starts none
-    of the reloads the plan learned to start at the end of the forward: nothing is allocated for
-    a backward that will never run. The next step runs and is exact."""
+def _taught_rebuild_plan():
+    """The three-block model, `none`'s loss and gradients, and the plan of
+    `_rebuilds_from_an_offloaded_output` after two exact steps: it has learned its prefetch."""
     model = make_model(n_layer=3)
     idx, tgt = make_batch(seq=12)
     ref = run(model, NoneAC(), idx, tgt)
@@ -485,6 +484,14 @@ def test_a_failed_forward_starts_no_reload(monkeypatch):
     s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
     for _ in range(2):
         assert_bitwise(run(model, s, idx, tgt), ref, "taught")
+    return model, idx, tgt, ref, s
+
+
+def test_a_failed_forward_starts_no_reload(monkeypatch):
+    """A forward that raises (an out-of-memory error, say) after its copies went out starts none
+    of the reloads the plan learned to start at the end of the forward: nothing is allocated for
+    a backward that will never run. The next step runs and is exact."""
+    model, idx, tgt, ref, s = _taught_rebuild_plan()
     starts = _record_starts(monkeypatch)
     with monkeypatch.context() as m:
         m.setattr(type(model), "final_norm", lambda self, x: (_ for _ in ()).throw(RuntimeError("boom")))
@@ -497,13 +504,7 @@ def test_a_failed_forward_starts_no_reload(monkeypatch):
 def test_a_forward_without_a_backward_forgets_nothing():
     """A forward under grad whose graph dies unused (an evaluation) leaves what the steps before
     it learned: the next step prefetches as they did, nothing on demand or late."""
-    model = make_model(n_layer=3)
-    idx, tgt = make_batch(seq=12)
-    ref = run(model, NoneAC(), idx, tgt)
-    stored, offloaded = _rebuilds_from_an_offloaded_output(model)
-    s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
-    for _ in range(2):
-        assert_bitwise(run(model, s, idx, tgt), ref, "taught")
+    model, idx, tgt, ref, s = _taught_rebuild_plan()
     model.set_strategy(s)
     loss = model(idx, tgt)  # a forward under grad whose graph dies unused
     del loss

@@ -266,42 +266,33 @@ _DEVICE_WAIT = (" Copies out are let go of behind a wait queued on the compute s
                 "peak holds), in these runs instead of one block behind (the code now applies it "
                 "on top). The plans charge each offloaded site the compute its copies slow "
                 "(`costs.offload_site_ms`).")
+_ALLOWANCE = (" Copies out are let go of behind a wait queued on the compute stream, and the plan's "
+              "allowance (`costs.hold_bytes_by_block`) applies on top of letting go one block behind "
+              "(a copy more than a block back is let go of only while the bytes held exceed it), looked "
+              "up at the block the forward is in; a reload a rebuild needs before its own block is "
+              "prefetched, from the second step on, by the block at which the rebuild used it; the link "
+              "probe's figures are medians of three pairs timed in turn; and the rows matched to a "
+              "baseline are planned at steps timed in alternation with `none`'s (`matched_step_ms`). "
+              "The plans charge each offloaded site the compute its copies slow (`costs.offload_site_ms`).")
+_MECHANISMS = (("throttled", "the host throttled to the copies", _THROTTLED),
+               ("device-wait", "the compute stream waiting for the copies", _DEVICE_WAIT),
+               ("allowance", "the allowance on top of the distance", _ALLOWANCE))
 for _card, _where in (("h100-", "an H100"), ("", "the H200")):
-    for _model in ("medium-s2048-b8", "gpt-12x1024-v32k-s2048-b8", "large-s4096-b4"):
-        for _bench, _how, _text in (("offload-throttled", "the host throttled to the copies", _THROTTLED),
-                                    ("offload-device-wait", "the compute stream waiting for the copies",
-                                     _DEVICE_WAIT)):
-            CATALOGUE[f"{_card}{_model}/{_bench}"] = Entry(
+    for _suffix, _how, _text in _MECHANISMS:
+        for _model in ("medium-s2048-b8", "gpt-12x1024-v32k-s2048-b8", "large-s4096-b4"):
+            CATALOGUE[f"{_card}{_model}/offload-{_suffix}"] = Entry(
                 f"the offload arm, {_how}, on {_where}", _OFFLOAD + _HELD + _text, warmup=2)
+        if _suffix == "throttled":
+            continue
+        CATALOGUE[f"{_card}large-s4096/capacity-drat-drat3-{_suffix}"] = Entry(
+            f"two and three arms at chosen batches under 40 GiB, {_how}, on {_where}",
+            _CAPACITY + _ASKED + _HELD + _text + " `none`, two-arm and three-arm DRAT at B=8 and B=10 "
+            "in one process (a row that runs out of memory over its timed steps falls back a batch).",
+            warmup=1)
     CATALOGUE[f"{_card}large-s4096/capacity-drat3-device-wait"] = Entry(
         f"the offload arm at a chosen batch under 40 GiB, the compute stream waiting for the copies, "
         f"on {_where}",
         _CAPACITY + _ASKED + _HELD + _DEVICE_WAIT + " `none` and three-arm DRAT at B=8.", warmup=1)
-    CATALOGUE[f"{_card}large-s4096/capacity-drat-drat3-device-wait"] = Entry(
-        f"two and three arms at chosen batches under 40 GiB, the compute stream waiting for the copies, "
-        f"on {_where}",
-        _CAPACITY + _ASKED + _HELD + _DEVICE_WAIT + " `none`, two-arm and three-arm DRAT at B=8 and B=10 "
-        "in one process (a row that runs out of memory over its timed steps falls back a batch).",
-        warmup=1)
-_ALLOWANCE = (" As `offload-device-wait/`, with the mechanism as it stands: the allowance applies on top "
-              "of letting go one block behind (a copy more than a block back is let go of only while "
-              "the bytes held exceed it), looked up at the block the forward is in; a reload a rebuild "
-              "needs before its own block is prefetched, from the second step on, by the block that "
-              "first used it; the link probe's figures are medians of three pairs timed in turn; and "
-              "the rows matched to a baseline are planned at steps timed in alternation with `none`'s "
-              "(`matched_step_ms`). The plans charge each offloaded site the compute its copies slow "
-              "(`costs.offload_site_ms`).")
-for _card, _where in (("h100-", "an H100"), ("", "the H200")):
-    for _model in ("medium-s2048-b8", "gpt-12x1024-v32k-s2048-b8", "large-s4096-b4"):
-        CATALOGUE[f"{_card}{_model}/offload-allowance"] = Entry(
-            f"the offload arm, the allowance on top of the distance, on {_where}",
-            _OFFLOAD + _HELD + _DEVICE_WAIT.split(", in these runs")[0] + "." + _ALLOWANCE, warmup=2)
-    CATALOGUE[f"{_card}large-s4096/capacity-drat-drat3-allowance"] = Entry(
-        f"two and three arms at chosen batches under 40 GiB, the allowance on top of the distance, "
-        f"on {_where}",
-        _CAPACITY + _ASKED + _HELD + _ALLOWANCE + " `none`, two-arm and three-arm DRAT at B=8 and B=10 "
-        "in one process (a row that runs out of memory over its timed steps falls back a batch).",
-        warmup=1)
 CATALOGUE["cpu-tiny-b4/adapt-s64-256"] = Entry(
     "a sequence-length warm-up under one budget, on the CPU",
     "`drat bench adapt` on the CPU: S grows 64 → 128 → 256 under −30% of `none`'s peak at S=256, "
