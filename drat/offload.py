@@ -23,11 +23,11 @@ Reloads are *prefetched*: when the backward enters block b (`enter_backward_grou
 the first saved tensor of b that autograd unpacks, offloaded or not), the reloads of every
 offloaded tensor of blocks b−1 … b−`prefetch_blocks` start, so they cross the link while block b's
 backward computes; `costs.plan_prefetch_blocks` plans that distance for a plan's bytes. A copy a
-rebuild needs before its own block is prefetched, from the next step of the same plan on, by the
-block at which the rebuild used it (`_set_keys`); what the head's block needs starts at the end of the
-forward. Host buffers come from a `HostPool` that keeps them across steps (no `cudaHostAlloc` per step); a
-buffer goes back to the pool when the last reference to its copy dies, with the event of its
-last reload, which the next copy into it waits for.
+rebuild needs before its own block is prefetched by the block whose backward runs that rebuild,
+which the runtime works out in the forward (`set_rebuild_needs`); what the head's block needs
+starts at the end of the forward. Host buffers come from a `HostPool` that keeps them across
+steps (no `cudaHostAlloc` per step); a buffer goes back to the pool when the last reference to
+its copy dies, with the event of its last reload, which the next copy into it waits for.
 
 On the CPU the same code runs with plain host buffers and synchronous copies, so the bookkeeping
 and the exactness are tested without a GPU.
@@ -138,10 +138,10 @@ class OffloadStats:
 class _HostCopy:
     """One offloaded storage: its host buffer and, while backward needs it, its device copy."""
 
-    __slots__ = ("nbytes", "buf", "d2h_done", "dev", "h2d_done", "group", "index", "forward", "key",
-                 "pending", "waited", "last_read", "__weakref__")
+    __slots__ = ("nbytes", "buf", "d2h_done", "dev", "h2d_done", "group", "index", "key", "pending",
+                 "waited", "last_read", "__weakref__")
 
-    def __init__(self, nbytes: int, buf: torch.Tensor, group: int, index: int, forward: int):
+    def __init__(self, nbytes: int, buf: torch.Tensor, group: int, index: int):
         self.nbytes = nbytes
         self.buf = buf  # [nbytes] uint8 host
         self.d2h_done = None  # torch.cuda.Event on CUDA
@@ -149,8 +149,7 @@ class _HostCopy:
         self.h2d_done = None
         self.group = group
         self.index = index  # its place in its forward's offload order
-        self.forward = forward  # which forward (the offloader's count) made it
-        self.key = group  # the block by which its reload is prefetched (`_set_keys`)
+        self.key = group  # the block by which its reload is prefetched (`set_rebuild_needs`)
         self.pending = 0  # autograd slots not yet unpacked
         self.waited = False  # the compute stream already waits for this reload
         # [event of the latest reload]: shared with the finaliser that gives `buf` back to the
@@ -231,24 +230,12 @@ class Offloader:
         self._next = -1  # the latest copy in `_order` whose reload has not been started
         self._in_flight: deque = deque()  # (d2h_done, device storage, group): copies not known complete
         self._bw_group: int | None = None  # the earliest block the backward has entered
-        # the backward block that first used each copy, by offload order, learned from the last
-        # backward of the same plan and offload order (`_learn`): (signature, blocks) or None
-        self._learned: tuple[tuple, list[int]] | None = None
-        self._plan: object = None  # the plan this forward runs (`begin_forward`)
-        self._signature: tuple = ()
-        self._first_use: list[int | None] = []
         self._early: deque = deque()  # copies a rebuild needs before their own block, latest first
-        self._forwards = 0
 
     # ----------------------------------------------------------------- forward
-    def begin_forward(self, plan: object = None) -> None:
-        """A forward starts. `plan` (compared by equality: the runtime passes its stored and
-        offloaded flags) names what it runs; what a backward taught applies to the next forward
-        of the same plan."""
+    def begin_forward(self) -> None:
         self._retire(drain=True)
-        self._learn()
-        self._plan = plan
-        self._forwards += 1
+        self._early = deque()
         self.stats = OffloadStats()
         self._by_ptr.clear()
         self._order.clear()
@@ -263,39 +250,24 @@ class Offloader:
         self._retire(drain=True)
         self._by_ptr.clear()  # backward finds copies through the saved references only
         self._next = len(self._order) - 1
-        self._set_keys()
         if prefetch and self._fw_group is not None:  # the backward starts in the head's block:
             self._prefetch(self._fw_group + 1)  # what it needs first starts with it
 
-    # A rebuild reloads the offloaded input it needs when it runs, which can be a block before
-    # that input's own: with the last block recomputed, the head's backward rebuilds it from the
-    # block before's offloaded output. Prefetched by its own block, that reload would start only
-    # when it is needed. A step repeats the one before, so the offloader keeps, for each copy in
-    # offload order, the backward block at which a rebuild first used it; in the next forward of
-    # the same plan and order, a copy a rebuild used before its own block is prefetched by that
-    # block (`_early`), the others by their own block, as before. (An autograd slot's use, such as
-    # a block's output saved by the next block, is what the distance already plans for.)
-    def _set_keys(self) -> None:
-        copies = [r() for r in self._order]
-        self._signature = (self._plan, tuple((c.group, c.nbytes) if c is not None else None for c in copies))
-        self._first_use = [None] * len(copies)
-        learned = self._learned[1] if self._learned and self._learned[0] == self._signature else None
-        early = []
-        for i, c in enumerate(copies):
-            if c is not None and learned is not None and learned[i] > c.group:
-                c.key = learned[i]
-                early.append(c)
+    def set_rebuild_needs(self, needs: list[tuple[OffloadRef, int]]) -> None:
+        """(a rebuild's input, the block whose backward runs that rebuild), from the runtime at the
+        end of the forward. A rebuild reloads the offloaded input it needs when it runs, which can
+        be a block before that input's own: with the last block recomputed, the head's backward
+        rebuilds it from the block before's offloaded output. Prefetched by its own block, that
+        reload would start only once it is needed; such a copy is prefetched by the block that
+        needs it instead (`_early`), every other copy by its own block, as before."""
+        early = {}
+        for ref, block in needs:
+            copy = ref.copy
+            if block > copy.key:
+                copy.key = block
+                early[id(copy)] = copy
         # latest need first, and within a block the latest copy first: the backward's order
-        self._early = deque(weakref.ref(c) for c in sorted(early, key=lambda c: (-c.key, -c.index)))
-
-    def _learn(self) -> None:
-        """Keep the last backward's blocks of a rebuild's first use (a copy no rebuild used keeps
-        its own). A backward without such a use, or none at all, teaches nothing."""
-        if self._signature and any(u is not None for u in self._first_use):
-            use = [u if u is not None else (s[0] if s else 0)
-                   for u, s in zip(self._first_use, self._signature[1])]
-            self._learned = (self._signature, use)
-        self._signature, self._first_use, self._early = (), [], deque()
+        self._early = deque(weakref.ref(c) for c in sorted(early.values(), key=lambda c: (-c.key, -c.index)))
 
     def enter_group(self, group: int) -> None:
         """The forward enters block `group` (monotone): let go of the copies out that completed,
@@ -324,7 +296,7 @@ class Offloader:
     def _copy_out(self, st, group: int) -> _HostCopy:
         nbytes = st.nbytes()
         buf, last_read = self.pool.take(nbytes, self.host_cap_bytes)
-        copy = _HostCopy(nbytes, buf, group, len(self._order), self._forwards)
+        copy = _HostCopy(nbytes, buf, group, len(self._order))
         src = torch.empty(0, dtype=torch.uint8, device=self.device).set_(st)  # [nbytes] view of the storage
         if self.cuda:
             self.d2h.wait_stream(torch.cuda.current_stream(self.device))  # the site's kernels first
@@ -363,9 +335,6 @@ class Offloader:
         copy = ref.copy
         self._retire()
         at = copy.group if self._bw_group is None else max(copy.group, self._bw_group)
-        if not ref.slot and copy.forward == self._forwards and copy.index < len(self._first_use) \
-                and self._first_use[copy.index] is None:
-            self._first_use[copy.index] = at  # the backward's block at a rebuild's first use
         # an autograd slot's use says the backward has reached its block; a rebuild's use of its
         # input does not (the head's backward may rebuild the last block from the block before's
         # output), and moving on there would start every earlier block's reloads at once

@@ -129,7 +129,7 @@ class _Instance:
 
     __slots__ = (
         "site", "fn", "inputs", "input_grad", "autocast", "rng", "slots", "n_packs", "cache", "needs_rng",
-        "internal_ks", "sdp", "versions", "internal_meta", "unowned",
+        "internal_ks", "sdp", "versions", "internal_meta", "unowned", "pos", "slot_group",
     )
 
     def __init__(self, site: int, fn: Callable, needs_rng: bool):
@@ -148,6 +148,10 @@ class _Instance:
         self.versions: list[tuple[torch.Tensor, int]] = []  # held inputs and weights, at forward
         self.internal_meta: dict[int, tuple] = {}  # k -> (shape, dtype) of the internal at pack
         self.unowned: set[int] = set()  # storages of inputs that no site produced
+        # with an offloader: its place among the forward's recipes, and the latest block whose
+        # forward saved one of its slots (the backward unpacks, and so rebuilds it, there first)
+        self.pos: int | None = None
+        self.slot_group: int | None = None
 
 
 def _version_of(t: torch.Tensor) -> int | None:
@@ -262,8 +266,13 @@ class SiteRuntime:
         self.stored = [bool(s) or o for s, o in zip(stored, self.offloaded)]
         self.offloader = offloader
         self.groups = flow_groups(site_blocks, len(self.stored))
-        if offloader is not None:  # what it learns of one step's reloads holds for this plan only
-            offloader.begin_forward(plan=(tuple(self.stored), tuple(self.offloaded)))
+        if offloader is not None:
+            offloader.begin_forward()
+        # with an offloader, for `_rebuild_needs`: this forward's recipes, which recipe rebuilds
+        # which (a recomputed parent's rebuild for a child's), and the offloaded inputs of each
+        self._recipes: list[_Instance] = []
+        self._deps: list[tuple[int, int]] = []  # (parent pos, child pos)
+        self._rebuild_inputs: list[tuple[OffloadRef, int]] = []  # (input, recipe pos)
         self._group: int | None = None  # the block the forward is in (for the offloader's wait)
         # the block of each site (its layer, None at model level): own rebuilds memoise parents
         # of the same block only (module docstring); without it every parent is transient
@@ -314,10 +323,24 @@ class SiteRuntime:
         self._weights.clear()
         try:
             if self.offloader is not None:
+                if not failed:
+                    self.offloader.set_rebuild_needs(self._rebuild_needs())
                 # may start reloads (not after a failed forward), and so fail to allocate
                 self.offloader.end_forward(prefetch=not failed)
         finally:
+            self._recipes, self._deps, self._rebuild_inputs = [], [], []
             self._end_forward()
+
+    def _rebuild_needs(self) -> list[tuple[OffloadRef, int]]:
+        """(offloaded input, the block whose backward first rebuilds a recipe that reads it). A
+        recipe is rebuilt at the first unpack of one of its slots, in the latest block that saved
+        one (the backward meets blocks latest first), or, earlier, for a child's rebuild that
+        needs it: a recipe's block is the latest of its own and its children's, children first."""
+        block = [inst.slot_group for inst in self._recipes]
+        for parent, child in reversed(self._deps):  # children come after their parents
+            if block[child] is not None and (block[parent] is None or block[child] > block[parent]):
+                block[parent] = block[child]
+        return [(ref, block[pos]) for ref, pos in self._rebuild_inputs if block[pos] is not None]
 
     def _end_forward(self) -> None:
         self._group = None
@@ -351,6 +374,14 @@ class SiteRuntime:
                 inst.inputs.append(self._ref_for_input(x))
                 inst.input_grad.append(x.requires_grad)
             inst.autocast = _autocast_state(self.device.type)
+            if self.offloader is not None:
+                inst.pos = len(self._recipes)
+                self._recipes.append(inst)
+                for ref in inst.inputs:
+                    if isinstance(ref, _OutRef) and ref.inst.pos is not None:
+                        self._deps.append((ref.inst.pos, inst.pos))
+                    elif isinstance(ref, OffloadRef):
+                        self._rebuild_inputs.append((ref, inst.pos))
             inst.sdp = _sdp_flags()
             if inst.needs_rng:
                 inst.rng = _get_rng(self.device)
@@ -420,6 +451,7 @@ class SiteRuntime:
                     self.accountant.record(t, inst.site)
                 return _Kept(t)
             inst.slots += 1
+            self._note_slot(inst)
             same = t.size() == size and t.stride() == stride and t.storage_offset() == base_offset
             ref = _OutRef(inst, t, base_offset, same)
             self._outrefs.append(ref)
@@ -438,7 +470,13 @@ class SiteRuntime:
         cur.slots += 1
         cur.internal_ks.add(cur.n_packs - 1)
         cur.internal_meta[cur.n_packs - 1] = (t.shape, t.dtype)
+        self._note_slot(cur)
         return _IntRef(cur, cur.n_packs - 1)
+
+    def _note_slot(self, inst: _Instance) -> None:
+        g = self._group
+        if inst.pos is not None and g is not None and (inst.slot_group is None or g > inst.slot_group):
+            inst.slot_group = g
 
     # ----------------------------------------------------------------- backward side
     def _unpack(self, ref):
