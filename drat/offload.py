@@ -263,8 +263,9 @@ class Offloader:
         early = {}
         for ref, block in needs:
             copy = ref.copy
-            if block > copy.key:
-                copy.key = block
+            # a copy only recipes read (no autograd slot) is not in the walk by block at all
+            if block > copy.key or copy.pending == 0:
+                copy.key = max(copy.key, block)
                 early[id(copy)] = copy
         # latest need first, and within a block the latest copy first: the backward's order
         self._early = deque(weakref.ref(c) for c in sorted(early.values(), key=lambda c: (-c.key, -c.index)))

@@ -452,19 +452,20 @@ def test_only_the_copies_a_rebuild_needs_early_move_ahead(monkeypatch):
 def test_the_forward_knows_where_each_rebuild_reads_its_offloaded_input(ci, monkeypatch):
     """On random three-arm plans, the block the runtime works out in the forward for each offloaded
     input of a rebuild (`SiteRuntime._rebuild_needs`) is the block the backward is in when that
-    input is first read by a rebuild; and such a read never waits for a reload it could have
-    had started (no reload on demand). Exact throughout."""
+    input is first read by a rebuild, and its reload has started by then. Exact throughout."""
     model = make_model(seed=ci, **CONFIGS[ci])
     model.train()
     idx, tgt = make_batch(seq=12, seed=ci)
     ref = run(model, NoneAC(), idx, tgt)
     needs: dict[int, int] = {}
-    reads: dict[int, tuple[int, int | None]] = {}  # id(copy) -> (its block, the backward's)
+    # id(copy) -> (its block, the backward's, whether its reload had started) at a rebuild's first read
+    reads: dict[int, tuple[int, int | None, bool]] = {}
     orig_set, orig_get = Offloader.set_rebuild_needs, Offloader.get
     monkeypatch.setattr(Offloader, "set_rebuild_needs", lambda self, ns: (
         needs.update({id(r.copy): max(b, needs.get(id(r.copy), b)) for r, b in ns}), orig_set(self, ns))[1])
     monkeypatch.setattr(Offloader, "get", lambda self, r: (
-        (not r.slot and reads.setdefault(id(r.copy), (r.copy.group, self._bw_group))), orig_get(self, r))[1])
+        (not r.slot and reads.setdefault(id(r.copy), (r.copy.group, self._bw_group, r.copy.dev is not None))),
+        orig_get(self, r))[1])
     rng = random.Random(300 + ci)
     n_reads = 0
     for t in range(8):
@@ -473,11 +474,41 @@ def test_the_forward_knows_where_each_rebuild_reads_its_offloaded_input(ci, monk
         needs.clear()
         reads.clear()
         assert_bitwise(run(model, s, idx, tgt), ref, f"plan {t}")
-        for key, (group, bw) in reads.items():
+        for key, (group, bw, started) in reads.items():
             assert max(needs.get(key, group), group) == max(group, group if bw is None else bw), f"plan {t}"
+            assert started, f"plan {t}: a rebuild's input reloaded on demand"
         n_reads += len(reads)
-        assert s.offloader.stats.reloads_on_demand == 0 or not reads
     assert n_reads > 0
+
+
+def test_an_input_only_a_rebuild_reads_is_prefetched():
+    """Site 0 (a matmul) is offloaded and site 1 (a scale, which saves nothing) recomputed: the
+    only reader of site 0's output in backward is site 1's rebuild, so its copy has no autograd
+    slot and the walk by block, which reloads slots, never starts it. It is prefetched all the
+    same, not reloaded on demand; the gradients match storing everything."""
+    from drat.recompute import SiteRuntime
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(8, 8, requires_grad=True)
+
+    def step(stored, offloaded):
+        off = Offloader(torch.device("cpu"))
+        rt = SiteRuntime(stored, [False, False], torch.device("cpu"), site_blocks=[0, 0],
+                         offloaded=offloaded, offloader=off)
+        with rt.hooks():
+            a = rt.run(0, torch.matmul, x, w)
+            b = rt.run(1, lambda t: t * 2.0, a)
+            loss = (b * b).sum()
+        rt.end_forward()
+        gx, gw = torch.autograd.grad(loss, (x, w))
+        return loss.detach(), gx, gw, off.stats
+
+    *ref, _ = step([True, True], [False, False])
+    *got, stats = step([True, False], [True, False])
+    assert all(torch.equal(r, g) for r, g in zip(ref, got))
+    assert stats.copies == 1 and stats.h2d_bytes == stats.d2h_bytes > 0
+    assert stats.reloads_on_demand == 0
 
 
 def test_a_failed_forward_starts_no_reload(monkeypatch):
@@ -493,8 +524,14 @@ def test_a_failed_forward_starts_no_reload(monkeypatch):
     assert_bitwise(run(model, s, idx, tgt), ref, "a step")
     assert any(bw is None for _, _, bw in starts)  # a reload started at the end of the forward
     starts.clear()
+    forward_sites = type(model).forward_sites
+
+    def fails_at_the_end(self, *args, **kw):  # every site ran, the head's slots are packed
+        forward_sites(self, *args, **kw)
+        raise RuntimeError("boom")
+
     with monkeypatch.context() as m:
-        m.setattr(type(model), "final_norm", lambda self, x: (_ for _ in ()).throw(RuntimeError("boom")))
+        m.setattr(type(model), "forward_sites", fails_at_the_end)
         with pytest.raises(RuntimeError, match="boom"):
             run(model, s, idx, tgt)
     assert s.offloader.stats.copies > 0 and starts == []
@@ -551,7 +588,7 @@ def test_a_rebuild_reload_prefetched_at_the_end_of_the_forward_is_exact_on_the_g
         s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
         for step in range(3):
             assert_bitwise(run(model, s, idx, tgt), ref, f"gpu step {step}")
-        assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == (0, 0)
+            assert (s.offloader.stats.reloads_on_demand, s.offloader.stats.late_reloads) == (0, 0)
     finally:
         restore()
 

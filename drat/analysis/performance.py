@@ -269,8 +269,8 @@ _DEVICE_WAIT = (" Copies out are let go of behind a wait queued on the compute s
 _ALLOWANCE = (" Copies out are let go of behind a wait queued on the compute stream, and the plan's "
               "allowance (`costs.hold_bytes_by_block`) applies on top of letting go one block behind "
               "(a copy more than a block back is let go of only while the bytes held exceed it), looked "
-              "up at the block the forward is in; a reload a rebuild needs before its own block is "
-              "prefetched, from the second step on, by the block at which the rebuild used it; the link "
+              "up at the block the forward is in; a reload a rebuild reads before its own block is "
+              "prefetched by the block whose backward runs that rebuild; the link "
               "probe's figures are medians of three pairs timed in turn; and the rows matched to a "
               "baseline are planned at steps timed in alternation with `none`'s (`matched_step_ms`). "
               "The plans charge each offloaded site the compute its copies slow (`costs.offload_site_ms`).")
