@@ -388,16 +388,22 @@ def _rebuilds_from_an_offloaded_output(model):
     return stored, offloaded
 
 
+def _rebuild_plan():
+    """The three-block model, a batch, `none`'s loss and gradients, and the plan of
+    `_rebuilds_from_an_offloaded_output`, prefetching one block ahead."""
+    model = make_model(n_layer=3)
+    idx, tgt = make_batch(seq=12)
+    ref = run(model, NoneAC(), idx, tgt)
+    stored, offloaded = _rebuilds_from_an_offloaded_output(model)
+    return model, idx, tgt, ref, PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
+
+
 def test_a_reload_a_rebuild_needs_early_starts_before_it_is_needed(monkeypatch):
     """The head's backward rebuilds block 2 from block 1's offloaded output. The runtime works out
     in the forward which block's backward runs each rebuild, so from the first step on that
     reload starts at the end of the forward, and every other copy one block ahead of its own
     block; nothing is reloaded on demand or late. Exact at every step."""
-    model = make_model(n_layer=3)
-    idx, tgt = make_batch(seq=12)
-    ref = run(model, NoneAC(), idx, tgt)
-    stored, offloaded = _rebuilds_from_an_offloaded_output(model)
-    s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
+    model, idx, tgt, ref, s = _rebuild_plan()
     starts = _record_starts(monkeypatch)
     for step in range(2):
         starts.clear()
@@ -515,11 +521,7 @@ def test_a_failed_forward_starts_no_reload(monkeypatch):
     """A forward that raises (an out-of-memory error, say) after its copies went out starts none
     of the reloads its plan starts at the end of the forward: nothing is allocated for a backward
     that will never run. The next step runs and is exact."""
-    model = make_model(n_layer=3)
-    idx, tgt = make_batch(seq=12)
-    ref = run(model, NoneAC(), idx, tgt)
-    stored, offloaded = _rebuilds_from_an_offloaded_output(model)
-    s = PlanAC(stored=stored, offloaded=offloaded, prefetch_blocks=1)
+    model, idx, tgt, ref, s = _rebuild_plan()
     starts = _record_starts(monkeypatch)
     assert_bitwise(run(model, s, idx, tgt), ref, "a step")
     assert any(bw is None for _, _, bw in starts)  # a reload started at the end of the forward
