@@ -335,13 +335,14 @@ class Offloader:
     def get(self, ref: OffloadRef) -> torch.Tensor:
         copy = ref.copy
         self._retire()
-        at = copy.group if self._bw_group is None else max(copy.group, self._bw_group)
         # an autograd slot's use says the backward has reached its block; a rebuild's use of its
         # input does not (the head's backward may rebuild the last block from the block before's
-        # output), and moving on there would start every earlier block's reloads at once
-        if ref.slot and (self._bw_group is None or copy.group < self._bw_group):
-            self._bw_group = copy.group  # the backward uses block `copy.group`'s tensors by now
-        self._prefetch(copy.group if ref.slot else at)
+        # output), and moving on there would start every earlier block's reloads at once. The
+        # unpack that set off the rebuild has entered the backward's block, and so prefetched.
+        if ref.slot:
+            if self._bw_group is None or copy.group < self._bw_group:
+                self._bw_group = copy.group  # the backward uses block `copy.group`'s tensors by now
+            self._prefetch(copy.group)
         if copy.dev is None:  # not prefetched (or reloaded again for a recipe after its slots)
             self.stats.reloads_on_demand += 1
             self._copy_in(copy)

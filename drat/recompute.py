@@ -323,8 +323,7 @@ class SiteRuntime:
         self._weights.clear()
         try:
             if self.offloader is not None:
-                if not failed:
-                    self.offloader.set_rebuild_needs(self._rebuild_needs())
+                self.offloader.set_rebuild_needs(self._rebuild_needs())
                 # may start reloads (not after a failed forward), and so fail to allocate
                 self.offloader.end_forward(prefetch=not failed)
         finally:
